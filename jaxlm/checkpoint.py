@@ -1,0 +1,84 @@
+"""Orbax checkpoints of a run: state, config, tokenizer and data position, in `WORKDIR/checkpoints`.
+
+Each step is one directory with four items:
+  state      params, optimizer state and step (tensorstore arrays, restored onto any mesh)
+  config     the run's full config as JSON (architecture, tokenizer and data settings)
+  tokenizer  the trained tokenizer as JSON, so evaluate/sample never retrain it
+  data       the training iterator's position (grain iterator state)
+Orbax writes into a temporary directory and renames it when complete, so a save that dies half-way
+is never taken as the latest step. Nothing here unpickles or executes code.
+"""
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+ITEMS = ("state", "config", "tokenizer", "data")
+
+
+class CheckpointError(ValueError):
+  """A checkpoint directory that cannot be used; the message says why."""
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def manager(workdir: str, keep: int | None = None, read_only: bool = False) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
+                                         read_only=read_only, cleanup_tmp_directories=not read_only)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: Any, config: dict, tokenizer: dict,
+         data_state: dict) -> None:
+  """Starts an asynchronous save; `mngr.wait_until_finished()` blocks until it is on disk."""
+  mngr.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      config=ocp.args.JsonSave(config),
+      tokenizer=ocp.args.JsonSave(tokenizer),
+      data=ocp.args.JsonSave(data_state)), force=True)
+
+
+def latest_step(workdir: str) -> int | None:
+  if not os.path.isdir(checkpoint_dir(workdir)):
+    return None
+  with manager(workdir, read_only=True) as mngr:
+    return mngr.latest_step()
+
+
+def restore_metadata(workdir: str, step: int | None = None) -> tuple[int, dict, dict]:
+  """(step, config dict, tokenizer dict) of a checkpoint, without touching any array."""
+  with manager(workdir, read_only=True) as mngr:
+    step = _resolve_step(mngr, workdir, step)
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        config=ocp.args.JsonRestore(), tokenizer=ocp.args.JsonRestore()))
+    return step, dict(restored["config"]), dict(restored["tokenizer"])
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any) -> tuple[Any, dict]:
+  """State placed by `abstract_state`'s shardings (any mesh), and the data iterator state."""
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+  return restored["state"], dict(restored["data"])
+
+
+def abstract_like(tree: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs carrying the target shardings, for restoring onto this run's mesh."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)
+
+
+def _resolve_step(mngr: ocp.CheckpointManager, workdir: str, step: int | None) -> int:
+  steps = mngr.all_steps()
+  if not steps:
+    raise CheckpointError(f"no checkpoint in {checkpoint_dir(workdir)}; train first with "
+                          f"`python -m jaxlm.train --workdir={workdir}`")
+  if step is None:
+    return max(steps)
+  if step not in steps:
+    raise CheckpointError(f"no checkpoint for step {step} in {checkpoint_dir(workdir)}; "
+                          f"available: {sorted(steps)}")
+  return step

@@ -1,0 +1,127 @@
+"""The one definition of every jaxlm option, with its meaning.
+
+Config files in `configs/` start from `base_config()` and change values; they never add keys, so a
+typo on the command line (`--config.train.lrr=1`) is an error rather than a silently ignored option.
+The config is read here and in the entry points only; everything below them receives plain values.
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+
+  c.data = ml_collections.ConfigDict()
+  # Where text comes from: "stdlib" (this Python's standard library sources, built in, no download),
+  # "files" (data.path: a .txt/.jsonl file, a directory, or a glob) or "tfds" (data.path: a TFDS name).
+  c.data.source = "stdlib"
+  # File, directory or glob for source="files"; dataset name for source="tfds"; "" for "stdlib".
+  c.data.path = ""
+  # The JSONL / TFDS field holding each document's text.
+  c.data.text_field = "text"
+  # Held-out share: of the files when there are several, else of the last characters (as nanoGPT).
+  c.data.val_fraction = 0.1
+  # Drop exact duplicate documents after cleaning.
+  c.data.dedup = False
+  # "sentencepiece" (trained on the training split), "char" or "byte".
+  c.data.tokenizer = "sentencepiece"
+  # SentencePiece algorithm: "bpe" or "unigram".
+  c.data.sp_model_type = "bpe"
+  # SentencePiece vocabulary size; char and byte tokenizers size their own vocabulary.
+  c.data.vocab_size = 4096
+  # Tokens per training window; must be <= model.max_len.
+  c.data.seq_len = 256
+
+  c.model = ml_collections.ConfigDict()
+  c.model.d_model = 256
+  c.model.num_layers = 4
+  c.model.num_heads = 4
+  # Hidden width of the MLP (for swiglu: the width of each of the two input projections).
+  c.model.mlp_dim = 1024
+  # Longest sequence the model can take (size of the learned position table; the KV cache length).
+  c.model.max_len = 256
+  c.model.dropout = 0.0
+  # "learned" absolute position embeddings or "rope" rotary embeddings.
+  c.model.positions = "learned"
+  # "layernorm" or "rmsnorm".
+  c.model.norm = "layernorm"
+  # "gelu" (tanh approximation, as GPT-2) or "swiglu".
+  c.model.mlp = "gelu"
+  # Use the input embedding matrix as the output projection.
+  c.model.tie_embeddings = True
+  # Add biases to dense layers and LayerNorm (GPT-2 has them).
+  c.model.use_bias = True
+  # Activation/compute dtype: "float32" or "bfloat16". Parameters and the loss stay float32.
+  c.model.dtype = "float32"
+
+  c.train = ml_collections.ConfigDict()
+  # Global batch in sequences per optimizer step, over all devices and accumulation micro-steps.
+  c.train.batch_size = 32
+  # Micro-batches per optimizer step (gradient accumulation); divides train.batch_size.
+  c.train.grad_accum_steps = 1
+  c.train.steps = 2000
+  # Peak learning rate.
+  c.train.lr = 1e-3
+  # "warmup_cosine", "warmup_linear", "constant" (after warmup) or "rsqrt" (lr * sqrt(warmup/step)).
+  c.train.schedule = "warmup_cosine"
+  c.train.warmup_steps = 100
+  # Final learning rate of the cosine/linear decay as a fraction of train.lr.
+  c.train.min_lr_ratio = 0.1
+  # "adamw", "adam" or "sgd".
+  c.train.optimizer = "adamw"
+  c.train.b1 = 0.9
+  c.train.b2 = 0.95
+  # Weight decay: decoupled for adamw; added to the gradient (classic L2) for adam and sgd.
+  c.train.weight_decay = 0.1
+  # Also decay norm scales, biases and embeddings (GPT-2 practice is to exclude them).
+  c.train.decay_all = False
+  # SGD momentum and Nesterov.
+  c.train.momentum = 0.9
+  c.train.nesterov = False
+  # Clip gradients to this global norm; 0 disables clipping.
+  c.train.grad_clip = 1.0
+  # Weight of the z-loss (log(Z)^2) that keeps the softmax normaliser near 1; 0 disables it.
+  c.train.z_loss = 0.0
+  c.train.seed = 0
+  # Steps between lines in metrics.jsonl / TensorBoard.
+  c.train.log_every = 10
+
+  c.eval = ml_collections.ConfigDict()
+  # Steps between evaluations on the validation split during training; 0 = only at the end.
+  c.eval.every = 500
+  # Sequences per eval batch (global).
+  c.eval.batch_size = 32
+  # Batches per evaluation; 0 = the whole validation split.
+  c.eval.max_batches = 0
+  # Tokens sampled into the log at each evaluation; 0 disables it.
+  c.eval.sample_tokens = 64
+
+  c.checkpoint = ml_collections.ConfigDict()
+  # Steps between checkpoints; a checkpoint is always written at the end.
+  c.checkpoint.every = 500
+  # Checkpoints kept (the oldest are deleted).
+  c.checkpoint.keep = 3
+
+  c.mesh = ml_collections.ConfigDict()
+  # Devices on each mesh axis; -1 takes the devices left over (at most one axis may say -1).
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  # Logical axis -> mesh axes. Parameter axes: vocab, embed, heads, kv, mlp, pos, norm.
+  # Activation axes (act_*) are separate so FSDP shards weights without sharding activations' features.
+  c.mesh.rules = (
+      ("act_batch", ("data", "fsdp")),
+      ("act_len", None),
+      ("act_embed", None),
+      ("act_heads", "tensor"),
+      ("act_mlp", "tensor"),
+      ("act_vocab", "tensor"),
+      ("vocab", "tensor"),
+      ("embed", "fsdp"),
+      ("heads", "tensor"),
+      ("kv", None),
+      ("mlp", "tensor"),
+      ("pos", None),
+      ("norm", None),
+  )
+  return c

@@ -1,0 +1,215 @@
+"""A decoder-only Transformer (GPT) in Flax Linen.
+
+Every parameter carries logical axis names (`vocab`, `embed`, `heads`, `kv`, `mlp`, `pos`, `norm`) and
+activations are constrained with `act_*` names; `sharding.py` maps both onto the device mesh. The model
+is pure: `GPT(cfg).apply({"params": params}, ...)`. With `decode=True` it keeps a KV cache in the
+"cache" collection, so a prompt is prefilled in one call and then extended a token at a time.
+"""
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+AXES_NORM = ("norm",)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """The architecture; see `jaxlm/config.py` (model.*) for the meaning of each field."""
+  vocab_size: int
+  d_model: int
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  max_len: int
+  dropout: float = 0.0
+  positions: str = "learned"
+  norm: str = "layernorm"
+  mlp: str = "gelu"
+  tie_embeddings: bool = True
+  use_bias: bool = True
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.d_model % self.num_heads:
+      raise ValueError(f"model.d_model={self.d_model} is not divisible by model.num_heads="
+                       f"{self.num_heads}; choose a head count that divides it")
+    for field, allowed in (("positions", ("learned", "rope")), ("norm", ("layernorm", "rmsnorm")),
+                           ("mlp", ("gelu", "swiglu")), ("dtype", ("float32", "bfloat16"))):
+      if getattr(self, field) not in allowed:
+        raise ValueError(f"model.{field}={getattr(self, field)!r} is not one of {allowed}")
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.num_heads
+
+  @property
+  def compute_dtype(self) -> Any:
+    return jnp.dtype(self.dtype)
+
+
+def _init(stddev: float, axes: tuple[str | None, ...]):
+  return nn.with_logical_partitioning(nn.initializers.normal(stddev), axes)
+
+
+def _zeros(axes: tuple[str | None, ...]):
+  return nn.with_logical_partitioning(nn.initializers.zeros, axes)
+
+
+def _norm(cfg: ModelConfig, name: str) -> nn.Module:
+  scale_init = nn.with_logical_partitioning(nn.initializers.ones, AXES_NORM)
+  if cfg.norm == "rmsnorm":
+    return nn.RMSNorm(dtype=cfg.compute_dtype, scale_init=scale_init, name=name)
+  return nn.LayerNorm(dtype=cfg.compute_dtype, use_bias=cfg.use_bias, scale_init=scale_init,
+                      bias_init=_zeros(AXES_NORM), name=name)
+
+
+class Linear(nn.Module):
+  """`x @ kernel (+ bias)` contracting the last `in_dims` axes of x; kernel axes are named."""
+  features: tuple[int, ...]
+  axes: tuple[str | None, ...]  # logical names of the kernel's axes (inputs, then outputs)
+  stddev: float
+  use_bias: bool
+  dtype: Any
+  in_dims: int = 1
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    in_shape = x.shape[-self.in_dims:]
+    kernel = self.param("kernel", _init(self.stddev, self.axes), (*in_shape, *self.features))
+    contract = tuple(range(x.ndim - self.in_dims, x.ndim))
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                            ((contract, tuple(range(self.in_dims))), ((), ())))
+    if self.use_bias:
+      bias = self.param("bias", _zeros(self.axes[self.in_dims:]), self.features)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+def apply_rope(x: Array, positions: Array) -> Array:
+  """Rotates feature pairs of `x  # [batch, seq, heads, head_dim]` by angles set by `positions`."""
+  half = x.shape[-1] // 2
+  inv_freq = 1.0 / (10000.0 ** (jnp.arange(half, dtype=jnp.float32) / half))  # [half]
+  angles = positions[..., None].astype(jnp.float32) * inv_freq  # [batch, seq, half]
+  sin = jnp.sin(angles)[:, :, None, :]  # [batch, seq, 1, half]
+  cos = jnp.cos(angles)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return rotated.astype(x.dtype)
+
+
+class Attention(nn.Module):
+  cfg: ModelConfig
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array, positions: Array, segment_ids: Array) -> Array:
+    cfg = self.cfg
+    init_std = 0.02
+    qkv = Linear((3, cfg.num_heads, cfg.head_dim), ("embed", None, "heads", "kv"), init_std,
+                 cfg.use_bias, cfg.compute_dtype, name="qkv")(x)  # [batch, seq, 3, heads, head_dim]
+    query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    if cfg.positions == "rope":
+      query, key = apply_rope(query, positions), apply_rope(key, positions)
+
+    query_segments = segment_ids  # [batch, seq]
+    if self.decode:
+      key, value, key_segments, key_index, query_index = self._update_cache(key, value, segment_ids)
+      causal = key_index[None, :] <= query_index[:, None]  # [seq, cache_len]
+    else:
+      key_segments = segment_ids
+      causal = jnp.tril(jnp.ones((x.shape[1], x.shape[1]), dtype=bool))
+    same_segment = query_segments[:, :, None] == key_segments[:, None, :]  # [batch, seq, keys]
+    mask = (same_segment & causal[None])[:, None]  # [batch, 1, seq, keys]
+
+    out = jax.nn.dot_product_attention(query, key, value, mask=mask)  # [batch, seq, heads, head_dim]
+    out = nn.with_logical_constraint(out, ("act_batch", "act_len", "act_heads", None))
+    return Linear((cfg.d_model,), ("heads", "kv", "embed"), init_std / (2 * cfg.num_layers) ** 0.5,
+                  cfg.use_bias, cfg.compute_dtype, in_dims=2, name="out")(out)
+
+  def _update_cache(self, key: Array, value: Array, segment_ids: Array):
+    """Writes this call's keys/values at the cache index; returns the whole cache to attend to."""
+    batch, seq, heads, head_dim = key.shape
+    max_len = self.cfg.max_len
+    cached_key = self.variable("cache", "key", jnp.zeros, (batch, max_len, heads, head_dim), key.dtype)
+    cached_value = self.variable("cache", "value", jnp.zeros, (batch, max_len, heads, head_dim),
+                                 value.dtype)
+    # Segment 0 marks empty slots (and left padding): real query tokens have segment >= 1.
+    cached_segments = self.variable("cache", "segments", jnp.zeros, (batch, max_len), jnp.int32)
+    index = self.variable("cache", "index", lambda: jnp.array(0, jnp.int32))
+    start = index.value
+    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, start, 0, 0))
+    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, start, 0, 0))
+    cached_segments.value = jax.lax.dynamic_update_slice(cached_segments.value,
+                                                         segment_ids.astype(jnp.int32), (0, start))
+    index.value = start + seq
+    key_index = jnp.arange(max_len)
+    query_index = start + jnp.arange(seq)
+    return cached_key.value, cached_value.value, cached_segments.value, key_index, query_index
+
+
+class Mlp(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    cfg = self.cfg
+    if cfg.mlp == "swiglu":
+      gate_up = Linear((2, cfg.mlp_dim), ("embed", None, "mlp"), 0.02, cfg.use_bias,
+                       cfg.compute_dtype, name="wi")(x)  # [batch, seq, 2, mlp_dim]
+      hidden = nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]
+    else:
+      hidden = nn.gelu(Linear((cfg.mlp_dim,), ("embed", "mlp"), 0.02, cfg.use_bias,
+                              cfg.compute_dtype, name="wi")(x), approximate=True)
+    hidden = nn.with_logical_constraint(hidden, ("act_batch", "act_len", "act_mlp"))
+    return Linear((cfg.d_model,), ("mlp", "embed"), 0.02 / (2 * cfg.num_layers) ** 0.5,
+                  cfg.use_bias, cfg.compute_dtype, name="wo")(hidden)
+
+
+class Block(nn.Module):
+  cfg: ModelConfig
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array, positions: Array, segment_ids: Array, deterministic: bool) -> Array:
+    drop = nn.Dropout(self.cfg.dropout, deterministic=deterministic)
+    attn_in = _norm(self.cfg, "ln_attn")(x)
+    x = x + drop(Attention(self.cfg, self.decode, name="attn")(attn_in, positions, segment_ids))
+    x = x + drop(Mlp(self.cfg, name="mlp")(_norm(self.cfg, "ln_mlp")(x)))
+    return nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
+
+
+class GPT(nn.Module):
+  """Maps token ids to next-token logits (float32)."""
+  cfg: ModelConfig
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, inputs: Array, positions: Array, segment_ids: Array,
+               deterministic: bool = True) -> Array:
+    """inputs, positions, segment_ids: [batch, seq] int. Returns logits [batch, seq, vocab]."""
+    cfg = self.cfg
+    embedding = self.param("embedding", _init(0.02, ("vocab", "embed")),
+                           (cfg.vocab_size, cfg.d_model))  # [vocab, d_model]
+    x = jnp.take(embedding, inputs, axis=0)  # [batch, seq, d_model]
+    if cfg.positions == "learned":
+      pos_embedding = self.param("pos_embedding", _init(0.01, ("pos", "embed")),
+                                 (cfg.max_len, cfg.d_model))  # [max_len, d_model]
+      x = x + jnp.take(pos_embedding, positions, axis=0)
+    x = x.astype(cfg.compute_dtype)
+    x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
+    x = nn.Dropout(cfg.dropout, deterministic=deterministic)(x)
+    for layer in range(cfg.num_layers):
+      x = Block(cfg, self.decode, name=f"block_{layer}")(x, positions, segment_ids, deterministic)
+    x = _norm(cfg, "ln_final")(x)
+    if cfg.tie_embeddings:
+      head = embedding.T
+    else:
+      head = self.param("head", _init(0.02, ("embed", "vocab")), (cfg.d_model, cfg.vocab_size))
+    logits = jnp.einsum("bsd,dv->bsv", x, head.astype(cfg.compute_dtype),
+                        preferred_element_type=jnp.float32)  # [batch, seq, vocab]
+    return nn.with_logical_constraint(logits, ("act_batch", "act_len", "act_vocab"))

@@ -1,0 +1,95 @@
+"""The device mesh and how arrays are laid out on it.
+
+The mesh has three axes: `data` (batch split, params replicated), `fsdp` (batch split and params
+sharded, gathered per layer by XLA) and `tensor` (heads/MLP split inside each layer). Parameters name
+their axes logically (see `model.py`); `rules` maps those names to mesh axes.
+"""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+Rules = Sequence[tuple[str, Any]]
+
+
+class ShardingError(ValueError):
+  """A mesh or batch that does not fit the devices; the message says how to fix it."""
+
+
+def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int, int, int]:
+  """Resolves one -1 entry to the devices left over and checks the product."""
+  sizes = [data, fsdp, tensor]
+  if sizes.count(-1) > 1:
+    raise ShardingError("at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
+  known = int(np.prod([s for s in sizes if s != -1]))
+  if any(s == 0 or s < -1 for s in sizes) or num_devices % known:
+    raise ShardingError(f"mesh data={data} fsdp={fsdp} tensor={tensor} does not fit {num_devices} "
+                        f"devices; make mesh.data * mesh.fsdp * mesh.tensor = {num_devices}")
+  sizes = [num_devices // known if s == -1 else s for s in sizes]
+  if int(np.prod(sizes)) != num_devices:
+    raise ShardingError(f"mesh data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]} uses "
+                        f"{int(np.prod(sizes))} devices but there are {num_devices}; make "
+                        f"mesh.data * mesh.fsdp * mesh.tensor = {num_devices} (or set one to -1)")
+  return tuple(sizes)
+
+
+def make_mesh(data: int, fsdp: int, tensor: int,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+  devices = list(jax.devices() if devices is None else devices)
+  shape = mesh_shape(data, fsdp, tensor, len(devices))
+  # Auto axes: XLA propagates shardings from the annotated params, batch and activations.
+  return jax.make_mesh(shape, MESH_AXES, devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def batch_parallelism(mesh: Mesh) -> int:
+  return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def check_batch(global_batch: int, grad_accum_steps: int, mesh: Mesh, name: str) -> None:
+  """The batch must split evenly into micro-batches and then over the data-parallel devices."""
+  ways = batch_parallelism(mesh)
+  if global_batch % grad_accum_steps:
+    raise ShardingError(f"{name}={global_batch} is not divisible by train.grad_accum_steps="
+                        f"{grad_accum_steps}")
+  micro = global_batch // grad_accum_steps
+  if micro % ways:
+    raise ShardingError(f"{name}={global_batch} (micro-batch {micro}) is not divisible by the "
+                        f"{ways} data-parallel devices (mesh.data x mesh.fsdp); use a multiple of "
+                        f"{ways * grad_accum_steps}")
+
+
+def logical_shardings(abstract_boxed_tree: Any, mesh: Mesh, rules: Rules) -> Any:
+  """NamedShardings for a tree whose leaves are `nn.LogicallyPartitioned` (or plain) arrays."""
+  specs = nn.get_partition_spec(abstract_boxed_tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, tuple(rules))
+
+
+def batch_sharding(mesh: Mesh, leading_dims: int = 0) -> NamedSharding:
+  """Sharding of `[*leading, batch, seq]` arrays: the batch axis over data x fsdp."""
+  return NamedSharding(mesh, P(*([None] * leading_dims), BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+  """Assembles each process's rows into one global array per field, placed by `sharding`."""
+  return {name: jax.make_array_from_process_local_data(sharding, rows)
+          for name, rows in local_batch.items()}
+
+
+def sharding_table(params: Any) -> str:
+  """A readable table `param path -> shape -> partition spec` for the start-up log."""
+  lines = []
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    spec = leaf.sharding.spec if isinstance(leaf.sharding, NamedSharding) else leaf.sharding
+    lines.append(f"  {name:<40} {str(tuple(leaf.shape)):<18} {spec}")
+  return "\n".join(lines)

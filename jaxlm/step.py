@@ -1,0 +1,103 @@
+"""The training state, the loss, and the pure train / eval steps that `train.py` jits."""
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxlm.model import GPT
+
+Batch = dict[str, jax.Array]  # inputs, targets, positions, segment_ids: [..., batch, seq]; weights
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # [] int32: optimizer updates done
+  params: Any
+  opt_state: Any
+
+
+def init_state(model: GPT, tx: optax.GradientTransformation, seed: int, seq_len: int) -> TrainState:
+  """Fresh parameters (boxed with their logical axes) and optimizer state."""
+  tokens = jnp.zeros((1, seq_len), jnp.int32)
+  params = model.init(jax.random.key(seed), tokens, tokens, tokens + 1)["params"]
+  return TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def token_losses(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per-token cross-entropy and log-normaliser, both float32 `[batch, seq]`."""
+  logits = logits.astype(jnp.float32)
+  log_z = jax.nn.logsumexp(logits, axis=-1)  # [batch, seq]
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  return log_z - target_logit, log_z
+
+
+def loss_fn(params: Any, batch: Batch, model: GPT, z_loss: float, dropout_key: jax.Array | None):
+  """Weighted mean cross-entropy (+ z-loss). Returns (loss, (nll_sum, weight_sum))."""
+  logits = model.apply({"params": params}, batch["inputs"], batch["positions"],
+                       batch["segment_ids"], deterministic=dropout_key is None,
+                       rngs=None if dropout_key is None else {"dropout": dropout_key})
+  nll, log_z = token_losses(logits, batch["targets"])
+  weights = batch["weights"].astype(jnp.float32)
+  weight_sum = jnp.maximum(weights.sum(), 1.0)
+  nll_sum = (nll * weights).sum()
+  loss = (nll_sum + z_loss * (jnp.square(log_z) * weights).sum()) / weight_sum
+  return loss, (nll_sum, weights.sum())
+
+
+def train_step(state: TrainState, batch: Batch, *, model: GPT, tx: optax.GradientTransformation,
+               schedule: optax.Schedule, z_loss: float, seed: int,
+               use_dropout: bool) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer update from a batch shaped `[accum_steps, micro_batch, seq]`.
+
+  Gradients of the micro-batches are summed in a scan, so memory is that of one micro-batch; the
+  result equals one big batch because losses are normalised by the total weight afterwards.
+  """
+  step_key = jax.random.fold_in(jax.random.key(seed), state.step)
+  grad_fn = jax.grad(loss_fn, has_aux=True)
+
+  def micro_step(grad_sum, micro):
+    index, micro_batch = micro
+    # Gradient of the *sum* of token losses; dividing once at the end weights all tokens equally.
+    key = jax.random.fold_in(step_key, index) if use_dropout else None
+    grads, (nll_sum, weight_sum) = grad_fn(state.params, micro_batch, model, z_loss, key)
+    scale = jnp.maximum(micro_batch["weights"].sum(), 1.0)
+    grads = jax.tree.map(lambda g: g * scale, grads)
+    grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
+    return grad_sum, (nll_sum, weight_sum)
+
+  accum_steps = batch["inputs"].shape[0]
+  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  grad_sum, (nll_sums, weight_sums) = jax.lax.scan(
+      micro_step, zeros, (jnp.arange(accum_steps), batch))
+  total_weight = jnp.maximum(weight_sums.sum(), 1.0)
+  grads = jax.tree.map(lambda g: g / total_weight, grad_sum)
+
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {
+      "loss": nll_sums.sum() / total_weight,
+      "grad_norm": optax.global_norm(grads),
+      "lr": jnp.asarray(schedule(state.step), jnp.float32),
+      "tokens": weight_sums.sum(),
+  }
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params: Any, batch: Batch, *, model: GPT) -> dict[str, jax.Array]:
+  """Sums over a `[batch, seq]` batch: NLL, weight (token count) and correct argmax predictions."""
+  logits = model.apply({"params": params}, batch["inputs"], batch["positions"],
+                       batch["segment_ids"])
+  nll, _ = token_losses(logits, batch["targets"])
+  weights = batch["weights"].astype(jnp.float32)
+  correct = (jnp.argmax(logits, axis=-1) == batch["targets"]).astype(jnp.float32)
+  return {"nll_sum": (nll * weights).sum(), "weight_sum": weights.sum(),
+          "correct_sum": (correct * weights).sum()}
+
+
+def unboxed(fn: Callable[..., Any]) -> Callable[..., Any]:
+  """Wraps an init function so it returns plain arrays (the logical axes are kept separately)."""
+  return lambda *args: nn.unbox(fn(*args))
