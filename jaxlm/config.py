@@ -8,6 +8,10 @@ The config is read here and in the entry points only; everything below them rece
 import ml_collections
 
 
+class ConfigError(ValueError):
+  """An option value that cannot work; the message names the option and what to use instead."""
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 

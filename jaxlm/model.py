@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxlm.config import ConfigError
+
 Array = jax.Array
 AXES_NORM = ("norm",)
 
@@ -36,12 +38,12 @@ class ModelConfig:
 
   def __post_init__(self):
     if self.d_model % self.num_heads:
-      raise ValueError(f"model.d_model={self.d_model} is not divisible by model.num_heads="
+      raise ConfigError(f"model.d_model={self.d_model} is not divisible by model.num_heads="
                        f"{self.num_heads}; choose a head count that divides it")
     for field, allowed in (("positions", ("learned", "rope")), ("norm", ("layernorm", "rmsnorm")),
                            ("mlp", ("gelu", "swiglu")), ("dtype", ("float32", "bfloat16"))):
       if getattr(self, field) not in allowed:
-        raise ValueError(f"model.{field}={getattr(self, field)!r} is not one of {allowed}")
+        raise ConfigError(f"model.{field}={getattr(self, field)!r} is not one of {allowed}")
 
   @property
   def head_dim(self) -> int:

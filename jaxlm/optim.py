@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxlm.config import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
@@ -48,7 +50,7 @@ def make_schedule(c: OptimConfig) -> optax.Schedule:
       decay = c.lr * jnp.sqrt(max(warmup, 1) / jnp.maximum(step, 1.0))
       return jnp.where(step < warmup, ramp, decay)
     return rsqrt
-  raise ValueError(f"train.schedule={c.schedule!r} is not one of warmup_cosine, warmup_linear, "
+  raise ConfigError(f"train.schedule={c.schedule!r} is not one of warmup_cosine, warmup_linear, "
                    "constant, rsqrt")
 
 
@@ -73,5 +75,5 @@ def make_optimizer(c: OptimConfig) -> tuple[optax.GradientTransformation, optax.
     core = [optax.add_decayed_weights(c.weight_decay, mask=mask),
             optax.sgd(schedule, momentum=c.momentum or None, nesterov=c.nesterov)]
   else:
-    raise ValueError(f"train.optimizer={c.optimizer!r} is not one of adamw, adam, sgd")
+    raise ConfigError(f"train.optimizer={c.optimizer!r} is not one of adamw, adam, sgd")
   return optax.chain(*clip, *core), schedule

@@ -65,9 +65,25 @@ def check_batch(global_batch: int, grad_accum_steps: int, mesh: Mesh, name: str)
 
 
 def logical_shardings(abstract_boxed_tree: Any, mesh: Mesh, rules: Rules) -> Any:
-  """NamedShardings for a tree whose leaves are `nn.LogicallyPartitioned` (or plain) arrays."""
+  """NamedShardings for a tree whose leaves are `nn.LogicallyPartitioned` (or plain) arrays.
+
+  An axis whose size the mesh axes do not divide (a 65-character vocabulary over tensor=4, say)
+  is replicated instead of failing.
+  """
   specs = nn.get_partition_spec(abstract_boxed_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, tuple(rules))
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, tuple(rules))
+  shapes = jax.tree.leaves(nn.unbox(abstract_boxed_tree))
+  leaves, treedef = jax.tree.flatten(shardings)
+  return jax.tree.unflatten(treedef, [_divisible(s, x.shape) for s, x in zip(leaves, shapes)])
+
+
+def _divisible(named: NamedSharding, shape: tuple[int, ...]) -> NamedSharding:
+  def ways(axes):
+    axes = axes if isinstance(axes, tuple) else (axes,)
+    return int(np.prod([named.mesh.shape[a] for a in axes if a is not None]))
+  spec = [axes if axes is None or size % ways(axes) == 0 else None
+          for axes, size in zip(tuple(named.spec), shape)]
+  return NamedSharding(named.mesh, P(*spec))
 
 
 def batch_sharding(mesh: Mesh, leading_dims: int = 0) -> NamedSharding:

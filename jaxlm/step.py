@@ -80,7 +80,7 @@ def train_step(state: TrainState, batch: Batch, *, model: GPT, tx: optax.Gradien
   params = optax.apply_updates(state.params, updates)
   metrics = {
       "loss": nll_sums.sum() / total_weight,
-      "grad_norm": optax.global_norm(grads),
+      "grad_norm": optax.tree.norm(grads),
       "lr": jnp.asarray(schedule(state.step), jnp.float32),
       "tokens": weight_sums.sum(),
   }

@@ -1,0 +1,133 @@
+"""Text generation with a KV cache: the prompt is prefilled in one forward pass, then one token per step.
+
+Prompts of different lengths share a batch by left padding: padded slots get segment id 0, which
+real tokens (segment 1) never attend to, and positions count from each row's first real token.
+Everything from prefill to the last token is one jitted function, compiled once per
+(batch, prompt length, new tokens, sampling settings).
+"""
+
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlm.model import GPT, ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  max_new_tokens: int = 64
+  temperature: float = 1.0  # 0 = greedy
+  top_k: int = 0  # 0 = no top-k filter
+  top_p: float = 1.0  # 1 = no nucleus filter
+
+
+class PromptError(ValueError):
+  """A prompt that cannot be sampled from: empty, or too long for the context."""
+
+
+def left_pad(prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(tokens, positions, segment_ids), each `[batch, longest prompt]`, padded on the left."""
+  length = max(len(p) for p in prompts)
+  tokens = np.zeros((len(prompts), length), np.int32)
+  segments = np.zeros_like(tokens)
+  for row, prompt in enumerate(prompts):
+    tokens[row, length - len(prompt):] = prompt
+    segments[row, length - len(prompt):] = 1
+  positions = np.maximum(np.cumsum(segments, axis=1) - 1, 0).astype(np.int32)
+  return tokens, positions, segments
+
+
+def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
+  """Sets logits outside the top-k / nucleus (top-p) set to -inf. logits: [batch, vocab]."""
+  if top_k > 0:
+    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]  # [batch, 1]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if top_p < 1.0:
+    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+    cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+    # Keep the smallest set whose probability reaches top_p (always at least the best token).
+    cutoff_index = jnp.sum(cumulative < top_p, axis=-1, keepdims=True)
+    cutoff = jnp.take_along_axis(sorted_logits, cutoff_index, axis=-1)
+    logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+  return logits
+
+
+def choose(logits: jax.Array, key: jax.Array, s: SamplingConfig) -> jax.Array:
+  """Next token ids `[batch]` from last-position logits `[batch, vocab]`."""
+  if s.temperature == 0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = filter_logits(logits / s.temperature, s.top_k, s.top_p)
+  return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sampling"))
+def _generate(params: Any, tokens, positions, segments, key, *, cfg: ModelConfig,
+              sampling: SamplingConfig) -> jax.Array:
+  model = GPT(cfg, decode=True)
+  batch = tokens.shape[0]
+  cache = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens[:, :1], positions[:, :1],
+                                            segments[:, :1]))["cache"]
+  cache = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), cache)
+  logits, mutated = model.apply({"params": params, "cache": cache}, tokens, positions, segments,
+                                mutable=["cache"])
+  next_position = positions[:, -1] + 1  # [batch]
+  first = choose(logits[:, -1], jax.random.fold_in(key, 0), sampling)
+
+  def step(carry, index):
+    cache, token, position = carry
+    logits, mutated = model.apply({"params": params, "cache": cache}, token[:, None],
+                                  position[:, None], jnp.ones((batch, 1), jnp.int32),
+                                  mutable=["cache"])
+    new_token = choose(logits[:, -1], jax.random.fold_in(key, index), sampling)
+    return (mutated["cache"], new_token, position + 1), new_token
+
+  _, rest = jax.lax.scan(step, (mutated["cache"], first, next_position),
+                         jnp.arange(1, sampling.max_new_tokens))
+  return jnp.concatenate([first[:, None], rest.T], axis=1)  # [batch, max_new_tokens]
+
+
+def generate(params: Any, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
+             sampling: SamplingConfig, seed: int = 0,
+             eos_id: int | None = None) -> list[list[int]]:
+  """New tokens for each prompt, cut after the first EOS (which is dropped)."""
+  longest = max(len(p) for p in prompts)
+  if min(len(p) for p in prompts) == 0:
+    raise PromptError("a prompt is empty; give at least one token (or start from EOS)")
+  if longest + sampling.max_new_tokens > cfg.max_len:
+    raise PromptError(
+        f"prompt of {longest} tokens + max_new_tokens={sampling.max_new_tokens} exceeds the "
+        f"model's context of {cfg.max_len} tokens; shorten the prompt or lower --max_new_tokens")
+  tokens, positions, segments = left_pad(prompts)
+  out = np.asarray(_generate(params, tokens, positions, segments, jax.random.key(seed),
+                             cfg=cfg, sampling=sampling))
+  results = []
+  for row in out.tolist():
+    if eos_id is not None and eos_id in row:
+      row = row[:row.index(eos_id)]
+    results.append(row)
+  return results
+
+
+def greedy_no_cache(params: Any, cfg: ModelConfig, prompt: Sequence[int],
+                    max_new_tokens: int) -> list[int]:
+  """Reference decoder: reruns the whole context for every new token (no KV cache)."""
+  model = GPT(cfg)
+  forward = jax.jit(lambda p, t, pos, seg: model.apply({"params": p}, t, pos, seg))
+  context = np.zeros((1, cfg.max_len), np.int32)
+  context[0, :len(prompt)] = prompt
+  positions = np.arange(cfg.max_len, dtype=np.int32)[None]
+  segments = np.ones_like(context)
+  length = len(prompt)
+  new_tokens = []
+  for _ in range(max_new_tokens):
+    # The whole buffer runs each time; causality makes positions >= length irrelevant.
+    logits = forward(params, context, positions, segments)
+    token = int(jnp.argmax(logits[0, length - 1]))
+    new_tokens.append(token)
+    context[0, length] = token
+    length += 1
+  return new_tokens

@@ -1,0 +1,96 @@
+"""Training-speed accounting (FLOPs, MFU) and the metrics writers (JSONL + TensorBoard).
+
+MFU = achieved model FLOP/s / peak FLOP/s, where the model FLOPs per token follow PaLM (appendix B):
+  6 * N  +  12 * num_layers * seq_len * d_model
+N counts every parameter that takes part in a matmul (position embeddings excluded, since they are
+only added); the second term is the attention scores and weighted sum (forward + backward). Peak: on
+CPU a float32 matmul benchmark measured at start-up; on GPU/TPU the datasheet bf16 dense peak.
+"""
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlm.model import ModelConfig
+
+# Dense bf16 peak FLOP/s per chip, from the vendors' datasheets (no sparsity).
+DATASHEET_PEAK = {
+    "H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12,
+    "V100": 125e12, "T4": 65e12, "TPU v6": 918e12, "TPU v5p": 459e12, "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12, "TPU v4": 275e12, "TPU v3": 123e12, "TPU v2": 45e12,
+}
+
+
+def param_count(params: Any) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int, params: Any) -> float:
+  """Training FLOPs (forward + backward) per token, PaLM's formula; see the module docstring."""
+  matmul_params = param_count(params) - (cfg.max_len * cfg.d_model
+                                         if cfg.positions == "learned" else 0)
+  return 6.0 * matmul_params + 12.0 * cfg.num_layers * seq_len * cfg.d_model
+
+
+def measure_matmul_peak(size: int = 1024, repeats: int = 10) -> float:
+  """Best float32 matmul FLOP/s of the default device over a few repeats."""
+  a = jnp.ones((size, size), jnp.float32)
+  matmul = jax.jit(lambda x: x @ x)
+  matmul(a).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2.0 * size**3 / best
+
+
+def peak_flops(device: jax.Device) -> tuple[float, str]:
+  """(peak FLOP/s per device, where the number comes from)."""
+  if device.platform != "cpu":
+    kind = device.device_kind
+    for name, peak in DATASHEET_PEAK.items():
+      if name.lower() in kind.lower():
+        return peak, f"datasheet bf16 peak of {kind}"
+    return float("nan"), f"no datasheet peak known for {kind}"
+  return measure_matmul_peak(), "measured float32 matmul peak"
+
+
+class MetricsWriter:
+  """Appends one JSON line per record to WORKDIR/metrics.jsonl and mirrors scalars to TensorBoard.
+
+  Only process 0 writes; the other processes get a writer that drops everything.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self._jsonl = None
+    self._tb = None
+    if enabled:
+      from tensorboardX import SummaryWriter  # imported here: only the writing process needs it
+      os.makedirs(workdir, exist_ok=True)
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, record: dict[str, float], prefix: str = "train") -> None:
+    if not self.enabled:
+      return
+    self._jsonl.write(json.dumps({"step": step, "split": prefix, **record}) + "\n")
+    self._jsonl.flush()
+    for name, value in record.items():
+      if isinstance(value, (int, float)):
+        self._tb.add_scalar(f"{prefix}/{name}", value, step)
+
+  def text(self, step: int, tag: str, text: str) -> None:
+    if self.enabled:
+      self._tb.add_text(tag, text, step)
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()

@@ -1,0 +1,52 @@
+"""Sample text from a trained run, with a KV cache.
+
+    python -m jaxlm.sample --workdir=DIR --prompt="def main(" [--max_new_tokens=200]
+        [--temperature=0.8] [--top_k=40] [--top_p=0.95] [--num_samples=2] [--seed=0]
+
+The prompt is encoded with the run's own tokenizer after the start-of-document token. Each sample is
+printed after a separator line; the last line of stdout is a JSON list of the samples.
+"""
+
+from absl import app, flags
+
+from jaxlm import cli, trained
+from jaxlm.decode import SamplingConfig, generate
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The training run's directory.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+_PROMPT = flags.DEFINE_string("prompt", "", "Text to continue ('' = start a new document).")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 200, "Tokens to generate per sample.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 = greedy.")
+_TOP_K = flags.DEFINE_integer("top_k", 40, "Sample among the k likeliest tokens; 0 = all.")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "Sample within the top-p probability mass; 1 = all.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Samples, generated as one batch.")
+_SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
+
+
+def sample(workdir: str, step: int | None, prompt: str, sampling: SamplingConfig,
+           num_samples: int, seed: int) -> list[str]:
+  run = trained.load(workdir, step)
+  prompt_ids = [run.tokenizer.eos_id] + run.tokenizer.encode(prompt)
+  outputs = generate(run.params, run.model_cfg, [prompt_ids] * num_samples, sampling, seed,
+                     eos_id=run.tokenizer.eos_id)
+  return [prompt + run.tokenizer.decode(ids) for ids in outputs]
+
+
+def main(argv):
+  del argv
+
+  def run():
+    sampling = SamplingConfig(_MAX_NEW.value, _TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
+    texts = sample(cli.require_workdir(_WORKDIR.value), _STEP.value, _PROMPT.value, sampling,
+                   _NUM_SAMPLES.value, _SEED.value)
+    for text in texts:
+      print("-" * 40)
+      print(text)
+    print("-" * 40)
+    cli.emit_json({"samples": texts})
+
+  cli.run(run)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,168 @@
+"""Pretrain a GPT: config -> data -> sharded jitted step -> checkpoints, metrics and samples.
+
+    python -m jaxlm.train --config=configs/default.py --workdir=DIR [--config.train.lr=3e-4 ...]
+
+Rerunning the same command on the same workdir resumes from its latest checkpoint: parameters,
+optimizer state, step and the data iterator's position all come back.
+"""
+
+import math
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+from absl import app, flags
+from ml_collections import config_flags
+
+from jaxlm import checkpoint, cli, sharding
+from jaxlm.config import ConfigError
+from jaxlm.corpus import DataConfig, build_dataset, read_corpus, workdir_tokenizer
+from jaxlm.data import train_batches
+from jaxlm.decode import SamplingConfig, generate
+from jaxlm.engine import build_engine
+from jaxlm.evaluate import evaluate_split
+from jaxlm.metrics import MetricsWriter, flops_per_token, peak_flops
+from jaxlm.optim import OptimConfig
+from jaxlm.trained import model_config
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Training config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, tokenizer and logs.")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  if config.data.seq_len > config.model.max_len:
+    raise ConfigError(f"data.seq_len={config.data.seq_len} is longer than model.max_len="
+                      f"{config.model.max_len}; raise model.max_len or lower data.seq_len")
+  if config.train.steps <= 0:
+    raise ConfigError(f"train.steps={config.train.steps} must be positive")
+
+
+def check_resume(saved: dict, config: ml_collections.ConfigDict) -> None:
+  """A resumed run must keep the architecture and data it was started with."""
+  now = cli.config_to_json(config)
+  differing = [f"{section}.{key}: {saved[section].get(key)!r} -> {value!r}"
+               for section in ("model", "data") for key, value in now[section].items()
+               if saved[section].get(key) != value]
+  if differing:
+    raise ConfigError("the workdir holds a run with other settings (" + "; ".join(differing) +
+                      "); use a new --workdir or the original settings")
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Runs (or resumes) training; returns the final validation metrics."""
+  check_config(config)
+  cli.ensure_writable(workdir)
+  is_main = jax.process_index() == 0
+  log = tqdm.tqdm.write if is_main else (lambda *_: None)
+
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+  accum = config.train.grad_accum_steps
+  sharding.check_batch(config.train.batch_size, accum, mesh, "train.batch_size")
+  sharding.check_batch(config.eval.batch_size, 1, mesh, "eval.batch_size")
+
+  data_cfg = DataConfig.from_config(config.data)
+  start_step = checkpoint.latest_step(workdir)
+  if start_step is not None:
+    _, saved_config, _ = checkpoint.restore_metadata(workdir, start_step)
+    check_resume(saved_config, config)
+  corpus = read_corpus(data_cfg)
+  tokenizer = workdir_tokenizer(data_cfg, corpus, workdir)
+  dataset = build_dataset(data_cfg, corpus, tokenizer)
+  log(f"data: {len(corpus.train)} train / {len(corpus.val)} val documents, "
+      f"{len(dataset.train.stream):,} / {len(dataset.val.stream):,} tokens, "
+      f"{tokenizer.kind} tokenizer of {tokenizer.vocab_size} ids")
+
+  model_cfg = model_config(config, tokenizer.vocab_size)
+  engine = build_engine(model_cfg, OptimConfig.from_config(config.train), mesh, config.mesh.rules,
+                        config.train.seed, data_cfg.seq_len, config.train.z_loss)
+  batches = train_batches(dataset.train, config.train.batch_size, config.train.seed,
+                          jax.process_index(), jax.process_count())
+  iterator = iter(batches)
+  mngr = checkpoint.manager(workdir, keep=config.checkpoint.keep)
+  if start_step is None:
+    start_step, state = 0, engine.init()
+  else:
+    state, data_state = checkpoint.restore(mngr, start_step, engine.abstract_state)
+    iterator.set_state(data_state)
+    log(f"resumed from step {start_step} in {checkpoint.checkpoint_dir(workdir)}")
+
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  token_flops = flops_per_token(model_cfg, data_cfg.seq_len, state.params)
+  peak, peak_source = peak_flops(jax.devices()[0])
+  log(f"model: {num_params:,} parameters; mesh {dict(mesh.shape)}; MFU peak "
+      f"{peak / 1e12:.3g} TFLOP/s per device ({peak_source})")
+  log("parameter shardings:\n" + sharding.sharding_table(state.params))
+
+  writer = MetricsWriter(workdir, enabled=is_main)
+  saved = {"config": cli.config_to_json(config), "tokenizer": tokenizer.to_json()}
+  batch_spec = sharding.batch_sharding(mesh, leading_dims=1)
+  total = config.train.steps
+  progress = tqdm.tqdm(total=total, initial=start_step, disable=not is_main, desc="train",
+                       dynamic_ncols=True)
+  window_start, window_steps, wait_time = time.perf_counter(), 0, 0.0
+  val_metrics = {}
+  for step in range(start_step, total):
+    wait_start = time.perf_counter()
+    rows = next(iterator)  # each field [local_batch, seq]
+    wait_time += time.perf_counter() - wait_start
+    micro = {k: v.reshape(accum, -1, *v.shape[1:]) for k, v in rows.items()}
+    state, metrics = engine.train_step(state, sharding.global_batch(micro, batch_spec))
+    done = step + 1
+    window_steps += 1
+    progress.update(1)
+
+    if done % config.train.log_every == 0 or done == total:
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      elapsed = time.perf_counter() - window_start
+      tokens_per_sec = window_steps * config.train.batch_size * data_cfg.seq_len / elapsed
+      metrics.update(tokens_per_sec=tokens_per_sec, step_time=elapsed / window_steps,
+                     host_wait=wait_time / elapsed,
+                     mfu=tokens_per_sec * token_flops / (peak * jax.device_count()))
+      del metrics["tokens"]
+      writer.write(done, metrics)
+      progress.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.2e}")
+      if not math.isfinite(metrics["loss"]):
+        raise FloatingPointError(f"loss is {metrics['loss']} at step {done}; lower train.lr or "
+                                 "raise train.warmup_steps")
+      window_start, window_steps, wait_time = time.perf_counter(), 0, 0.0
+
+    if (config.eval.every and done % config.eval.every == 0) or done == total:
+      val_metrics = evaluate_split(engine, state.params, dataset.val, config.eval.batch_size,
+                                   config.eval.max_batches, dataset.val_bytes_per_token)
+      writer.write(done, val_metrics, prefix="val")
+      log(f"step {done}: val loss {val_metrics['loss']:.4f} perplexity "
+          f"{val_metrics['perplexity']:.3f} bits/byte {val_metrics['bits_per_byte']:.4f}")
+      if config.eval.sample_tokens:
+        text = sample_text(state.params, model_cfg, tokenizer, config.eval.sample_tokens, done)
+        writer.text(done, "sample", text)
+        log(f"sample at step {done}:\n{text}\n")
+      window_start = time.perf_counter()  # evaluation time is not training throughput
+
+    if done % config.checkpoint.every == 0 or done == total:
+      checkpoint.save(mngr, done, state, saved["config"], saved["tokenizer"], iterator.get_state())
+  progress.close()
+  mngr.wait_until_finished()
+  mngr.close()
+  writer.close()
+  log(f"done: {total} steps; checkpoints in {checkpoint.checkpoint_dir(workdir)}")
+  return val_metrics
+
+
+def sample_text(params, model_cfg, tokenizer, num_tokens: int, seed: int) -> str:
+  """A short unconditional sample (from the start-of-document token) for the log."""
+  num_tokens = min(num_tokens, model_cfg.max_len - 1)
+  tokens = generate(params, model_cfg, [[tokenizer.eos_id]],
+                    SamplingConfig(max_new_tokens=num_tokens, temperature=0.8, top_k=40),
+                    seed=seed, eos_id=tokenizer.eos_id)[0]
+  return tokenizer.decode(tokens)
+
+
+def main(argv):
+  del argv
+  cli.run(lambda: cli.emit_json(train(_CONFIG.value, cli.require_workdir(_WORKDIR.value))))
+
+
+if __name__ == "__main__":
+  app.run(main)

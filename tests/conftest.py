@@ -1,0 +1,32 @@
+"""Test set-up: 8 simulated CPU devices and a persistent compilation cache, before jax is imported."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+CACHE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".jax_cache")
+
+import jax  # noqa: E402  (after XLA_FLAGS on purpose)
+import pytest  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+from jaxlm.model import ModelConfig  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_cfg() -> ModelConfig:
+  return ModelConfig(vocab_size=61, d_model=32, num_layers=2, num_heads=4, mlp_dim=64, max_len=32)
+
+
+def subprocess_env() -> dict:
+  """Environment for CLI subprocesses: one CPU device unless a test says otherwise, shared cache."""
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = ""
+  env["JAX_COMPILATION_CACHE_DIR"] = CACHE_DIR
+  env["PYTHONPATH"] = REPO
+  return env
