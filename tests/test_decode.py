@@ -1,0 +1,79 @@
+"""KV-cache generation against full recomputation, left padding, and the sampling filters."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxlm.decode import (PromptError, SamplingConfig, filter_logits, generate, greedy_no_cache,
+                          left_pad)
+from jaxlm.model import GPT
+
+
+@pytest.fixture(scope="module", params=["learned", "rope"])
+def sharp_model(request, tiny_model_cfg):
+  """A random model with large weights, so greedy choices are far from ties."""
+  cfg = dataclasses.replace(tiny_model_cfg, positions=request.param)
+  tokens = jnp.zeros((1, 8), jnp.int32)
+  params = nn.unbox(GPT(cfg).init(jax.random.key(4), tokens, tokens, tokens + 1)["params"])
+  params = jax.tree.map(lambda x: x * 4 if x.ndim >= 2 else x, params)
+  return cfg, params
+
+
+def test_cached_greedy_equals_recomputing_the_whole_context(sharp_model):
+  cfg, params = sharp_model
+  prompts = [[5, 9, 2, 7], [11, 3], [1, 2, 3, 4, 5, 6, 7, 8, 9]]  # different lengths: left padding
+  cached = generate(params, cfg, prompts, SamplingConfig(max_new_tokens=12, temperature=0))
+  for prompt, out in zip(prompts, cached):
+    assert out == greedy_no_cache(params, cfg, prompt, 12)
+  assert len({tuple(o) for o in cached}) > 1
+
+
+def test_prefill_then_step_logits_equal_the_full_forward(sharp_model):
+  cfg, params = sharp_model
+  tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 10)).astype(np.int32)
+  positions = np.broadcast_to(np.arange(10), (2, 10)).astype(np.int32)
+  segments = np.ones_like(tokens)
+  full = GPT(cfg).apply({"params": params}, tokens, positions, segments)
+  model = GPT(cfg, decode=True)
+  cache = model.init(jax.random.key(0), tokens[:, :1], positions[:, :1], segments[:, :1])["cache"]
+  cache = jax.tree.map(jnp.zeros_like, cache)
+  prefill, state = model.apply({"params": params, "cache": cache}, tokens[:, :6], positions[:, :6],
+                               segments[:, :6], mutable=["cache"])
+  np.testing.assert_allclose(prefill, full[:, :6], atol=1e-4)
+  for t in range(6, 10):
+    step, state = model.apply({"params": params, **state}, tokens[:, t:t + 1],
+                              positions[:, t:t + 1], segments[:, t:t + 1], mutable=["cache"])
+    np.testing.assert_allclose(step[:, 0], full[:, t], atol=1e-4)
+
+
+def test_left_padding_marks_pad_as_segment_zero_and_counts_positions_from_the_prompt():
+  tokens, positions, segments = left_pad([[4, 5, 6], [7]])
+  np.testing.assert_array_equal(tokens, [[4, 5, 6], [0, 0, 7]])
+  np.testing.assert_array_equal(segments, [[1, 1, 1], [0, 0, 1]])
+  np.testing.assert_array_equal(positions, [[0, 1, 2], [0, 0, 0]])
+
+
+def test_top_k_and_top_p_keep_only_the_likeliest_tokens():
+  logits = jnp.log(jnp.array([[0.5, 0.2, 0.15, 0.1, 0.05]]))
+  kept = np.isfinite(np.asarray(filter_logits(logits, top_k=2, top_p=1.0)))[0]
+  np.testing.assert_array_equal(kept, [True, True, False, False, False])
+  kept = np.isfinite(np.asarray(filter_logits(logits, top_k=0, top_p=0.8)))[0]
+  np.testing.assert_array_equal(kept, [True, True, True, False, False])  # 0.5+0.2 < 0.8 <= 0.85
+
+
+def test_sampling_is_reproducible_by_seed_and_varies_across_seeds(sharp_model):
+  cfg, params = sharp_model
+  s = SamplingConfig(max_new_tokens=10, temperature=1.5)
+  first = generate(params, cfg, [[1, 2]] * 4, s, seed=1)
+  assert first == generate(params, cfg, [[1, 2]] * 4, s, seed=1)
+  assert first != generate(params, cfg, [[1, 2]] * 4, s, seed=2)
+
+
+def test_prompt_longer_than_the_context_is_refused(sharp_model):
+  cfg, params = sharp_model
+  with pytest.raises(PromptError, match="context of 32 tokens"):
+    generate(params, cfg, [[1] * 30], SamplingConfig(max_new_tokens=5))
