@@ -25,7 +25,7 @@ def get_config():
   c.train.log_every = 20
   c.eval.every = 200
   c.eval.batch_size = 32
-  c.eval.max_batches = 20
+  c.eval.max_batches = 0
   c.eval.sample_tokens = 96
   c.checkpoint.every = 200
   return c

@@ -42,15 +42,23 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, config: dict, token
       data=ocp.args.JsonSave(data_state)), force=True)
 
 
-def latest_step(workdir: str) -> int | None:
+def latest_steps(workdir: str) -> list[int]:
+  """Steps of the complete checkpoints in the workdir (none if there is no checkpoint directory)."""
   if not os.path.isdir(checkpoint_dir(workdir)):
-    return None
+    return []
   with manager(workdir, read_only=True) as mngr:
-    return mngr.latest_step()
+    return list(mngr.all_steps())
+
+
+def latest_step(workdir: str) -> int | None:
+  return max(latest_steps(workdir), default=None)
 
 
 def restore_metadata(workdir: str, step: int | None = None) -> tuple[int, dict, dict]:
   """(step, config dict, tokenizer dict) of a checkpoint, without touching any array."""
+  if not os.path.isdir(checkpoint_dir(workdir)):
+    raise CheckpointError(f"no checkpoint in {checkpoint_dir(workdir)}; train first with "
+                          f"`python -m jaxlm.train --workdir={workdir}`")
   with manager(workdir, read_only=True) as mngr:
     step = _resolve_step(mngr, workdir, step)
     restored = mngr.restore(step, args=ocp.args.Composite(

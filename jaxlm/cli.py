@@ -11,7 +11,7 @@ import traceback
 from typing import Callable
 
 import ml_collections
-from absl import flags
+from absl import flags, logging
 
 from jaxlm.checkpoint import CheckpointError
 from jaxlm.config import ConfigError
@@ -27,6 +27,8 @@ USER_ERRORS = (ConfigError, DataError, ShardingError, CheckpointError, PromptErr
 
 def run(fn: Callable[[], object]) -> None:
   """Calls `fn`, turning user errors into a one-line message and exit status 2."""
+  if not flags.FLAGS.verbose:
+    logging.set_verbosity(logging.ERROR)  # Orbax and grain log every file they touch
   try:
     fn()
   except USER_ERRORS as e:

@@ -43,7 +43,7 @@ def left_pad(prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray, 
 
 def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
   """Sets logits outside the top-k / nucleus (top-p) set to -inf. logits: [batch, vocab]."""
-  if top_k > 0:
+  if 0 < top_k < logits.shape[-1]:
     kth = jax.lax.top_k(logits, top_k)[0][:, -1:]  # [batch, 1]
     logits = jnp.where(logits < kth, -jnp.inf, logits)
   if top_p < 1.0:

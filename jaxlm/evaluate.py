@@ -20,10 +20,13 @@ from jaxlm.corpus import DataConfig, pack_split, read_corpus
 from jaxlm.data import PackedTokens, eval_batches
 from jaxlm.engine import Engine
 
-_CONFIG = config_flags.DEFINE_config_dict("config", base_config(),
-                                          "Overrides of the run's config (eval.*, data.*, mesh.*).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "The training run's directory.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
+
+
+def define_flags() -> None:
+  config_flags.DEFINE_config_dict("config", base_config(),
+                                  "Overrides of the run's config (eval.*, data.*, mesh.*).")
+  flags.DEFINE_string("workdir", None, "The training run's directory.")
+  flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
 
 
 def evaluate_split(engine: Engine, params, packed: PackedTokens, batch_size: int,
@@ -63,9 +66,11 @@ def evaluate(workdir: str, step: int | None, overrides: dict) -> dict[str, float
 
 def main(argv):
   del argv
-  cli.run(lambda: cli.emit_json(evaluate(cli.require_workdir(_WORKDIR.value), _STEP.value,
-                                         flags.FLAGS["config"].override_values)))
+  f = flags.FLAGS
+  cli.run(lambda: cli.emit_json(evaluate(cli.require_workdir(f.workdir), f.step,
+                                         f["config"].override_values)))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -12,15 +12,18 @@ from absl import app, flags
 from jaxlm import cli, trained
 from jaxlm.decode import SamplingConfig, generate
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The training run's directory.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-_PROMPT = flags.DEFINE_string("prompt", "", "Text to continue ('' = start a new document).")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 200, "Tokens to generate per sample.")
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 = greedy.")
-_TOP_K = flags.DEFINE_integer("top_k", 40, "Sample among the k likeliest tokens; 0 = all.")
-_TOP_P = flags.DEFINE_float("top_p", 1.0, "Sample within the top-p probability mass; 1 = all.")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Samples, generated as one batch.")
-_SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("workdir", None, "The training run's directory.")
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  flags.DEFINE_string("prompt", "", "Text to continue ('' = start a new document).")
+  flags.DEFINE_integer("max_new_tokens", 200, "Tokens to generate per sample.")
+  flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 = greedy.")
+  flags.DEFINE_integer("top_k", 40, "Sample among the k likeliest tokens; 0 = all.")
+  flags.DEFINE_float("top_p", 1.0, "Sample within the top-p probability mass; 1 = all.")
+  flags.DEFINE_integer("num_samples", 1, "Samples, generated as one batch.")
+  flags.DEFINE_integer("seed", 0, "Random seed.")
 
 
 def sample(workdir: str, step: int | None, prompt: str, sampling: SamplingConfig,
@@ -35,10 +38,12 @@ def sample(workdir: str, step: int | None, prompt: str, sampling: SamplingConfig
 def main(argv):
   del argv
 
+  f = flags.FLAGS
+
   def run():
-    sampling = SamplingConfig(_MAX_NEW.value, _TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
-    texts = sample(cli.require_workdir(_WORKDIR.value), _STEP.value, _PROMPT.value, sampling,
-                   _NUM_SAMPLES.value, _SEED.value)
+    sampling = SamplingConfig(f.max_new_tokens, f.temperature, f.top_k, f.top_p)
+    texts = sample(cli.require_workdir(f.workdir), f.step, f.prompt, sampling, f.num_samples,
+                   f.seed)
     for text in texts:
       print("-" * 40)
       print(text)
@@ -49,4 +54,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

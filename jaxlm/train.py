@@ -27,8 +27,11 @@ from jaxlm.metrics import MetricsWriter, flops_per_token, peak_flops
 from jaxlm.optim import OptimConfig
 from jaxlm.trained import model_config
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Training config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, tokenizer and logs.")
+
+
+def define_flags() -> None:
+  config_flags.DEFINE_config_file("config", "configs/default.py", "Training config file.")
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, tokenizer and logs.")
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -138,7 +141,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         text = sample_text(state.params, model_cfg, tokenizer, config.eval.sample_tokens, done)
         writer.text(done, "sample", text)
         log(f"sample at step {done}:\n{text}\n")
-      window_start = time.perf_counter()  # evaluation time is not training throughput
+      # Evaluation time is not training throughput: the next window starts now.
+      window_start, window_steps, wait_time = time.perf_counter(), 0, 0.0
 
     if done % config.checkpoint.every == 0 or done == total:
       checkpoint.save(mngr, done, state, saved["config"], saved["tokenizer"], iterator.get_state())
@@ -161,8 +165,10 @@ def sample_text(params, model_cfg, tokenizer, num_tokens: int, seed: int) -> str
 
 def main(argv):
   del argv
-  cli.run(lambda: cli.emit_json(train(_CONFIG.value, cli.require_workdir(_WORKDIR.value))))
+  f = flags.FLAGS
+  cli.run(lambda: cli.emit_json(train(f.config, cli.require_workdir(f.workdir))))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
