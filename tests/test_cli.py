@@ -1,0 +1,94 @@
+"""The entry points as a user runs them: `python -m jaxlm.<verb>` in fresh processes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, subprocess_env
+from test_train import write_corpus
+
+TINY = """
+from jaxlm.config import base_config
+
+def get_config():
+  c = base_config()
+  c.data.source, c.data.tokenizer, c.data.path = "files", "char", {path!r}
+  c.data.seq_len = c.model.max_len = 32
+  c.data.val_fraction = 0.2
+  c.model.d_model, c.model.num_layers, c.model.num_heads, c.model.mlp_dim = 32, 2, 2, 64
+  c.train.batch_size, c.train.steps, c.train.log_every, c.train.warmup_steps = 8, 6, 3, 2
+  c.eval.every, c.eval.batch_size, c.eval.sample_tokens = 0, 8, 8
+  c.checkpoint.every = 3
+  return c
+"""
+
+
+def jaxlm(verb: str, *args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", f"jaxlm.{verb}", *args], cwd=REPO, env=subprocess_env(),
+                        capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+  root = tmp_path_factory.mktemp("cli")
+  config = root / "tiny.py"
+  config.write_text(TINY.format(path=write_corpus(root / "corpus")))
+  workdir = str(root / "run")
+  result = jaxlm("train", f"--config={config}", f"--workdir={workdir}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  return config, workdir, result
+
+
+def last_json(stdout: str) -> dict:
+  return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_train_prints_final_metrics_and_writes_its_workdir(cli_run):
+  _, workdir, result = cli_run
+  assert set(last_json(result.stdout)) >= {"loss", "perplexity", "bits_per_byte", "tokens"}
+  for name in ("metrics.jsonl", "tokenizer.json", "tensorboard", "checkpoints/6"):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  assert "parameter shardings" in result.stderr + result.stdout
+
+
+def test_evaluate_prints_metrics_json_whose_perplexity_is_exp_loss(cli_run):
+  _, workdir, _ = cli_run
+  result = jaxlm("evaluate", f"--workdir={workdir}", "--config.eval.batch_size=4")
+  assert result.returncode == 0, result.stderr[-2000:]
+  metrics = last_json(result.stdout)
+  assert set(metrics) >= {"loss", "perplexity", "bits_per_byte", "token_accuracy", "tokens"}
+  assert metrics["perplexity"] == pytest.approx(2.718281828459045 ** metrics["loss"], rel=1e-9)
+
+
+def test_sample_continues_the_prompt(cli_run):
+  _, workdir, _ = cli_run
+  result = jaxlm("sample", f"--workdir={workdir}", "--prompt=the cat", "--num_samples=2",
+                 "--max_new_tokens=10", "--seed=3")
+  assert result.returncode == 0, result.stderr[-2000:]
+  samples = last_json(result.stdout)["samples"]
+  assert len(samples) == 2 and all(s.startswith("the cat") for s in samples)
+
+
+def test_rerunning_train_resumes_instead_of_starting_over(cli_run):
+  config, workdir, _ = cli_run
+  result = jaxlm("train", f"--config={config}", f"--workdir={workdir}", "--config.train.steps=9")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "resumed from step 6" in result.stderr + result.stdout
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "9"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.data.path=/nonexistent/corpus"], "does not exist"),
+    (["--config.mesh.data=3"], "mesh.data * mesh.fsdp * mesh.tensor = 1"),
+    (["--config.data.seq_len=64"], "longer than model.max_len"),
+])
+def test_bad_input_gives_one_line_error_and_exit_2(cli_run, tmp_path, args, message):
+  config, _, _ = cli_run
+  result = jaxlm("train", f"--config={config}", f"--workdir={tmp_path / 'w'}", *args)
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert lines[-1].startswith("error: ") and message in lines[-1], result.stderr[-1000:]
+  assert "Traceback" not in result.stderr
