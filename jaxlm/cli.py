@@ -10,6 +10,7 @@ import sys
 import traceback
 from typing import Callable
 
+import jax
 import ml_collections
 from absl import flags, logging
 
@@ -29,6 +30,10 @@ def run(fn: Callable[[], object]) -> None:
   """Calls `fn`, turning user errors into a one-line message and exit status 2."""
   if not flags.FLAGS.verbose:
     logging.set_verbosity(logging.ERROR)  # Orbax and grain log every file they touch
+  # Reuse compiled steps across runs (JAX_COMPILATION_CACHE_DIR, if set, wins).
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir",
+                      os.path.join(os.path.expanduser("~"), ".cache", "jaxlm", "xla"))
   try:
     fn()
   except USER_ERRORS as e:
