@@ -24,6 +24,7 @@ from jaxlm.step import TrainState, eval_step, init_state, train_step
 class Engine:
   mesh: Mesh
   rules: tuple
+  batch_axes: tuple[str, ...]  # mesh axes that split the batch
   model: GPT
   tx: optax.GradientTransformation
   schedule: optax.Schedule
@@ -39,6 +40,9 @@ class Engine:
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
       yield
 
+  def batch_sharding(self, leading_dims: int = 0):
+    return sharding.batch_sharding(self.mesh, self.batch_axes, leading_dims)
+
   def traced(self, fn: Callable) -> Callable:
     @functools.wraps(fn)
     def call(*args):
@@ -48,8 +52,10 @@ class Engine:
 
 
 def build_engine(model_cfg: ModelConfig, optim_cfg: OptimConfig, mesh: Mesh, rules,
-                 seed: int, seq_len: int, z_loss: float = 0.0) -> Engine:
+                 seed: int, seq_len: int, z_loss: float = 0.0,
+                 batch_axes: tuple[str, ...] = sharding.BATCH_AXES) -> Engine:
   rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
+  rules = sharding.with_batch_axes(rules, batch_axes)
   model = GPT(model_cfg)
   tx, schedule = make_optimizer(optim_cfg)
   make_state = functools.partial(init_state, model, tx, seed, seq_len)
@@ -61,8 +67,8 @@ def build_engine(model_cfg: ModelConfig, optim_cfg: OptimConfig, mesh: Mesh, rul
       nn.unbox(boxed), state_shardings)
 
   params_shardings = state_shardings.params
-  batch3 = sharding.batch_sharding(mesh, leading_dims=1)  # [accum, batch, seq]
-  batch2 = sharding.batch_sharding(mesh)  # [batch, seq]
+  batch3 = sharding.batch_sharding(mesh, batch_axes, leading_dims=1)  # [accum, batch, seq]
+  batch2 = sharding.batch_sharding(mesh, batch_axes)  # [batch, seq]
   scalar = sharding.replicated(mesh)
   jit_init = jax.jit(lambda: nn.unbox(make_state()), out_shardings=state_shardings)
   jit_train = jax.jit(
@@ -72,7 +78,7 @@ def build_engine(model_cfg: ModelConfig, optim_cfg: OptimConfig, mesh: Mesh, rul
       donate_argnums=0)
   jit_eval = jax.jit(functools.partial(eval_step, model=model),
                      in_shardings=(params_shardings, batch2), out_shardings=scalar)
-  engine = Engine(mesh, rules, model, tx, schedule, state_shardings, abstract_state,
+  engine = Engine(mesh, rules, batch_axes, model, tx, schedule, state_shardings, abstract_state,
                   init=None, train_step=None, eval_step=None)
   return dataclasses.replace(engine, init=engine.traced(jit_init),
                              train_step=engine.traced(jit_train),

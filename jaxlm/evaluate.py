@@ -32,7 +32,7 @@ def define_flags() -> None:
 def evaluate_split(engine: Engine, params, packed: PackedTokens, batch_size: int,
                    max_batches: int, bytes_per_token: float) -> dict[str, float]:
   """Metrics over `packed` (all of it when max_batches is 0), summed on device, read once."""
-  batch_spec = sharding.batch_sharding(engine.mesh)
+  batch_spec = engine.batch_sharding()
   local_batch = batch_size // jax.process_count()
   totals = None
   for rows in eval_batches(packed, local_batch, jax.process_index(), jax.process_count(),
@@ -54,7 +54,6 @@ def evaluate_split(engine: Engine, params, packed: PackedTokens, batch_size: int
 def evaluate(workdir: str, step: int | None, overrides: dict) -> dict[str, float]:
   run = trained.load(workdir, step, overrides)
   data_cfg = DataConfig.from_config(run.config.data)
-  sharding.check_batch(run.config.eval.batch_size, 1, run.engine.mesh, "eval.batch_size")
   val, bytes_per_token = pack_split(read_corpus(data_cfg).val, run.tokenizer, data_cfg.seq_len)
   metrics = evaluate_split(run.engine, run.params, val, run.config.eval.batch_size,
                            run.config.eval.max_batches, bytes_per_token)

@@ -51,17 +51,24 @@ def batch_parallelism(mesh: Mesh) -> int:
   return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
-def check_batch(global_batch: int, grad_accum_steps: int, mesh: Mesh, name: str) -> None:
-  """The batch must split evenly into micro-batches and then over the data-parallel devices."""
-  ways = batch_parallelism(mesh)
+def check_batch(global_batch: int, grad_accum_steps: int, mesh: Mesh, name: str) -> tuple[str, ...]:
+  """Checks that the batch splits into micro-batches and over `mesh.data`; returns the batch axes.
+
+  The batch is split over data x fsdp. Where fsdp does not divide a micro-batch (nanoGPT's batch
+  of 12 on fsdp=8, say) it still shards parameters, and the batch is split over `data` alone.
+  """
   if global_batch % grad_accum_steps:
     raise ShardingError(f"{name}={global_batch} is not divisible by train.grad_accum_steps="
                         f"{grad_accum_steps}")
   micro = global_batch // grad_accum_steps
-  if micro % ways:
+  data = mesh.shape["data"]
+  if micro % data:
     raise ShardingError(f"{name}={global_batch} (micro-batch {micro}) is not divisible by the "
-                        f"{ways} data-parallel devices (mesh.data x mesh.fsdp); use a multiple of "
-                        f"{ways * grad_accum_steps}")
+                        f"{data} data-parallel devices (mesh.data); use a multiple of "
+                        f"{data * grad_accum_steps}")
+  if micro % batch_parallelism(mesh):
+    return ("data",)
+  return BATCH_AXES
 
 
 def logical_shardings(abstract_boxed_tree: Any, mesh: Mesh, rules: Rules) -> Any:
@@ -86,9 +93,15 @@ def _divisible(named: NamedSharding, shape: tuple[int, ...]) -> NamedSharding:
   return NamedSharding(named.mesh, P(*spec))
 
 
-def batch_sharding(mesh: Mesh, leading_dims: int = 0) -> NamedSharding:
-  """Sharding of `[*leading, batch, seq]` arrays: the batch axis over data x fsdp."""
-  return NamedSharding(mesh, P(*([None] * leading_dims), BATCH_AXES))
+def batch_sharding(mesh: Mesh, axes: tuple[str, ...] = BATCH_AXES,
+                   leading_dims: int = 0) -> NamedSharding:
+  """Sharding of `[*leading, batch, seq]` arrays: the batch axis over `axes`."""
+  return NamedSharding(mesh, P(*([None] * leading_dims), axes))
+
+
+def with_batch_axes(rules: Rules, axes: tuple[str, ...]) -> tuple:
+  """The rules with activations' batch axis ("act_batch") mapped to `axes`."""
+  return tuple((name, axes if name == "act_batch" else mapped) for name, mapped in rules)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

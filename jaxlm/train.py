@@ -62,8 +62,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
   accum = config.train.grad_accum_steps
-  sharding.check_batch(config.train.batch_size, accum, mesh, "train.batch_size")
-  sharding.check_batch(config.eval.batch_size, 1, mesh, "eval.batch_size")
+  batch_axes = min(sharding.check_batch(config.train.batch_size, accum, mesh, "train.batch_size"),
+                   sharding.check_batch(config.eval.batch_size, 1, mesh, "eval.batch_size"), key=len)
 
   data_cfg = DataConfig.from_config(config.data)
   start_step = checkpoint.latest_step(workdir)
@@ -79,7 +79,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
   model_cfg = model_config(config, tokenizer.vocab_size)
   engine = build_engine(model_cfg, OptimConfig.from_config(config.train), mesh, config.mesh.rules,
-                        config.train.seed, data_cfg.seq_len, config.train.z_loss)
+                        config.train.seed, data_cfg.seq_len, config.train.z_loss, batch_axes)
   batches = train_batches(dataset.train, config.train.batch_size, config.train.seed,
                           jax.process_index(), jax.process_count())
   iterator = iter(batches)
@@ -94,13 +94,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   token_flops = flops_per_token(model_cfg, data_cfg.seq_len, state.params)
   peak, peak_source = peak_flops(jax.devices()[0])
-  log(f"model: {num_params:,} parameters; mesh {dict(mesh.shape)}; MFU peak "
+  log(f"model: {num_params:,} parameters; mesh {dict(mesh.shape)}, batch split over "
+      f"{' x '.join(batch_axes)}; MFU peak "
       f"{peak / 1e12:.3g} TFLOP/s per device ({peak_source})")
   log("parameter shardings:\n" + sharding.sharding_table(state.params))
 
   writer = MetricsWriter(workdir, enabled=is_main)
   saved = {"config": cli.config_to_json(config), "tokenizer": tokenizer.to_json()}
-  batch_spec = sharding.batch_sharding(mesh, leading_dims=1)
+  batch_spec = engine.batch_sharding(leading_dims=1)
   total = config.train.steps
   progress = tqdm.tqdm(total=total, initial=start_step, disable=not is_main, desc="train",
                        dynamic_ncols=True)

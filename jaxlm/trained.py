@@ -57,8 +57,10 @@ def load(workdir: str, step: int | None = None, overrides: dict | None = None) -
   tokenizer = tokenizer_from_json(tokenizer_json)
   model_cfg = model_config(config, tokenizer.vocab_size)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+  batch_axes = sharding.check_batch(config.eval.batch_size, 1, mesh, "eval.batch_size")
   engine = build_engine(model_cfg, OptimConfig.from_config(config.train), mesh, config.mesh.rules,
-                        config.train.seed, DataConfig.from_config(config.data).seq_len)
+                        config.train.seed, DataConfig.from_config(config.data).seq_len,
+                        batch_axes=batch_axes)
   with checkpoint.manager(workdir, read_only=True) as mngr:
     state, _ = checkpoint.restore(mngr, step, engine.abstract_state)
   return TrainedRun(config, tokenizer, model_cfg, engine, state.params, step)

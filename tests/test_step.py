@@ -111,7 +111,7 @@ def run_steps(cfg, mesh, steps: int = 3):
   state = engine.init()
   losses, grad_norms = [], []
   for step in range(steps):
-    batch = jax.device_put(make_batch(cfg.vocab_size, 8, seed=step), sharding.batch_sharding(mesh, 1))
+    batch = jax.device_put(make_batch(cfg.vocab_size, 8, seed=step), sharding.batch_sharding(mesh, leading_dims=1))
     state, metrics = engine.train_step(state, batch)
     losses.append(float(metrics["loss"]))
     grad_norms.append(float(metrics["grad_norm"]))
@@ -161,6 +161,11 @@ def test_mesh_and_batch_errors_say_how_to_fix_them():
     sharding.mesh_shape(-1, -1, 1, 8)
   with pytest.raises(sharding.ShardingError, match="multiple of 8"):
     sharding.check_batch(12, 1, sharding.make_mesh(8, 1, 1), "train.batch_size")
+  with pytest.raises(sharding.ShardingError, match="grad_accum_steps"):
+    sharding.check_batch(12, 5, sharding.make_mesh(8, 1, 1), "train.batch_size")
+  # fsdp that does not divide the batch keeps sharding parameters; the batch is split over data.
+  assert sharding.check_batch(12, 1, sharding.make_mesh(2, 4, 1), "b") == ("data",)
+  assert sharding.check_batch(16, 1, sharding.make_mesh(2, 4, 1), "b") == ("data", "fsdp")
 
 
 @pytest.mark.parametrize("name", ["warmup_cosine", "warmup_linear", "constant", "rsqrt"])

@@ -1,0 +1,108 @@
+"""Measure the train step, evaluation and KV-cache sampling of a config on this machine.
+
+    python tools/bench.py --config=configs/shakespeare_char.py [--repeats=5] [--steps=20]
+
+Synthetic token batches of the config's shapes (the data pipeline is not timed here). Each figure is
+the median over `repeats` timed runs of `steps` calls, after a compile-and-warm-up call. MFU uses the
+same FLOP count and peak as training (see jaxlm/metrics.py). Prints a table and, last, one JSON line.
+"""
+
+import json
+import platform
+import statistics
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from jaxlm import sharding
+from jaxlm.decode import SamplingConfig, generate
+from jaxlm.engine import build_engine
+from jaxlm.metrics import flops_per_token, peak_flops
+from jaxlm.model import ModelConfig
+from jaxlm.optim import OptimConfig
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/shakespeare_char.py", "Config file.")
+_VOCAB = flags.DEFINE_integer("vocab_size", 65, "Vocabulary size of the synthetic model.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats; the median is reported.")
+_STEPS = flags.DEFINE_integer("steps", 20, "Calls per timed repeat.")
+_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 0, "Tokens to sample (0 = model.max_len - 1).")
+
+
+def median_seconds(fn, repeats: int, calls: int) -> float:
+  """Median wall time of one call; `fn` must block until its result is ready."""
+  fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(calls):
+      fn()
+    times.append((time.perf_counter() - start) / calls)
+  return statistics.median(times)
+
+
+def synthetic_batch(rows: int, seq_len: int, vocab: int, leading: tuple[int, ...] = ()):
+  rng = np.random.default_rng(0)
+  shape = (*leading, rows, seq_len)
+  return {"inputs": rng.integers(0, vocab, shape, dtype=np.int32),
+          "targets": rng.integers(0, vocab, shape, dtype=np.int32),
+          "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), shape).copy(),
+          "segment_ids": np.ones(shape, np.int32), "weights": np.ones(shape, np.float32)}
+
+
+def bench(config) -> dict:
+  model_cfg = ModelConfig(vocab_size=_VOCAB.value, **config.model.to_dict())
+  seq_len, batch, accum = config.data.seq_len, config.train.batch_size, config.train.grad_accum_steps
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+  batch_axes = sharding.check_batch(batch, accum, mesh, "train.batch_size")
+  engine = build_engine(model_cfg, OptimConfig.from_config(config.train), mesh, config.mesh.rules,
+                        config.train.seed, seq_len, config.train.z_loss, batch_axes)
+  state = engine.init()
+  train_batch = jax.device_put(synthetic_batch(batch // accum, seq_len, _VOCAB.value, (accum,)),
+                               engine.batch_sharding(leading_dims=1))
+  holder = {"state": state}
+
+  def train_call():
+    holder["state"], metrics = engine.train_step(holder["state"], train_batch)
+    jax.block_until_ready(metrics)
+
+  step_time = median_seconds(train_call, _REPEATS.value, _STEPS.value)
+  params = holder["state"].params
+  eval_batch = jax.device_put(synthetic_batch(config.eval.batch_size, seq_len, _VOCAB.value),
+                              engine.batch_sharding())
+  eval_time = median_seconds(lambda: jax.block_until_ready(engine.eval_step(params, eval_batch)),
+                             _REPEATS.value, _STEPS.value)
+  new_tokens = _NEW_TOKENS.value or model_cfg.max_len - 1
+  sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=1.0, top_k=40)
+  sample_time = median_seconds(lambda: generate(params, model_cfg, [[1]], sampling),
+                               _REPEATS.value, 1)
+
+  peak, peak_source = peak_flops(jax.devices()[0])
+  tokens_per_step = batch * seq_len
+  train_tps = tokens_per_step / step_time
+  return {
+      "machine": f"{platform.processor() or platform.machine()}, {jax.device_count()} "
+                 f"{jax.devices()[0].device_kind} device(s)",
+      "params": int(sum(x.size for x in jax.tree.leaves(params))),
+      "step_time_ms": step_time * 1e3,
+      "train_tokens_per_sec": train_tps,
+      "mfu": train_tps * flops_per_token(model_cfg, seq_len, params) / (peak * jax.device_count()),
+      "peak_tflops": peak / 1e12,
+      "peak_source": peak_source,
+      "eval_tokens_per_sec": config.eval.batch_size * seq_len / eval_time,
+      "sample_tokens_per_sec": new_tokens / sample_time,
+  }
+
+
+def main(argv):
+  del argv
+  result = bench(_CONFIG.value)
+  for key, value in result.items():
+    print(f"{key:<24} {value:.4g}" if isinstance(value, float) else f"{key:<24} {value}")
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  app.run(main)
