@@ -11,7 +11,6 @@ import time
 
 import jax
 import ml_collections
-import numpy as np
 import tqdm
 from absl import app, flags
 from ml_collections import config_flags
@@ -100,7 +99,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   log("parameter shardings:\n" + sharding.sharding_table(state.params))
 
   writer = MetricsWriter(workdir, enabled=is_main)
-  saved = {"config": cli.config_to_json(config), "tokenizer": tokenizer.to_json()}
+  config_json, tokenizer_json = cli.config_to_json(config), tokenizer.to_json()
   batch_spec = engine.batch_sharding(leading_dims=1)
   total = config.train.steps
   progress = tqdm.tqdm(total=total, initial=start_step, disable=not is_main, desc="train",
@@ -146,8 +145,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
       window_start, window_steps, wait_time = time.perf_counter(), 0, 0.0
 
     if done % config.checkpoint.every == 0 or done == total:
-      checkpoint.save(mngr, done, state, saved["config"], saved["tokenizer"], iterator.get_state())
+      checkpoint.save(mngr, done, state, config_json, tokenizer_json, iterator.get_state())
   progress.close()
+  if not val_metrics:  # resumed a run that had already finished
+    val_metrics = evaluate_split(engine, state.params, dataset.val, config.eval.batch_size,
+                                 config.eval.max_batches, dataset.val_bytes_per_token)
   mngr.wait_until_finished()
   mngr.close()
   writer.close()

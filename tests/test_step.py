@@ -1,9 +1,7 @@
 """Loss, masking, gradient accumulation, optimizers and sharded == unsharded on 8 devices."""
 
-import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
