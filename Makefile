@@ -1,16 +1,26 @@
 # Two commands for a fresh machine (only Python >= 3.11 and the package index needed):
-#   make run    pretrain on the built-in corpus, evaluate, sample
+#   make run    pretrain on the built-in corpus, evaluate, sample, then finetune on the built-in
+#               task and compare task metrics before and after
 #   make test   the test suite
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 RUN_DIR ?= runs/default
+FT_DIR ?= runs/finetune
+TASK := pyfunc_names
 
 .PHONY: run test clean
 
 $(VENV)/installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+# torch only serves the Hugging Face parity tests: its CPU build is enough (2.13.0 has a local CPU
+# wheel on CI's machine), and installing it first keeps pip from pulling the multi-GB CUDA build.
+$(VENV)/installed-test: $(VENV)/installed
+	$(PY) -m pip install -q 'torch==2.13.0'
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
@@ -18,8 +28,13 @@ run: $(VENV)/installed
 	$(PY) -m jaxlm.train --config=configs/default.py --workdir=$(RUN_DIR)
 	$(PY) -m jaxlm.evaluate --workdir=$(RUN_DIR)
 	$(PY) -m jaxlm.sample --workdir=$(RUN_DIR) --prompt="def " --max_new_tokens=120 --num_samples=2
+	$(PY) -m jaxlm.evaluate --workdir=$(RUN_DIR) --task=$(TASK)
+	$(PY) -m jaxlm.train --config=configs/finetune.py --config.init_from=$(RUN_DIR) --workdir=$(FT_DIR)
+	$(PY) -m jaxlm.evaluate --workdir=$(FT_DIR) --task=$(TASK)
+	$(PY) tools/before_after.py $$(ls -t $(RUN_DIR)/predictions/$(TASK)_step*.json | head -1) \
+	    $$(ls -t $(FT_DIR)/predictions/$(TASK)_step*.json | head -1)
 
-test: $(VENV)/installed
+test: $(VENV)/installed-test
 	$(PY) -m pytest -q
 
 clean:

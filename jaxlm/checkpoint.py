@@ -73,10 +73,16 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any) -> tupl
   return restored["state"], dict(restored["data"])
 
 
-def abstract_like(tree: Any, shardings: Any) -> Any:
-  """ShapeDtypeStructs carrying the target shardings, for restoring onto this run's mesh."""
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      tree, shardings)
+def restore_params(workdir: str, step: int, abstract_params: Any) -> Any:
+  """Only the parameters of a checkpoint's state (no optimizer state is read), placed by the
+  shardings in `abstract_params`."""
+  with manager(workdir, read_only=True) as mngr:
+    step = _resolve_step(mngr, workdir, step)
+    target = {"params": abstract_params}
+    restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), target)
+    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=target, restore_args=restore_args, partial_restore=True)))
+  return restored["state"]["params"]
 
 
 def _resolve_step(mngr: ocp.CheckpointManager, workdir: str, step: int | None) -> int:

@@ -14,24 +14,41 @@ class ConfigError(ValueError):
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
+  # Finetuning: start from the parameters of this pretrained run (its workdir, or a checkpoint
+  # directory in it). The architecture and tokenizer come from there; the optimizer, schedule and
+  # step counter start afresh. "" trains from scratch.
+  c.init_from = ""
+  # Checkpoint step of init_from to start from; -1 = its latest.
+  c.init_step = -1
 
   c.data = ml_collections.ConfigDict()
   # Where text comes from: "stdlib" (this Python's standard library sources, built in, no download),
-  # "files" (data.path: a .txt/.jsonl file, a directory, or a glob) or "tfds" (data.path: a TFDS name).
+  # "files" (data.path: a .txt/.jsonl file, a directory, or a glob), "tfds" (data.path: a TFDS
+  # name) or "task" (data.path: a built-in prompt/completion task, e.g. "pyfunc_names").
   c.data.source = "stdlib"
-  # File, directory or glob for source="files"; dataset name for source="tfds"; "" for "stdlib".
+  # File, directory or glob for source="files"; dataset or task name for "tfds"/"task"; "" for "stdlib".
   c.data.path = ""
+  # "text" (documents), "prompt_completion" (JSONL records {"prompt", "completion"}; the loss covers
+  # the completion only) or "auto": prompt_completion for source="task" or when the first JSONL
+  # record has both fields, else text.
+  c.data.format = "auto"
+  # Prompt/completion records longer than data.seq_len: "left" cuts the prompt from the left,
+  # "drop" skips the record. Both are counted in the log.
+  c.data.truncate = "left"
+  # Validation records for prompt/completion data; "" holds out data.val_fraction of data.path.
+  c.data.val_path = ""
   # The JSONL / TFDS field holding each document's text.
   c.data.text_field = "text"
   # Held-out share: of the files when there are several, else of the last characters (as nanoGPT).
   c.data.val_fraction = 0.1
   # Drop exact duplicate documents after cleaning.
   c.data.dedup = False
-  # "sentencepiece" (trained on the training split), "char" or "byte".
+  # "sentencepiece" (trained on the training split), "char", "byte", or "gpt2_bpe" (GPT-2's byte-level
+  # BPE: trained on the training split, or imported with a model by `python -m jaxlm.convert from-hf`).
   c.data.tokenizer = "sentencepiece"
   # SentencePiece algorithm: "bpe" or "unigram".
   c.data.sp_model_type = "bpe"
-  # SentencePiece vocabulary size; char and byte tokenizers size their own vocabulary.
+  # SentencePiece / gpt2_bpe vocabulary size; char and byte tokenizers size their own vocabulary.
   c.data.vocab_size = 4096
   # Tokens per training window; must be <= model.max_len.
   c.data.seq_len = 256
@@ -55,6 +72,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.tie_embeddings = True
   # Add biases to dense layers and LayerNorm (GPT-2 has them).
   c.model.use_bias = True
+  # Epsilon added to the variance in LayerNorm / RMSNorm (GPT-2 uses 1e-5).
+  c.model.norm_eps = 1e-5
   # Activation/compute dtype: "float32" or "bfloat16". Parameters and the loss stay float32.
   c.model.dtype = "float32"
 
@@ -129,3 +148,20 @@ def base_config() -> ml_collections.ConfigDict:
       ("norm", None),
   )
   return c
+
+
+def from_saved(saved: dict) -> ml_collections.ConfigDict:
+  """A saved run's config on top of today's defaults, so options added since still have values."""
+  config = base_config()
+
+  def merge(node: ml_collections.ConfigDict, values: dict) -> None:
+    for key, value in values.items():
+      if key not in node:
+        continue  # an option that no longer exists
+      if isinstance(node[key], ml_collections.ConfigDict):
+        merge(node[key], value)
+      else:
+        node[key] = value
+
+  merge(config, saved)
+  return config

@@ -1,5 +1,8 @@
 """From data settings to a tokenizer and packed train/validation windows.
 
+Two formats: text documents (packed into a continuous stream of windows) and prompt/completion
+records (packed whole, the loss on completions only; see `data/records.py`).
+
 The tokenizer is trained once, on the training split, and saved as WORKDIR/tokenizer.json; a run that
 finds one there (or is handed one from a checkpoint) uses it and never retrains.
 """
@@ -7,8 +10,14 @@ finds one there (or is handed one from a checkpoint) uses it and never retrains.
 import dataclasses
 import os
 
-from jaxlm.data import (Corpus, PackedTokens, Tokenizer, load_corpus, load_tokenizer,
+import jax
+from jax.experimental import multihost_utils
+
+from jaxlm.data import (Corpus, DataError, PackedTokens, Tokenizer, load_corpus, load_tokenizer,
                         pack_documents, save_tokenizer, tokenize_corpus, train_tokenizer)
+from jaxlm.data.records import (PackedRecords, Record, is_record_file, pack_records, read_records,
+                                split_records)
+from jaxlm.tasks import load_task
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -25,6 +34,20 @@ class DataConfig:
   sp_model_type: str = "bpe"
   vocab_size: int = 4096
   seq_len: int = 256
+  format: str = "auto"
+  truncate: str = "left"
+  val_path: str = ""
+
+  @property
+  def resolved_format(self) -> str:
+    """"text" or "prompt_completion" (data.format, with "auto" decided from the data)."""
+    if self.format not in ("auto", "text", "prompt_completion"):
+      raise DataError(f"data.format={self.format!r} is not one of auto, text, prompt_completion")
+    if self.format != "auto":
+      return self.format
+    if self.source == "task" or (self.source == "files" and is_record_file(self.path)):
+      return "prompt_completion"
+    return "text"
 
   @classmethod
   def from_config(cls, data) -> "DataConfig":
@@ -34,23 +57,52 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   tokenizer: Tokenizer
-  train: PackedTokens
-  val: PackedTokens
-  val_bytes_per_token: float  # UTF-8 bytes of the validation text per validation token
+  train: PackedTokens | PackedRecords
+  val: PackedTokens | PackedRecords
+  val_bytes_per_token: float  # UTF-8 bytes of the scored validation text per scored token
 
 
 def read_corpus(c: DataConfig) -> Corpus:
-  return load_corpus(c.source, c.path, c.text_field, c.val_fraction, c.dedup)
+  """Train/validation documents (`str`) or, for prompt/completion data, `Record`s."""
+  if c.resolved_format == "text":
+    return load_corpus(c.source, c.path, c.text_field, c.val_fraction, c.dedup)
+  if c.source == "task":
+    return Corpus(train=load_task(c.path, "train"), val=load_task(c.path, "val"))
+  if c.source != "files":
+    raise DataError(f"prompt/completion data comes from data.source=files or task, not {c.source!r}")
+  if c.val_path:
+    return Corpus(train=read_records(c.path), val=read_records(c.val_path))
+  train, val = split_records(read_records(c.path), c.val_fraction)
+  return Corpus(train=train, val=val)
 
 
-def workdir_tokenizer(c: DataConfig, corpus: Corpus, workdir: str) -> Tokenizer:
-  """The workdir's tokenizer if there is one; else one trained on the training split, saved."""
+def texts_of(docs: list) -> list[str]:
+  """The text a tokenizer learns from: documents as they are, records as prompt + completion."""
+  return [d.prompt + d.completion if isinstance(d, Record) else d for d in docs]
+
+
+def workdir_tokenizer(c: DataConfig, corpus: Corpus, workdir: str,
+                      pretrained: Tokenizer | None = None) -> Tokenizer:
+  """The workdir's tokenizer if there is one; else `pretrained` (a finetune run's) or one trained
+  on the training split, saved.
+
+  In a multi-host run only process 0 trains and saves it; the others wait for that, then read the
+  file, so every host needs the same (shared) workdir.
+  """
   path = os.path.join(workdir, TOKENIZER_FILE)
-  if os.path.exists(path):
-    return load_tokenizer(path)
-  tokenizer = train_tokenizer(c.tokenizer, corpus.train, c.vocab_size, c.sp_model_type)
-  save_tokenizer(tokenizer, path)
-  return tokenizer
+  tokenizer = None
+  if jax.process_index() == 0 and not os.path.exists(path):
+    tokenizer = pretrained or train_tokenizer(c.tokenizer, texts_of(corpus.train), c.vocab_size,
+                                              c.sp_model_type)
+    save_tokenizer(tokenizer, path)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("jaxlm: workdir tokenizer saved")
+  if tokenizer is not None:
+    return tokenizer
+  if not os.path.exists(path):
+    raise DataError(f"process {jax.process_index()} cannot see {path}, which process 0 saved; put "
+                    "--workdir on a filesystem that every host shares")
+  return load_tokenizer(path)
 
 
 def pack_split(docs: list[str], tokenizer: Tokenizer, seq_len: int) -> tuple[PackedTokens, float]:
@@ -61,7 +113,25 @@ def pack_split(docs: list[str], tokenizer: Tokenizer, seq_len: int) -> tuple[Pac
   return packed, num_bytes / len(packed.stream)
 
 
+def pack_record_split(records: list[Record], tokenizer: Tokenizer, seq_len: int, truncate: str,
+                      name: str) -> tuple[PackedRecords, float]:
+  """Packed rows of records and the UTF-8 bytes per scored token (completions and their EOS)."""
+  prompts = tokenizer.encode_batch([r.prompt for r in records])
+  completions = tokenizer.encode_batch([r.completion for r in records])
+  packed = pack_records(list(zip(prompts, completions)), tokenizer.eos_id, seq_len, truncate, name)
+  num_bytes = sum(len(r.completion.encode("utf-8")) for r in records)
+  return packed, num_bytes / max(float(packed.weights.sum()), 1.0)
+
+
+def pack_any(c: DataConfig, docs: list, tokenizer: Tokenizer,
+             name: str) -> tuple[PackedTokens | PackedRecords, float]:
+  """Packs one split in the data's format; also returns its UTF-8 bytes per scored token."""
+  if c.resolved_format == "prompt_completion":
+    return pack_record_split(docs, tokenizer, c.seq_len, c.truncate, name)
+  return pack_split(docs, tokenizer, c.seq_len)
+
+
 def build_dataset(c: DataConfig, corpus: Corpus, tokenizer: Tokenizer) -> Dataset:
-  train, _ = pack_split(corpus.train, tokenizer, c.seq_len)
-  val, val_bytes_per_token = pack_split(corpus.val, tokenizer, c.seq_len)
+  train, _ = pack_any(c, corpus.train, tokenizer, "train")
+  val, val_bytes_per_token = pack_any(c, corpus.val, tokenizer, "val")
   return Dataset(tokenizer, train, val, val_bytes_per_token)

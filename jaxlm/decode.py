@@ -29,9 +29,11 @@ class PromptError(ValueError):
   """A prompt that cannot be sampled from: empty, or too long for the context."""
 
 
-def left_pad(prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(tokens, positions, segment_ids), each `[batch, longest prompt]`, padded on the left."""
-  length = max(len(p) for p in prompts)
+def left_pad(prompts: Sequence[Sequence[int]],
+             length: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(tokens, positions, segment_ids), each `[batch, length]` (default: the longest prompt),
+  padded on the left."""
+  length = length or max(len(p) for p in prompts)
   tokens = np.zeros((len(prompts), length), np.int32)
   segments = np.zeros_like(tokens)
   for row, prompt in enumerate(prompts):
@@ -91,8 +93,8 @@ def _generate(params: Any, tokens, positions, segments, key, *, cfg: ModelConfig
 
 
 def generate(params: Any, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
-             sampling: SamplingConfig, seed: int = 0,
-             eos_id: int | None = None) -> list[list[int]]:
+             sampling: SamplingConfig, seed: int = 0, eos_id: int | None = None,
+             length_multiple: int = 1) -> list[list[int]]:
   """New tokens for each prompt, cut after the first EOS (which is dropped)."""
   longest = max(len(p) for p in prompts)
   if min(len(p) for p in prompts) == 0:
@@ -101,7 +103,10 @@ def generate(params: Any, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     raise PromptError(
         f"prompt of {longest} tokens + max_new_tokens={sampling.max_new_tokens} exceeds the "
         f"model's context of {cfg.max_len} tokens; shorten the prompt or lower --max_new_tokens")
-  tokens, positions, segments = left_pad(prompts)
+  # Rounding the padded length up lets batches of similar prompts share one compiled shape.
+  rounded = -(-longest // length_multiple) * length_multiple
+  tokens, positions, segments = left_pad(
+      prompts, min(rounded, cfg.max_len - sampling.max_new_tokens))
   out = np.asarray(_generate(params, tokens, positions, segments, jax.random.key(seed),
                              cfg=cfg, sampling=sampling))
   results = []

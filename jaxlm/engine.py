@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
@@ -31,6 +32,7 @@ class Engine:
   state_shardings: TrainState  # NamedShardings, same tree as the state
   abstract_state: TrainState  # ShapeDtypeStructs with those shardings (a restore target)
   init: Callable[[], TrainState]
+  from_params: Callable[[Any], TrainState]  # step 0 and fresh optimizer state for given params
   train_step: Callable[[TrainState, dict], tuple[TrainState, dict]]
   eval_step: Callable[[Any, dict], dict]
 
@@ -71,6 +73,10 @@ def build_engine(model_cfg: ModelConfig, optim_cfg: OptimConfig, mesh: Mesh, rul
   batch2 = sharding.batch_sharding(mesh, batch_axes)  # [batch, seq]
   scalar = sharding.replicated(mesh)
   jit_init = jax.jit(lambda: nn.unbox(make_state()), out_shardings=state_shardings)
+  jit_from_params = jax.jit(
+      lambda params: TrainState(step=jnp.array(0, jnp.int32), params=params,
+                                opt_state=tx.init(params)),
+      in_shardings=(params_shardings,), out_shardings=state_shardings)
   jit_train = jax.jit(
       functools.partial(train_step, model=model, tx=tx, schedule=schedule, z_loss=z_loss,
                         seed=seed, use_dropout=model_cfg.dropout > 0),
@@ -79,7 +85,8 @@ def build_engine(model_cfg: ModelConfig, optim_cfg: OptimConfig, mesh: Mesh, rul
   jit_eval = jax.jit(functools.partial(eval_step, model=model),
                      in_shardings=(params_shardings, batch2), out_shardings=scalar)
   engine = Engine(mesh, rules, batch_axes, model, tx, schedule, state_shardings, abstract_state,
-                  init=None, train_step=None, eval_step=None)
+                  init=None, from_params=None, train_step=None, eval_step=None)
   return dataclasses.replace(engine, init=engine.traced(jit_init),
+                             from_params=engine.traced(jit_from_params),
                              train_step=engine.traced(jit_train),
                              eval_step=engine.traced(jit_eval))

@@ -1,25 +1,22 @@
-"""Evaluate a trained run on its validation split: loss, perplexity, bits per byte, token accuracy.
+"""Evaluate a trained run: language-model metrics on its validation split, or a task's metrics.
 
     python -m jaxlm.evaluate --workdir=DIR [--step=N] [--config.eval.max_batches=0] [--config.data.path=...]
+    python -m jaxlm.evaluate --workdir=DIR --task=pyfunc_names|PATH.jsonl [--max_new_tokens=32] [--stop='\n']
 
-Perplexity is exp(mean token NLL) over every validation token (all windows, unless
-eval.max_batches limits it). Bits per byte = NLL in bits / UTF-8 bytes of the text those tokens
-cover. The last line of stdout is one JSON object with the metrics.
+Without --task: loss, perplexity = exp(mean token NLL) over every validation token (all windows,
+unless eval.max_batches limits it), bits per byte = NLL in bits / UTF-8 bytes of the text those
+tokens cover, and token accuracy. With --task: completion perplexity, exact match, BLEU and ROUGE-L
+on the task's test records (see task_eval.py), predictions saved under WORKDIR/predictions/. Either
+way the last line of stdout is one JSON object with the metrics.
 """
 
-import math
-
-import jax
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxlm import cli, sharding, trained
+from jaxlm import cli, task_eval, trained
 from jaxlm.config import base_config
-from jaxlm.corpus import DataConfig, pack_split, read_corpus
-from jaxlm.data import PackedTokens, eval_batches
-from jaxlm.engine import Engine
-
+from jaxlm.corpus import DataConfig, pack_any, read_corpus
+from jaxlm.scoring import evaluate_split
 
 
 def define_flags() -> None:
@@ -27,34 +24,18 @@ def define_flags() -> None:
                                   "Overrides of the run's config (eval.*, data.*, mesh.*).")
   flags.DEFINE_string("workdir", None, "The training run's directory.")
   flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
-
-
-def evaluate_split(engine: Engine, params, packed: PackedTokens, batch_size: int,
-                   max_batches: int, bytes_per_token: float) -> dict[str, float]:
-  """Metrics over `packed` (all of it when max_batches is 0), summed on device, read once."""
-  batch_spec = engine.batch_sharding()
-  local_batch = batch_size // jax.process_count()
-  totals = None
-  for rows in eval_batches(packed, local_batch, jax.process_index(), jax.process_count(),
-                           max_batches or None):
-    sums = engine.eval_step(params, sharding.global_batch(rows, batch_spec))
-    totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
-  totals = jax.tree.map(float, jax.device_get(totals))
-  tokens = totals["weight_sum"]
-  loss = totals["nll_sum"] / tokens
-  return {
-      "loss": loss,
-      "perplexity": math.exp(loss),
-      "bits_per_byte": loss / math.log(2) / bytes_per_token,
-      "token_accuracy": totals["correct_sum"] / tokens,
-      "tokens": int(tokens),
-  }
+  flags.DEFINE_string("task", None, "A built-in task's name or a prompt/completion JSONL file: "
+                      "evaluate generation on it instead of the validation split.")
+  flags.DEFINE_integer("max_new_tokens", 32, "With --task: the longest completion generated.")
+  flags.DEFINE_string("stop", "\n", "With --task: a completion ends before this string (or at EOS).")
+  flags.DEFINE_string("bleu_tokenize", "", "With --task: sacrebleu tokenization ('13a' words, "
+                      "'char', ...); default: the built-in task's own, else '13a'.")
 
 
 def evaluate(workdir: str, step: int | None, overrides: dict) -> dict[str, float]:
   run = trained.load(workdir, step, overrides)
   data_cfg = DataConfig.from_config(run.config.data)
-  val, bytes_per_token = pack_split(read_corpus(data_cfg).val, run.tokenizer, data_cfg.seq_len)
+  val, bytes_per_token = pack_any(data_cfg, read_corpus(data_cfg).val, run.tokenizer, "val")
   metrics = evaluate_split(run.engine, run.params, val, run.config.eval.batch_size,
                            run.config.eval.max_batches, bytes_per_token)
   print(f"step {run.step}: validation loss {metrics['loss']:.4f}  perplexity "
@@ -63,13 +44,34 @@ def evaluate(workdir: str, step: int | None, overrides: dict) -> dict[str, float
   return {"step": run.step, **metrics}
 
 
+def evaluate_on_task(workdir: str, step: int | None, overrides: dict, task: str,
+                     max_new_tokens: int, stop: str, bleu_tokenize: str) -> dict:
+  run = trained.load(workdir, step, overrides)
+  metrics, rows = task_eval.evaluate_task(run, task, max_new_tokens, stop,
+                                          run.config.eval.batch_size, bleu_tokenize)
+  path = task_eval.write_predictions(workdir, metrics, rows)
+  print(f"{metrics['task']} at step {run.step}: exact match {metrics['exact_match']:.3f}  BLEU "
+        f"{metrics['bleu']:.2f}  ROUGE-L {metrics['rougeL']:.3f}  completion perplexity "
+        f"{metrics['completion_perplexity']:.3f}  over {metrics['examples']} examples; "
+        f"predictions in {path}")
+  return metrics
+
+
 def main(argv):
   del argv
   f = flags.FLAGS
-  cli.run(lambda: cli.emit_json(evaluate(cli.require_workdir(f.workdir), f.step,
-                                         f["config"].override_values)))
+  overrides = f["config"].override_values
+
+  def run():
+    workdir = cli.require_workdir(f.workdir)
+    if f.task:
+      return evaluate_on_task(workdir, f.step, overrides, f.task, f.max_new_tokens, f.stop,
+                              f.bleu_tokenize)
+    return evaluate(workdir, f.step, overrides)
+
+  cli.run(lambda: cli.emit_json(run()))
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -61,6 +61,16 @@ def peak_flops(device: jax.Device) -> tuple[float, str]:
   return measure_matmul_peak(), "measured float32 matmul peak"
 
 
+def drop_partial_line(path: str) -> None:
+  """Cuts a last line that a killed run left half-written, so appended lines stay valid JSON."""
+  if not os.path.exists(path):
+    return
+  with open(path, "rb+") as f:
+    data = f.read()
+    if data and not data.endswith(b"\n"):
+      f.truncate(data.rfind(b"\n") + 1)
+
+
 class MetricsWriter:
   """Appends one JSON line per record to WORKDIR/metrics.jsonl and mirrors scalars to TensorBoard.
 
@@ -74,7 +84,9 @@ class MetricsWriter:
     if enabled:
       from tensorboardX import SummaryWriter  # imported here: only the writing process needs it
       os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      path = os.path.join(workdir, "metrics.jsonl")
+      drop_partial_line(path)
+      self._jsonl = open(path, "a", encoding="utf-8")
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, record: dict[str, float], prefix: str = "train") -> None:

@@ -34,6 +34,7 @@ class ModelConfig:
   mlp: str = "gelu"
   tie_embeddings: bool = True
   use_bias: bool = True
+  norm_eps: float = 1e-5
   dtype: str = "float32"
 
   def __post_init__(self):
@@ -65,8 +66,10 @@ def _zeros(axes: tuple[str | None, ...]):
 def _norm(cfg: ModelConfig, name: str) -> nn.Module:
   scale_init = nn.with_logical_partitioning(nn.initializers.ones, AXES_NORM)
   if cfg.norm == "rmsnorm":
-    return nn.RMSNorm(dtype=cfg.compute_dtype, scale_init=scale_init, name=name)
-  return nn.LayerNorm(dtype=cfg.compute_dtype, use_bias=cfg.use_bias, scale_init=scale_init,
+    return nn.RMSNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, scale_init=scale_init,
+                      name=name)
+  return nn.LayerNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, use_bias=cfg.use_bias,
+                      scale_init=scale_init,
                       bias_init=_zeros(AXES_NORM), name=name)
 
 

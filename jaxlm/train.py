@@ -15,13 +15,14 @@ import tqdm
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxlm import checkpoint, cli, sharding
-from jaxlm.config import ConfigError
+from jaxlm import checkpoint, cli, finetune, report, sharding
+from jaxlm.config import ConfigError, from_saved
 from jaxlm.corpus import DataConfig, build_dataset, read_corpus, workdir_tokenizer
-from jaxlm.data import train_batches
+from jaxlm.data import tokenizer_from_json, train_batches
+from jaxlm.data.records import PackedRecords
 from jaxlm.decode import SamplingConfig, generate
 from jaxlm.engine import build_engine
-from jaxlm.evaluate import evaluate_split
+from jaxlm.scoring import evaluate_split
 from jaxlm.metrics import MetricsWriter, flops_per_token, peak_flops
 from jaxlm.optim import OptimConfig
 from jaxlm.trained import model_config
@@ -52,12 +53,27 @@ def check_resume(saved: dict, config: ml_collections.ConfigDict) -> None:
                       "); use a new --workdir or the original settings")
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Runs (or resumes) training; returns the final validation metrics."""
-  check_config(config)
+def train(config: ml_collections.ConfigDict, workdir: str,
+          overrides: dict | None = None) -> dict[str, float]:
+  """Runs (or resumes) training; returns the final validation metrics.
+
+  `overrides` are the command-line `--config.*` values; with config.init_from they are checked
+  against the pretrained architecture (see finetune.py).
+  """
   cli.ensure_writable(workdir)
   is_main = jax.process_index() == 0
   log = tqdm.tqdm.write if is_main else (lambda *_: None)
+  pretrained_tokenizer = None
+  if config.init_from:
+    source_dir, source_step = finetune.resolve_source(config.init_from, config.init_step)
+    source_step, source_config, source_tokenizer = checkpoint.restore_metadata(source_dir,
+                                                                               source_step)
+    source_config = cli.config_to_json(from_saved(source_config))
+    config, notes = finetune.inherit(config, source_config, overrides or {})
+    pretrained_tokenizer = tokenizer_from_json(source_tokenizer)
+    log(f"finetuning from step {source_step} of {source_dir}" +
+        "".join(f"\n  changed: {note}" for note in notes))
+  check_config(config)
 
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
   accum = config.train.grad_accum_steps
@@ -68,13 +84,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   start_step = checkpoint.latest_step(workdir)
   if start_step is not None:
     _, saved_config, _ = checkpoint.restore_metadata(workdir, start_step)
-    check_resume(saved_config, config)
+    check_resume(cli.config_to_json(from_saved(saved_config)), config)
   corpus = read_corpus(data_cfg)
-  tokenizer = workdir_tokenizer(data_cfg, corpus, workdir)
+  tokenizer = workdir_tokenizer(data_cfg, corpus, workdir, pretrained_tokenizer)
   dataset = build_dataset(data_cfg, corpus, tokenizer)
-  log(f"data: {len(corpus.train)} train / {len(corpus.val)} val documents, "
-      f"{len(dataset.train.stream):,} / {len(dataset.val.stream):,} tokens, "
-      f"{tokenizer.kind} tokenizer of {tokenizer.vocab_size} ids")
+  log(f"data: {len(corpus.train)} train / {len(corpus.val)} val {data_cfg.resolved_format} "
+      f"examples in {len(dataset.train):,} / {len(dataset.val):,} windows of {data_cfg.seq_len} "
+      f"tokens; {tokenizer.kind} tokenizer of {tokenizer.vocab_size} ids")
+  if isinstance(dataset.train, PackedRecords):
+    log(f"records longer than data.seq_len: train {dataset.train.truncated} truncated / "
+        f"{dataset.train.dropped} dropped, val {dataset.val.truncated} / {dataset.val.dropped}")
 
   model_cfg = model_config(config, tokenizer.vocab_size)
   engine = build_engine(model_cfg, OptimConfig.from_config(config.train), mesh, config.mesh.rules,
@@ -83,7 +102,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                           jax.process_index(), jax.process_count())
   iterator = iter(batches)
   mngr = checkpoint.manager(workdir, keep=config.checkpoint.keep)
-  if start_step is None:
+  if start_step is None and config.init_from:
+    fresh = engine.init()
+    params = finetune.restore_params(source_dir, source_step, engine.abstract_state.params,
+                                     fresh.params, source_config["model"]["max_len"])
+    start_step, state = 0, engine.from_params(params)
+  elif start_step is None:
     start_step, state = 0, engine.init()
   else:
     state, data_state = checkpoint.restore(mngr, start_step, engine.abstract_state)
@@ -153,6 +177,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   mngr.wait_until_finished()
   mngr.close()
   writer.close()
+  if is_main:
+    log(f"report: {report.write_report(workdir)}")
   log(f"done: {total} steps; checkpoints in {checkpoint.checkpoint_dir(workdir)}")
   return val_metrics
 
@@ -169,9 +195,10 @@ def sample_text(params, model_cfg, tokenizer, num_tokens: int, seed: int) -> str
 def main(argv):
   del argv
   f = flags.FLAGS
-  cli.run(lambda: cli.emit_json(train(f.config, cli.require_workdir(f.workdir))))
+  cli.run(lambda: cli.emit_json(train(f.config, cli.require_workdir(f.workdir),
+                                      f["config"].override_values)))
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -10,7 +10,7 @@ import dataclasses
 import ml_collections
 
 from jaxlm import checkpoint, sharding
-from jaxlm.config import ConfigError
+from jaxlm.config import ConfigError, from_saved
 from jaxlm.corpus import DataConfig
 from jaxlm.data import Tokenizer, tokenizer_from_json
 from jaxlm.engine import Engine, build_engine
@@ -53,7 +53,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_co
 
 def load(workdir: str, step: int | None = None, overrides: dict | None = None) -> TrainedRun:
   step, config_json, tokenizer_json = checkpoint.restore_metadata(workdir, step)
-  config = apply_overrides(ml_collections.ConfigDict(config_json), overrides or {})
+  config = apply_overrides(from_saved(config_json), overrides or {})
   tokenizer = tokenizer_from_json(tokenizer_json)
   model_cfg = model_config(config, tokenizer.vocab_size)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)

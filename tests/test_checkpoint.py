@@ -16,8 +16,11 @@ def engine_on(cfg, mesh):
   return build_engine(cfg, OptimConfig(), mesh, RULES, seed=0, seq_len=16)
 
 
-@pytest.mark.parametrize("source, target", [((8, 1, 1), (1, 8, 1)), ((1, 8, 1), (1, 1, 1)),
-                                            ((1, 4, 2), (2, 1, 4))])
+# (data, fsdp, tensor) meshes: 8 -> 1, 1 -> 8, fsdp -> tensor, data -> fsdp, fsdp x tensor -> data x tensor.
+@pytest.mark.parametrize("source, target", [((1, 8, 1), (1, 1, 1)), ((1, 1, 1), (1, 8, 1)),
+                                            ((1, 8, 1), (2, 1, 4)), ((8, 1, 1), (1, 8, 1)),
+                                            ((1, 4, 2), (2, 1, 4))],
+                         ids=["8to1", "1to8", "fsdp_to_tensor", "data_to_fsdp", "fsdp_tensor_to_data_tensor"])
 def test_restore_onto_another_mesh_gives_the_same_values(tmp_path, tiny_model_cfg, source, target):
   saved = engine_on(tiny_model_cfg, sharding.make_mesh(*source, jax.devices()[:np.prod(source)]))
   state = saved.init()

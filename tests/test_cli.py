@@ -49,7 +49,7 @@ def last_json(stdout: str) -> dict:
 def test_train_prints_final_metrics_and_writes_its_workdir(cli_run):
   _, workdir, result = cli_run
   assert set(last_json(result.stdout)) >= {"loss", "perplexity", "bits_per_byte", "tokens"}
-  for name in ("metrics.jsonl", "tokenizer.json", "tensorboard", "checkpoints/6"):
+  for name in ("metrics.jsonl", "tokenizer.json", "tensorboard", "checkpoints/6", "report.png"):
     assert os.path.exists(os.path.join(workdir, name)), name
   assert "parameter shardings" in result.stderr + result.stdout
 
@@ -84,6 +84,7 @@ def test_rerunning_train_resumes_instead_of_starting_over(cli_run):
     (["--config.data.path=/nonexistent/corpus"], "does not exist"),
     (["--config.mesh.data=3"], "mesh.data * mesh.fsdp * mesh.tensor = 1"),
     (["--config.data.seq_len=64"], "longer than model.max_len"),
+    (["--num_processes=2", "--process_id=0"], "needs --coordinator_address as well"),
 ])
 def test_bad_input_gives_one_line_error_and_exit_2(cli_run, tmp_path, args, message):
   config, _, _ = cli_run
@@ -92,3 +93,27 @@ def test_bad_input_gives_one_line_error_and_exit_2(cli_run, tmp_path, args, mess
   lines = result.stderr.strip().splitlines()
   assert lines[-1].startswith("error: ") and message in lines[-1], result.stderr[-1000:]
   assert "Traceback" not in result.stderr
+
+
+def test_finetune_cli_on_user_jsonl_then_task_evaluation(cli_run, tmp_path):
+  _, pretrained, _ = cli_run
+  data = tmp_path / "copy.jsonl"
+  data.write_text("".join(json.dumps({"prompt": f"{w}=", "completion": w}) + "\n"
+                          for w in ["cat", "dog", "mat", "log", "sat", "ran"] * 10))
+  finetune = ["--config=configs/finetune.py", f"--config.init_from={pretrained}",
+              "--config.data.source=files", f"--config.data.path={data}", "--config.data.seq_len=32",
+              "--config.train.steps=4", "--config.train.batch_size=8", "--config.eval.batch_size=8",
+              "--config.eval.every=0", "--config.checkpoint.every=4"]
+  refused = jaxlm("train", *finetune, f"--workdir={tmp_path / 'refused'}", "--config.model.d_model=64")
+  assert refused.returncode == 2 and "model.d_model (pretrained 32, override 64)" in refused.stderr
+  workdir = tmp_path / "ft"
+  result = jaxlm("train", *finetune, f"--workdir={workdir}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "finetuning from step 9 of" in result.stderr + result.stdout
+  result = jaxlm("evaluate", f"--workdir={workdir}", f"--task={data}", "--max_new_tokens=4")
+  assert result.returncode == 0, result.stderr[-2000:]
+  metrics = last_json(result.stdout)
+  assert metrics["examples"] == 60 and metrics["task"] == "copy" and metrics["step"] == 4
+  assert {"exact_match", "bleu", "rougeL", "completion_perplexity"} <= set(metrics)
+  with open(workdir / "predictions" / "copy_step4.jsonl") as f:
+    assert len(f.readlines()) == 60

@@ -114,11 +114,18 @@ def test_malformed_jsonl_line_names_file_and_line(tmp_path):
         _files(path)
 
 
-@pytest.mark.parametrize("line", ['{"other": "x"}', '{"text": 5}', '["text"]'])
+@pytest.mark.parametrize("line", ['{"other": "x"}', '{"text": 5}'])
 def test_jsonl_missing_or_non_string_field(tmp_path, line):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "ok"}\n' + line + "\n", encoding="utf-8")
     with _raises_one_line(f"{path}:2: record has no string field 'text'.*data.text_field"):
+        _files(path)
+
+
+def test_jsonl_line_that_is_not_an_object(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "ok"}\n["text"]\n', encoding="utf-8")
+    with _raises_one_line(f"{path}:2: a JSON list, not an object"):
         _files(path)
 
 
@@ -356,20 +363,44 @@ def test_each_epoch_is_a_new_permutation(num_windows):
     assert epochs[0] != epochs[1] and epochs[0] != list(range(n))
 
 
-def test_process_shares_are_disjoint_and_cover_all_windows():
+class _CountingWindows:
+    """A PackedTokens stand-in that records which windows are read."""
+
+    def __init__(self, packed):
+        self.packed, self.read = packed, set()
+
+    def __len__(self):
+        return len(self.packed)
+
+    def __getitem__(self, k):
+        self.read.add(k)
+        return self.packed[k]
+
+
+@pytest.mark.parametrize("process_count", [2, 4])
+def test_processes_rows_form_the_single_process_global_batches(process_count):
     packed = _unique_packed(30)
-    shares = []
-    for process in range(2):
-        it = iter(train_batches(packed, 8, seed=0, process_index=process, process_count=2))
-        share_size = len(range(process, len(packed), 2))
-        batches = _take(it, share_size // 4)  # all rows from the first epoch
-        assert batches[0]["inputs"].shape == (4, 4)
-        shares.append(set(_window_ids(packed, batches)))
-        if share_size % 4:  # the first epoch ends inside the next batch
-            shares[-1] |= set(_window_ids(packed, [next(it)])[: share_size % 4])
-        assert len(shares[-1]) == share_size
-    assert not shares[0] & shares[1]
-    assert shares[0] | shares[1] == set(range(len(packed)))
+    steps = (2 * len(packed)) // 8 + 1  # crosses an epoch boundary
+    single = _take(iter(train_batches(packed, 8, seed=0, process_index=0, process_count=1)), steps)
+    per_process = [
+        _take(iter(train_batches(packed, 8, seed=0, process_index=p, process_count=process_count)), steps)
+        for p in range(process_count)
+    ]
+    assert per_process[0][0]["inputs"].shape == (8 // process_count, 4)
+    for step in range(steps):
+        for name in FIELDS:
+            together = np.concatenate([batches[step][name] for batches in per_process])
+            np.testing.assert_array_equal(together, single[step][name])
+
+
+def test_a_process_reads_only_the_windows_of_its_rows():
+    packed = _unique_packed(400)  # one epoch outlasts the batches taken plus read-ahead
+    global_order = _window_ids(packed, _take(iter(train_batches(packed, 8, 0, 0, 1)), len(packed) // 8))
+    counting = _CountingWindows(packed)
+    taken = _take(iter(train_batches(counting, 8, seed=0, process_index=1, process_count=2)), 5)
+    others_rows = {k for i, k in enumerate(global_order) if (i % 8) // 4 != 1}
+    assert set(_window_ids(packed, taken)) <= counting.read
+    assert counting.read and not counting.read & others_rows
 
 
 def test_train_iterator_state_resumes_exactly():

@@ -113,6 +113,25 @@ def test_resume_after_losing_the_last_checkpoint_reproduces_the_run_exactly(trai
   assert [r["loss"] for r in after] == [r["loss"] for r in before if r["step"] > 20]
 
 
+def test_resume_under_another_mesh_continues_the_same_run(trained_run, corpus_dir, tmp_path):
+  workdir, _ = trained_run  # trained data-parallel on 8 devices
+  resumed = str(tmp_path / "resharded")
+  shutil.copytree(workdir, resumed)
+  shutil.rmtree(os.path.join(checkpoint.checkpoint_dir(resumed), "40"))
+  c = tiny_config(corpus_dir)
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 4, 2  # step 20's checkpoint is resharded onto fsdp x tensor
+  train(c, resumed)
+  run = trained.load(resumed)
+  assert run.step == 40
+  for a, b in zip(jax.tree.leaves(trained.load(workdir).params), jax.tree.leaves(run.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4)
+  before = [r for r in read_metrics(workdir) if r["split"] == "train"]
+  after = [r for r in read_metrics(resumed) if r["split"] == "train"][len(before):]
+  assert [r["step"] for r in after] == [30, 40]
+  np.testing.assert_allclose([r["loss"] for r in after],
+                             [r["loss"] for r in before if r["step"] > 20], rtol=1e-5)
+
+
 def test_fsdp_run_follows_the_data_parallel_loss_curve(corpus_dir, tmp_path):
   curves = {}
   for name, (data, fsdp) in {"data": (8, 1), "fsdp": (1, 8)}.items():

@@ -38,9 +38,9 @@ def resolve_files(path: str) -> tuple[list[str], str]:
     raise DataError(f"data.path {path!r} does not exist; give a file, a directory or a glob")
 
 
-def read_jsonl(path: str, text_field: str) -> list[str]:
-    """The `text_field` string of every record (blank lines are skipped)."""
-    docs = []
+def iter_jsonl(path: str):
+    """(line number, record) for every non-blank line; a line that is not a JSON
+    object is an error naming the file and line."""
     for lineno, line in enumerate(read_utf8(path).split("\n"), start=1):
         if not line.strip():
             continue
@@ -50,7 +50,17 @@ def read_jsonl(path: str, text_field: str) -> list[str]:
             raise DataError(
                 f"{path}:{lineno}: malformed JSON ({e.msg}); each line of a .jsonl file must be one JSON object"
             ) from None
-        text = record.get(text_field) if isinstance(record, dict) else None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{lineno}: a JSON {type(record).__name__}, not an object; "
+                            "each line of a .jsonl file must be one JSON object")
+        yield lineno, record
+
+
+def read_jsonl(path: str, text_field: str) -> list[str]:
+    """The `text_field` string of every record (blank lines are skipped)."""
+    docs = []
+    for lineno, record in iter_jsonl(path):
+        text = record.get(text_field)
         if not isinstance(text, str):
             raise DataError(
                 f"{path}:{lineno}: record has no string field {text_field!r}; "

@@ -32,10 +32,14 @@ def _check_processes(process_index: int, process_count: int) -> None:
 def train_batches(
     packed: PackedTokens, global_batch: int, seed: int, process_index: int, process_count: int
 ) -> grain.IterDataset:
-    """Endless batches of this process's share of windows, each field
-    [global_batch // process_count, seq_len]. Every epoch is a new permutation
-    of the share (grain reseeds the shuffle per epoch); batches run across
-    epoch boundaries. `iter(ds)` has get_state()/set_state() for checkpoints."""
+    """Endless batches of this process's rows, each field
+    [global_batch // process_count, seq_len]. The global order is one seeded
+    shuffle of all windows, a new permutation every epoch (grain reseeds the
+    shuffle per epoch), cut into global batches that run across epoch
+    boundaries; process p gets rows [p * local, (p + 1) * local) of each global
+    batch and reads only those windows. So the global batches do not depend on
+    the process count, and all processes share one iterator position.
+    `iter(ds)` has get_state()/set_state() for checkpoints."""
     _check_processes(process_index, process_count)
     if global_batch < 1 or global_batch % process_count:
         raise DataError(
@@ -44,15 +48,17 @@ def train_batches(
         )
     if not 0 <= seed < 2**32:
         raise DataError(f"seed={seed} must be in [0, 2**32) for shuffling")
-    local_batch = global_batch // process_count
-    # Strided shares: disjoint, together all windows, sizes differ by <= 1.
-    share = grain.MapDataset.source(packed)[process_index::process_count]
-    if len(share) < local_batch:
+    if len(packed) < global_batch:
         raise DataError(
-            f"the training split has {len(packed)} windows, {len(share)} for this process, "
-            f"fewer than one batch of {local_batch}; use a smaller batch size or data.seq_len, or more data"
+            f"the training split has {len(packed)} windows, fewer than one batch of {global_batch}; "
+            "use a smaller batch size or data.seq_len, or more data"
         )
-    return share.shuffle(seed=seed).repeat(None).batch(local_batch, drop_remainder=True).to_iter_dataset(_READ_OPTIONS)
+    local_batch = global_batch // process_count
+    # Global batch b is local batches b * process_count ... b * process_count + process_count - 1
+    # in order; map-style batching reads only the windows of the local batches this process takes.
+    local_batches = grain.MapDataset.source(packed).shuffle(seed=seed).repeat(None).batch(local_batch)
+    mine = local_batches[process_index::process_count]
+    return mine.to_iter_dataset(_READ_OPTIONS)
 
 
 def _padding_example(seq_len: int) -> dict[str, np.ndarray]:

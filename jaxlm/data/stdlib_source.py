@@ -29,7 +29,7 @@ def stdlib_files(root: str) -> list[str]:
     return sorted(found)
 
 
-def _read_if_utf8(path: str) -> str | None:
+def read_if_utf8(path: str) -> str | None:
     # A few stdlib files are deliberately Latin-1 (encoding tests); they are
     # not user input, so they are skipped rather than reported.
     with open(path, "rb") as f:
@@ -46,7 +46,7 @@ def load_stdlib(val_fraction: float) -> tuple[list[str], list[str]]:
     root = sysconfig.get_paths()["stdlib"]
     rel_paths, texts = [], []
     for rel in stdlib_files(root):
-        text = _read_if_utf8(os.path.join(root, rel))
+        text = read_if_utf8(os.path.join(root, rel))
         if text is not None:
             rel_paths.append(rel)
             texts.append(text)

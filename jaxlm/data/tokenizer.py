@@ -9,14 +9,15 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from jaxlm.data.errors import DataError
+from jaxlm.data.gpt2_tokenizer import Gpt2BpeTokenizer
 from jaxlm.data.simple_tokenizers import ByteTokenizer, CharTokenizer
 from jaxlm.data.sp_tokenizer import SentencePieceTokenizer
 
-KINDS = ("sentencepiece", "char", "byte")
+KINDS = ("sentencepiece", "char", "byte", "gpt2_bpe")
 
 
 class Tokenizer(Protocol):
-    kind: str  # "sentencepiece" | "char" | "byte"
+    kind: str  # "sentencepiece" | "char" | "byte" | "gpt2_bpe"
     vocab_size: int  # includes EOS (and <unk> for char)
     eos_id: int
 
@@ -35,13 +36,15 @@ class Tokenizer(Protocol):
 
 def train_tokenizer(kind: str, texts: Sequence[str], vocab_size: int, sp_model_type: str = "bpe") -> Tokenizer:
     """Builds a tokenizer of `kind` from training `texts`. `vocab_size` is only
-    used by sentencepiece: byte and char vocabularies are fixed by their data."""
+    used by sentencepiece and gpt2_bpe: byte and char vocabularies are fixed by their data."""
     if kind == "byte":
         return ByteTokenizer()
     if kind == "char":
         return CharTokenizer.train(texts)
     if kind == "sentencepiece":
         return SentencePieceTokenizer.train(texts, vocab_size, sp_model_type)
+    if kind == "gpt2_bpe":
+        return Gpt2BpeTokenizer.train(texts, vocab_size)
     raise DataError(f"unknown data.tokenizer={kind!r}; choose one of {', '.join(KINDS)}")
 
 
@@ -54,6 +57,8 @@ def tokenizer_from_json(state: dict) -> Tokenizer:
         return CharTokenizer(list(state["chars"]))
     if kind == "sentencepiece":
         return SentencePieceTokenizer.from_json(state)
+    if kind == "gpt2_bpe":
+        return Gpt2BpeTokenizer.from_json(state)
     raise DataError(f"unknown tokenizer kind {kind!r} in saved tokenizer; expected one of {', '.join(KINDS)}")
 
 

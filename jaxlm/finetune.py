@@ -1,0 +1,85 @@
+"""Starting a run from a pretrained run's parameters (`--config.init_from=PATH`).
+
+Only the parameters come over, through Orbax, onto this run's mesh. The architecture and tokenizer
+are the pretrained run's; the optimizer state, schedule, step counter and workdir are this run's
+own. Restarting the finetune run resumes it from its own checkpoints, not from the pretrained run.
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from jaxlm import checkpoint
+from jaxlm.checkpoint import CheckpointError
+from jaxlm.config import ConfigError
+
+# Model options a finetune run may change; each change is reported in the log.
+CHANGEABLE = ("model.dropout", "model.max_len")
+# Data options that belong to the tokenizer, which the pretrained run fixes.
+TOKENIZER_KEYS = ("tokenizer", "vocab_size", "sp_model_type")
+
+
+def resolve_source(init_from: str, init_step: int) -> tuple[str, int | None]:
+  """(pretrained workdir, step or None for its latest) from a workdir or `WORKDIR/checkpoints/N`."""
+  path = os.path.abspath(init_from)
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    return path, None if init_step < 0 else init_step
+  parent = os.path.dirname(path)
+  if os.path.basename(parent) == "checkpoints" and os.path.basename(path).isdigit():
+    if not os.path.isdir(path):
+      raise CheckpointError(f"config.init_from={init_from} does not exist; give a pretrain workdir "
+                            "or one of its checkpoints/STEP directories")
+    return os.path.dirname(parent), int(os.path.basename(path))
+  raise CheckpointError(f"config.init_from={init_from} is not a jaxlm workdir or checkpoint (no "
+                        "checkpoints/ inside); give the pretrain run's --workdir")
+
+
+def inherit(config: ml_collections.ConfigDict, pretrained: dict,
+            overrides: dict) -> tuple[ml_collections.ConfigDict, list[str]]:
+  """This run's config with the pretrained architecture and tokenizer settings.
+
+  A command-line override that contradicts them is refused (all such fields listed at once), except
+  the CHANGEABLE ones, which are kept and returned as notes for the log.
+  """
+  config = ml_collections.ConfigDict(config.to_dict())
+  inherited = {f"model.{k}": v for k, v in pretrained["model"].items()}
+  inherited.update({f"data.{k}": pretrained["data"][k] for k in TOKENIZER_KEYS})
+  refused, notes = [], []
+  for key, value in inherited.items():
+    section, name = key.split(".")
+    if key in overrides and overrides[key] != value:
+      if key in CHANGEABLE:
+        notes.append(f"{key}: {value!r} in the pretrained run -> {overrides[key]!r} here")
+        continue
+      refused.append(f"{key} (pretrained {value!r}, override {overrides[key]!r})")
+    else:
+      config[section][name] = value
+  if refused:
+    raise ConfigError("init_from fixes the architecture and tokenizer, but these overrides differ: "
+                      + "; ".join(refused) + "; drop them")
+  if config.model.max_len < pretrained["model"]["max_len"]:
+    raise ConfigError(f"model.max_len={config.model.max_len} is shorter than the pretrained "
+                      f"{pretrained['model']['max_len']}; it may only grow")
+  return config, notes
+
+
+def restore_params(workdir: str, step: int, target_params, fresh_params, pretrained_max_len: int):
+  """Pretrained parameters placed like `target_params` (abstract, with shardings).
+
+  A learned position table that this run made longer keeps its pretrained rows; the new rows come
+  from `fresh_params`, this run's own initialisation.
+  """
+  abstract = dict(target_params)
+  target = abstract.get("pos_embedding")
+  grown = target is not None and target.shape[0] > pretrained_max_len
+  if grown:
+    abstract["pos_embedding"] = jax.ShapeDtypeStruct((pretrained_max_len, target.shape[1]),
+                                                     target.dtype, sharding=target.sharding)
+  params = checkpoint.restore_params(workdir, step, abstract)
+  if grown:
+    table = jnp.concatenate([params["pos_embedding"],
+                             fresh_params["pos_embedding"][pretrained_max_len:]])
+    params["pos_embedding"] = jax.device_put(table, target.sharding)
+  return params

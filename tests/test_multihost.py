@@ -1,0 +1,128 @@
+"""Real multi-host training: two processes on localhost (gloo CPU collectives, 2 devices each) train
+through `python -m jaxlm.train` and match one process with 4 devices on the same global batches."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO, subprocess_env
+from test_cli import TINY, last_json
+from test_train import read_metrics, write_corpus
+
+from jaxlm import distributed, trained
+from jaxlm.config import ConfigError
+
+STEPS = 20
+# fsdp over all 4 devices: parameters are split across both processes, so a checkpoint is only
+# complete if both write their shards, and every step needs cross-process collectives.
+OVERRIDES = [f"--config.train.steps={STEPS}", "--config.train.log_every=1",
+             "--config.train.batch_size=16", "--config.eval.batch_size=16",
+             "--config.checkpoint.every=10", "--config.mesh.data=1", "--config.mesh.fsdp=-1"]
+TIMEOUT_S = 120
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def start(args: list[str], devices: int, log_path, coordinator: str | None = None) -> subprocess.Popen:
+  env = subprocess_env()
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["JAX_CPU_COLLECTIVES_IMPLEMENTATION"] = "gloo"
+  if coordinator:  # JAX's coordinator would listen on every interface; loopback is enough here
+    env["JAX_COORDINATOR_BIND_ADDRESS"] = coordinator
+  with open(log_path, "w") as log:  # a file, not a pipe: a full pipe would stall the process
+    return subprocess.Popen([sys.executable, "-m", "jaxlm.train", *args], cwd=REPO, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_all(procs: dict, logs: dict) -> None:
+  deadline = time.monotonic() + TIMEOUT_S
+  for name, proc in procs.items():
+    try:
+      proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+      pytest.fail(f"{name} still running after {TIMEOUT_S}s:\n{logs[name].read_text()[-3000:]}")
+    assert proc.returncode == 0, f"{name} failed:\n{logs[name].read_text()[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("multihost")
+  config = root / "tiny.py"
+  config.write_text(TINY.format(path=write_corpus(root / "corpus")))
+  common = [f"--config={config}", *OVERRIDES]
+  coordinator = f"127.0.0.1:{free_port()}"
+  workdirs = {"pair": root / "pair", "single": root / "single"}
+  logs = {name: root / f"{name}.log" for name in ("process0", "process1", "single")}
+  procs = {}
+  try:
+    for pid in range(2):
+      procs[f"process{pid}"] = start(
+          [*common, f"--workdir={workdirs['pair']}", f"--coordinator_address={coordinator}",
+           "--num_processes=2", f"--process_id={pid}"], 2, logs[f"process{pid}"], coordinator)
+    procs["single"] = start([*common, f"--workdir={workdirs['single']}"], 4, logs["single"])
+    wait_all(procs, logs)
+  finally:  # never leave a process behind, whatever failed
+    for proc in procs.values():
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+  return workdirs, {name: path.read_text() for name, path in logs.items()}
+
+
+def train_losses(workdir) -> list[float]:
+  return [r["loss"] for r in read_metrics(str(workdir)) if r["split"] == "train"]
+
+
+def test_two_processes_train_like_one_with_the_same_devices(runs):
+  workdirs, logs = runs
+  pair, single = train_losses(workdirs["pair"]), train_losses(workdirs["single"])
+  assert len(single) == STEPS
+  # One line per step: only process 0 writes metrics into the shared workdir.
+  assert len(pair) == STEPS
+  np.testing.assert_allclose(pair, single, atol=1e-5)
+  assert last_json(logs["process0"]) == pytest.approx(last_json(logs["single"]), rel=1e-5)
+  # Only process 0 logs; it prints the parameter sharding table at start-up.
+  assert "parameter shardings:" in logs["process0"] and "'fsdp'" in logs["process0"]
+  assert "parameter shardings:" not in logs["process1"]
+  assert "step 20: val loss" not in logs["process1"]
+  with open(os.path.join(workdirs["pair"], "tokenizer.json")) as f:
+    assert json.load(f)  # trained once by process 0, read by process 1
+
+
+def test_the_checkpoint_written_by_two_processes_restores_in_one(runs):
+  workdirs, _ = runs
+  together = trained.load(str(workdirs["pair"]))  # all 8 devices of this test process
+  alone = trained.load(str(workdirs["single"]))
+  assert together.step == alone.step == STEPS
+  assert len(together.engine.mesh.devices.flat) == jax.device_count()
+  for a, b in zip(jax.tree.leaves(together.params), jax.tree.leaves(alone.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+def test_multihost_settings_come_from_flags_or_environment_and_must_be_complete():
+  assert distributed.settings(None, None, None, environ={}) is None  # one process: no initialize
+  explicit = {"coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": 3}
+  assert distributed.settings("10.0.0.1:1234", 4, 3, environ={}) == explicit
+  environ = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4",
+             "JAX_PROCESS_ID": "3"}
+  assert distributed.settings(None, None, None, environ=environ) == explicit
+  assert distributed.settings(None, None, 1, environ=environ)["process_id"] == 1  # flags win
+  with pytest.raises(ConfigError, match="needs --coordinator_address as well"):
+    distributed.settings(None, 2, 0, environ={})
+  with pytest.raises(ConfigError, match="must be in \\[0, --num_processes=2\\)"):
+    distributed.settings("h:1", 2, 2, environ={})
+  with pytest.raises(ConfigError, match="needs a port"):
+    distributed.settings("10.0.0.1", 2, 0, environ={})
+  with pytest.raises(ConfigError, match="JAX_NUM_PROCESSES='two' is not an integer"):
+    distributed.settings("h:1", None, 0, environ={"JAX_NUM_PROCESSES": "two"})

@@ -1,0 +1,34 @@
+"""notebooks/colab.ipynb runs top to bottom (tiny sizes, CPU), so it cannot go stale."""
+
+import base64
+import io
+import os
+
+import pytest
+from conftest import REPO, subprocess_env
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+NOTEBOOK = os.path.join(REPO, "notebooks", "colab.ipynb")
+
+
+def test_colab_notebook_executes_in_tiny_mode(tmp_path):
+  notebook = nbformat.read(NOTEBOOK, as_version=4)
+  env = {**subprocess_env(), "JAXLM_NOTEBOOK_TINY": "1"}
+  client = nbclient.NotebookClient(notebook, timeout=240, kernel_name="python3",
+                                   resources={"metadata": {"path": str(tmp_path)}})
+  client.execute(env=env)  # raises CellExecutionError, with the cell's traceback, if a cell fails
+
+  runs = tmp_path / "runs" / "notebook"
+  for run in ("pretrain", "finetune"):
+    assert (runs / run / "checkpoints").is_dir() and (runs / run / "report.png").is_file(), run
+  outputs = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs]
+  text = "".join(out.get("text", "") for out in outputs)
+  assert text.count("validation loss") == 2 and text.count("exact match") == 2  # for each run
+  assert "name of ___: " in text  # the finetuned model's sample
+  images = [base64.b64decode(out["data"]["image/png"]) for out in outputs
+            if "image/png" in out.get("data", {})]
+  assert len(images) == 2  # the two training reports are shown
+  from PIL import Image
+  assert Image.open(io.BytesIO(images[0])).size == (1000, 660)
