@@ -106,6 +106,13 @@ def base_config() -> ml_collections.ConfigDict:
   # Weight of the z-loss (log(Z)^2) that keeps the softmax normaliser near 1; 0 disables it.
   c.train.z_loss = 0.0
   c.train.seed = 0
+  # A non-finite loss or gradient: "skip" the update (parameters and optimizer state untouched,
+  # counted as `skipped` in the log) or "stop" the run with an error naming the step. Either way
+  # no non-finite value reaches the parameters or a checkpoint.
+  c.train.on_nonfinite = "skip"
+  # Skip updates whose loss is more than this many standard deviations above its running mean
+  # (over about the last 100 updates, after the first 20); 0 turns the spike guard off.
+  c.train.spike_sigma = 0.0
   # Steps between lines in metrics.jsonl / TensorBoard.
   c.train.log_every = 10
 

@@ -11,7 +11,6 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
@@ -55,7 +54,8 @@ class Engine:
 
 def build_engine(model_cfg: ModelConfig, optim_cfg: OptimConfig, mesh: Mesh, rules,
                  seed: int, seq_len: int, z_loss: float = 0.0,
-                 batch_axes: tuple[str, ...] = sharding.BATCH_AXES) -> Engine:
+                 batch_axes: tuple[str, ...] = sharding.BATCH_AXES,
+                 spike_sigma: float = 0.0) -> Engine:
   rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
   rules = sharding.with_batch_axes(rules, batch_axes)
   model = GPT(model_cfg)
@@ -73,13 +73,11 @@ def build_engine(model_cfg: ModelConfig, optim_cfg: OptimConfig, mesh: Mesh, rul
   batch2 = sharding.batch_sharding(mesh, batch_axes)  # [batch, seq]
   scalar = sharding.replicated(mesh)
   jit_init = jax.jit(lambda: nn.unbox(make_state()), out_shardings=state_shardings)
-  jit_from_params = jax.jit(
-      lambda params: TrainState(step=jnp.array(0, jnp.int32), params=params,
-                                opt_state=tx.init(params)),
-      in_shardings=(params_shardings,), out_shardings=state_shardings)
+  jit_from_params = jax.jit(lambda params: TrainState.create(params, tx),
+                            in_shardings=(params_shardings,), out_shardings=state_shardings)
   jit_train = jax.jit(
       functools.partial(train_step, model=model, tx=tx, schedule=schedule, z_loss=z_loss,
-                        seed=seed, use_dropout=model_cfg.dropout > 0),
+                        seed=seed, use_dropout=model_cfg.dropout > 0, spike_sigma=spike_sigma),
       in_shardings=(state_shardings, batch3), out_shardings=(state_shardings, scalar),
       donate_argnums=0)
   jit_eval = jax.jit(functools.partial(eval_step, model=model),

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxlm.guard import Guard, select
 from jaxlm.model import GPT
 
 Batch = dict[str, jax.Array]  # inputs, targets, positions, segment_ids: [..., batch, seq]; weights
@@ -15,16 +16,23 @@ Batch = dict[str, jax.Array]  # inputs, targets, positions, segment_ids: [..., b
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array  # [] int32: optimizer updates done
+  step: jax.Array  # [] int32: steps taken (batches consumed), applied or refused by the guard
   params: Any
   opt_state: Any
+  guard: Guard
+
+  @classmethod
+  def create(cls, params: Any, tx: optax.GradientTransformation) -> "TrainState":
+    """Step 0 with fresh optimizer state for `params`."""
+    return cls(step=jnp.array(0, jnp.int32), params=params, opt_state=tx.init(params),
+               guard=Guard.init())
 
 
 def init_state(model: GPT, tx: optax.GradientTransformation, seed: int, seq_len: int) -> TrainState:
   """Fresh parameters (boxed with their logical axes) and optimizer state."""
   tokens = jnp.zeros((1, seq_len), jnp.int32)
   params = model.init(jax.random.key(seed), tokens, tokens, tokens + 1)["params"]
-  return TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=tx.init(params))
+  return TrainState.create(params, tx)
 
 
 def token_losses(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -49,12 +57,13 @@ def loss_fn(params: Any, batch: Batch, model: GPT, z_loss: float, dropout_key: j
 
 
 def train_step(state: TrainState, batch: Batch, *, model: GPT, tx: optax.GradientTransformation,
-               schedule: optax.Schedule, z_loss: float, seed: int,
-               use_dropout: bool) -> tuple[TrainState, dict[str, jax.Array]]:
+               schedule: optax.Schedule, z_loss: float, seed: int, use_dropout: bool,
+               spike_sigma: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update from a batch shaped `[accum_steps, micro_batch, seq]`.
 
   Gradients of the micro-batches are summed in a scan, so memory is that of one micro-batch; the
-  result equals one big batch because losses are normalised by the total weight afterwards.
+  result equals one big batch because losses are normalised by the total weight afterwards. The
+  update is applied only if the guard (guard.py) accepts it.
   """
   step_key = jax.random.fold_in(jax.random.key(seed), state.step)
   grad_fn = jax.grad(loss_fn, has_aux=True)
@@ -76,15 +85,21 @@ def train_step(state: TrainState, batch: Batch, *, model: GPT, tx: optax.Gradien
   total_weight = jnp.maximum(weight_sums.sum(), 1.0)
   grads = jax.tree.map(lambda g: g / total_weight, grad_sum)
 
+  loss = nll_sums.sum() / total_weight
+  grad_norm = optax.tree.norm(grads)
+  apply, guard = state.guard.judge(state.step, loss, grad_norm, spike_sigma)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {
-      "loss": nll_sums.sum() / total_weight,
-      "grad_norm": optax.tree.norm(grads),
+      "loss": loss,
+      "grad_norm": grad_norm,
       "lr": jnp.asarray(schedule(state.step), jnp.float32),
       "tokens": weight_sums.sum(),
+      "skipped": guard.skipped,
+      "first_nonfinite": guard.first_nonfinite,
   }
-  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  return TrainState(step=state.step + 1, params=select(apply, params, state.params),
+                    opt_state=select(apply, opt_state, state.opt_state), guard=guard), metrics
 
 
 def eval_step(params: Any, batch: Batch, *, model: GPT) -> dict[str, jax.Array]:

@@ -6,7 +6,8 @@ Rerunning the same command on the same workdir resumes from its latest checkpoin
 optimizer state, step and the data iterator's position all come back.
 """
 
-import math
+import contextlib
+import sys
 import time
 
 import jax
@@ -25,6 +26,7 @@ from jaxlm.engine import build_engine
 from jaxlm.scoring import evaluate_split
 from jaxlm.metrics import MetricsWriter, flops_per_token, peak_flops
 from jaxlm.optim import OptimConfig
+from jaxlm.preemption import Preemption
 from jaxlm.trained import model_config
 
 
@@ -40,6 +42,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                       f"{config.model.max_len}; raise model.max_len or lower data.seq_len")
   if config.train.steps <= 0:
     raise ConfigError(f"train.steps={config.train.steps} must be positive")
+  if config.train.on_nonfinite not in ("skip", "stop"):
+    raise ConfigError(f"train.on_nonfinite={config.train.on_nonfinite!r} is not one of skip, stop")
 
 
 def check_resume(saved: dict, config: ml_collections.ConfigDict) -> None:
@@ -62,7 +66,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   """
   cli.ensure_writable(workdir)
   is_main = jax.process_index() == 0
-  log = tqdm.tqdm.write if is_main else (lambda *_: None)
+  # Logs go to stderr beside the progress bar; stdout carries only the final JSON line.
+  log = (lambda text: tqdm.tqdm.write(text, file=sys.stderr)) if is_main else (lambda *_: None)
   pretrained_tokenizer = None
   if config.init_from:
     source_dir, source_step = finetune.resolve_source(config.init_from, config.init_step)
@@ -97,7 +102,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
   model_cfg = model_config(config, tokenizer.vocab_size)
   engine = build_engine(model_cfg, OptimConfig.from_config(config.train), mesh, config.mesh.rules,
-                        config.train.seed, data_cfg.seq_len, config.train.z_loss, batch_axes)
+                        config.train.seed, data_cfg.seq_len, config.train.z_loss, batch_axes,
+                        config.train.spike_sigma)
   batches = train_batches(dataset.train, config.train.batch_size, config.train.seed,
                           jax.process_index(), jax.process_count())
   iterator = iter(batches)
@@ -125,62 +131,102 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   writer = MetricsWriter(workdir, enabled=is_main)
   config_json, tokenizer_json = cli.config_to_json(config), tokenizer.to_json()
   batch_spec = engine.batch_sharding(leading_dims=1)
-  total = config.train.steps
+  total, log_every = config.train.steps, config.train.log_every
   progress = tqdm.tqdm(total=total, initial=start_step, disable=not is_main, desc="train",
                        dynamic_ncols=True)
-  window_start, window_steps, wait_time = time.perf_counter(), 0, 0.0
-  val_metrics = {}
-  for step in range(start_step, total):
-    wait_start = time.perf_counter()
-    rows = next(iterator)  # each field [local_batch, seq]
-    wait_time += time.perf_counter() - wait_start
-    micro = {k: v.reshape(accum, -1, *v.shape[1:]) for k, v in rows.items()}
-    state, metrics = engine.train_step(state, sharding.global_batch(micro, batch_spec))
-    done = step + 1
-    window_steps += 1
-    progress.update(1)
+  speed = Throughput(config.train.batch_size * data_cfg.seq_len, token_flops,
+                     peak * jax.device_count())
+  val_metrics, done, stopping = {}, start_step, False
+  with Preemption() as preemption:
+    for step in range(start_step, total):
+      with speed.waiting():
+        rows = next(iterator)  # each field [local_batch, seq]
+      micro = {k: v.reshape(accum, -1, *v.shape[1:]) for k, v in rows.items()}
+      state, metrics = engine.train_step(state, sharding.global_batch(micro, batch_spec))
+      done = step + 1
+      speed.steps += 1
+      progress.update(1)
+      stopping = (jax.process_count() == 1 or done % log_every == 0) and preemption.agreed()
 
-    if done % config.train.log_every == 0 or done == total:
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      elapsed = time.perf_counter() - window_start
-      tokens_per_sec = window_steps * config.train.batch_size * data_cfg.seq_len / elapsed
-      metrics.update(tokens_per_sec=tokens_per_sec, step_time=elapsed / window_steps,
-                     host_wait=wait_time / elapsed,
-                     mfu=tokens_per_sec * token_flops / (peak * jax.device_count()))
-      del metrics["tokens"]
-      writer.write(done, metrics)
-      progress.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.2e}")
-      if not math.isfinite(metrics["loss"]):
-        raise FloatingPointError(f"loss is {metrics['loss']} at step {done}; lower train.lr or "
-                                 "raise train.warmup_steps")
-      window_start, window_steps, wait_time = time.perf_counter(), 0, 0.0
+      if done % log_every == 0 or done == total or stopping:
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        del metrics["tokens"]
+        check_guard(metrics, config.train.on_nonfinite)
+        metrics.update(speed.read())
+        writer.write(done, metrics)
+        progress.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.2e}")
 
-    if (config.eval.every and done % config.eval.every == 0) or done == total:
-      val_metrics = evaluate_split(engine, state.params, dataset.val, config.eval.batch_size,
-                                   config.eval.max_batches, dataset.val_bytes_per_token)
-      writer.write(done, val_metrics, prefix="val")
-      log(f"step {done}: val loss {val_metrics['loss']:.4f} perplexity "
-          f"{val_metrics['perplexity']:.3f} bits/byte {val_metrics['bits_per_byte']:.4f}")
-      if config.eval.sample_tokens:
-        text = sample_text(state.params, model_cfg, tokenizer, config.eval.sample_tokens, done)
-        writer.text(done, "sample", text)
-        log(f"sample at step {done}:\n{text}\n")
-      # Evaluation time is not training throughput: the next window starts now.
-      window_start, window_steps, wait_time = time.perf_counter(), 0, 0.0
+      if not stopping and ((config.eval.every and done % config.eval.every == 0) or done == total):
+        val_metrics = evaluate_split(engine, state.params, dataset.val, config.eval.batch_size,
+                                     config.eval.max_batches, dataset.val_bytes_per_token)
+        writer.write(done, val_metrics, prefix="val")
+        log(f"step {done}: val loss {val_metrics['loss']:.4f} perplexity "
+            f"{val_metrics['perplexity']:.3f} bits/byte {val_metrics['bits_per_byte']:.4f}")
+        if config.eval.sample_tokens:
+          text = sample_text(state.params, model_cfg, tokenizer, config.eval.sample_tokens, done)
+          writer.text(done, "sample", text)
+          log(f"sample at step {done}:\n{text}\n")
+        speed.restart()  # evaluation time is not training throughput
 
-    if done % config.checkpoint.every == 0 or done == total:
-      checkpoint.save(mngr, done, state, config_json, tokenizer_json, iterator.get_state())
+      if done % config.checkpoint.every == 0 or done == total or stopping:
+        check_guard(jax.device_get({"first_nonfinite": state.guard.first_nonfinite}),
+                    config.train.on_nonfinite)
+        checkpoint.save(mngr, done, state, config_json, tokenizer_json, iterator.get_state())
+      if stopping:
+        break
   progress.close()
-  if not val_metrics:  # resumed a run that had already finished
+  if not val_metrics and not stopping:  # resumed a run that had already finished
     val_metrics = evaluate_split(engine, state.params, dataset.val, config.eval.batch_size,
                                  config.eval.max_batches, dataset.val_bytes_per_token)
   mngr.wait_until_finished()
   mngr.close()
   writer.close()
+  if stopping:
+    log(f"stopped at step {done}: checkpoint saved in {checkpoint.checkpoint_dir(workdir)}; "
+        "rerun the same command to resume")
+    return {"stopped_at": done}
   if is_main:
     log(f"report: {report.write_report(workdir)}")
   log(f"done: {total} steps; checkpoints in {checkpoint.checkpoint_dir(workdir)}")
   return val_metrics
+
+
+def check_guard(metrics: dict, on_nonfinite: str) -> None:
+  """With train.on_nonfinite=stop, ends the run at the first non-finite step (never applied)."""
+  first = int(metrics["first_nonfinite"])
+  if on_nonfinite == "stop" and first >= 0:
+    raise FloatingPointError(
+        f"non-finite loss or gradient at step {first + 1}; that update was not applied and no "
+        "checkpoint holds it; lower train.lr, raise train.warmup_steps, or set "
+        "train.on_nonfinite=skip")
+
+
+class Throughput:
+  """Tokens/s, step time, MFU and the share of time spent waiting for data, per log window."""
+
+  def __init__(self, tokens_per_step: int, flops_per_token: float, peak_flops: float):
+    self.tokens_per_step, self.flops_per_token, self.peak = (tokens_per_step, flops_per_token,
+                                                             peak_flops)
+    self.restart()
+
+  def restart(self) -> None:
+    self.start, self.steps, self.wait = time.perf_counter(), 0, 0.0
+
+  @contextlib.contextmanager
+  def waiting(self):
+    start = time.perf_counter()
+    yield
+    self.wait += time.perf_counter() - start
+
+  def read(self) -> dict[str, float]:
+    """The window's numbers (callers read after a device sync); starts the next window."""
+    elapsed = max(time.perf_counter() - self.start, 1e-9)
+    tokens_per_sec = self.steps * self.tokens_per_step / elapsed
+    numbers = {"tokens_per_sec": tokens_per_sec, "step_time": elapsed / max(self.steps, 1),
+               "host_wait": self.wait / elapsed,
+               "mfu": tokens_per_sec * self.flops_per_token / self.peak}
+    self.restart()
+    return numbers
 
 
 def sample_text(params, model_cfg, tokenizer, num_tokens: int, seed: int) -> str:
