@@ -9,34 +9,14 @@ AdamW state take about 21 GB, so they are sharded over every device (mesh.fsdp=-
 raise train.grad_accum_steps until the plan fits. docs/scaling.md has its memory plans.
 """
 
-from jaxlm.config import base_config
+from jaxlm.config import gpt2_config
 
 
 def get_config():
-  c = base_config()
-  c.data.source = "files"
-  c.data.path = ""  # your text: a .txt/.jsonl file, directory or glob
-  c.data.tokenizer = "sentencepiece"
-  c.data.vocab_size = 50304
-  c.data.seq_len = 2048
-  c.data.val_fraction = 0.01
-  c.model.d_model = 2048
-  c.model.num_layers = 24
-  c.model.num_heads = 16
-  c.model.mlp_dim = 8192
-  c.model.max_len = 2048
-  c.model.dtype = "bfloat16"
-  c.train.batch_size = 512
-  c.train.grad_accum_steps = 8
+  c = gpt2_config(d_model=2048, num_layers=24, num_heads=16, seq_len=2048)
   c.train.steps = 50000
   c.train.lr = 2e-4
   c.train.warmup_steps = 2000
-  c.train.min_lr_ratio = 0.1
-  c.train.log_every = 50
-  c.eval.every = 1000
-  c.eval.batch_size = 64
-  c.eval.max_batches = 50
-  c.checkpoint.every = 1000
   c.mesh.data = 1
-  c.mesh.fsdp = -1
+  c.mesh.fsdp = -1  # parameters and optimizer state sharded over every device
   return c
