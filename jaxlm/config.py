@@ -157,6 +157,32 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def gpt2_config(d_model: int, num_layers: int, num_heads: int,
+                seq_len: int) -> ml_collections.ConfigDict:
+  """The GPT-2 family's recipe (configs/gpt2_*.py): the user's text files, a 50304-token
+  SentencePiece vocabulary (GPT-2's 50257 rounded up to a multiple of 128 for fast matmuls), bf16
+  compute, about 0.5M-token global batches in 8 accumulation steps."""
+  c = base_config()
+  c.data.source = "files"
+  c.data.path = ""  # your text: a .txt/.jsonl file, directory or glob
+  c.data.tokenizer = "sentencepiece"
+  c.data.vocab_size = 50304
+  c.data.seq_len = c.model.max_len = seq_len
+  c.data.val_fraction = 0.01
+  c.model.d_model, c.model.num_layers, c.model.num_heads = d_model, num_layers, num_heads
+  c.model.mlp_dim = 4 * d_model
+  c.model.dtype = "bfloat16"
+  c.train.batch_size = 512
+  c.train.grad_accum_steps = 8
+  c.train.min_lr_ratio = 0.1
+  c.train.log_every = 50
+  c.eval.every = 1000
+  c.eval.batch_size = 64
+  c.eval.max_batches = 50
+  c.checkpoint.every = 1000
+  return c
+
+
 def from_saved(saved: dict) -> ml_collections.ConfigDict:
   """A saved run's config on top of today's defaults, so options added since still have values."""
   config = base_config()
