@@ -5,6 +5,7 @@ are the pretrained run's; the optimizer state, schedule, step counter and workdi
 own. Restarting the finetune run resumes it from its own checkpoints, not from the pretrained run.
 """
 
+import dataclasses
 import os
 
 import jax
@@ -13,12 +14,32 @@ import ml_collections
 
 from jaxlm import checkpoint
 from jaxlm.checkpoint import CheckpointError
-from jaxlm.config import ConfigError
+from jaxlm.config import ConfigError, from_saved
+from jaxlm.data import Tokenizer, tokenizer_from_json
 
 # Model options a finetune run may change; each change is reported in the log.
 CHANGEABLE = ("model.dropout", "model.max_len")
 # Data options that belong to the tokenizer, which the pretrained run fixes.
 TOKENIZER_KEYS = ("tokenizer", "vocab_size", "sp_model_type")
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+  """The run a finetune starts from."""
+  workdir: str
+  step: int
+  config: dict  # its full config as JSON
+  tokenizer: Tokenizer
+
+
+def prepare(config: ml_collections.ConfigDict,
+            overrides: dict) -> tuple[ml_collections.ConfigDict, Pretrained, list[str]]:
+  """(this run's config with the pretrained architecture, the pretrained run, notes for the log)."""
+  workdir, step = resolve_source(config.init_from, config.init_step)
+  step, saved, tokenizer = checkpoint.restore_metadata(workdir, step)
+  saved = from_saved(saved)
+  config, notes = inherit(config, saved.to_dict(), overrides)
+  return config, Pretrained(workdir, step, saved.to_dict(), tokenizer_from_json(tokenizer)), notes
 
 
 def resolve_source(init_from: str, init_step: int) -> tuple[str, int | None]:
@@ -27,11 +48,12 @@ def resolve_source(init_from: str, init_step: int) -> tuple[str, int | None]:
   if os.path.isdir(os.path.join(path, "checkpoints")):
     return path, None if init_step < 0 else init_step
   parent = os.path.dirname(path)
-  if os.path.basename(parent) == "checkpoints" and os.path.basename(path).isdigit():
-    if not os.path.isdir(path):
-      raise CheckpointError(f"config.init_from={init_from} does not exist; give a pretrain workdir "
-                            "or one of its checkpoints/STEP directories")
+  if (os.path.basename(parent) == "checkpoints" and os.path.basename(path).isdigit()
+      and os.path.isdir(parent)):  # a step that is not there is reported with those that are
     return os.path.dirname(parent), int(os.path.basename(path))
+  if not os.path.exists(path):
+    raise CheckpointError(f"config.init_from={init_from} does not exist; give the pretrain run's "
+                          "--workdir or one of its checkpoints/STEP directories")
   raise CheckpointError(f"config.init_from={init_from} is not a jaxlm workdir or checkpoint (no "
                         "checkpoints/ inside); give the pretrain run's --workdir")
 

@@ -19,7 +19,7 @@ from ml_collections import config_flags
 from jaxlm import checkpoint, cli, finetune, report, sharding
 from jaxlm.config import ConfigError, from_saved
 from jaxlm.corpus import DataConfig, build_dataset, read_corpus, workdir_tokenizer
-from jaxlm.data import tokenizer_from_json, train_batches
+from jaxlm.data import train_batches
 from jaxlm.data.records import PackedRecords
 from jaxlm.decode import SamplingConfig, generate
 from jaxlm.engine import build_engine
@@ -68,15 +68,10 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   is_main = jax.process_index() == 0
   # Logs go to stderr beside the progress bar; stdout carries only the final JSON line.
   log = (lambda text: tqdm.tqdm.write(text, file=sys.stderr)) if is_main else (lambda *_: None)
-  pretrained_tokenizer = None
+  pretrained = None
   if config.init_from:
-    source_dir, source_step = finetune.resolve_source(config.init_from, config.init_step)
-    source_step, source_config, source_tokenizer = checkpoint.restore_metadata(source_dir,
-                                                                               source_step)
-    source_config = cli.config_to_json(from_saved(source_config))
-    config, notes = finetune.inherit(config, source_config, overrides or {})
-    pretrained_tokenizer = tokenizer_from_json(source_tokenizer)
-    log(f"finetuning from step {source_step} of {source_dir}" +
+    config, pretrained, notes = finetune.prepare(config, overrides or {})
+    log(f"finetuning from step {pretrained.step} of {pretrained.workdir}" +
         "".join(f"\n  changed: {note}" for note in notes))
   check_config(config)
 
@@ -91,7 +86,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     _, saved_config, _ = checkpoint.restore_metadata(workdir, start_step)
     check_resume(cli.config_to_json(from_saved(saved_config)), config)
   corpus = read_corpus(data_cfg)
-  tokenizer = workdir_tokenizer(data_cfg, corpus, workdir, pretrained_tokenizer)
+  tokenizer = workdir_tokenizer(data_cfg, corpus, workdir,
+                                pretrained.tokenizer if pretrained else None)
   dataset = build_dataset(data_cfg, corpus, tokenizer)
   log(f"data: {len(corpus.train)} train / {len(corpus.val)} val {data_cfg.resolved_format} "
       f"examples in {len(dataset.train):,} / {len(dataset.val):,} windows of {data_cfg.seq_len} "
@@ -108,17 +104,17 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                           jax.process_index(), jax.process_count())
   iterator = iter(batches)
   mngr = checkpoint.manager(workdir, keep=config.checkpoint.keep)
-  if start_step is None and config.init_from:
-    fresh = engine.init()
-    params = finetune.restore_params(source_dir, source_step, engine.abstract_state.params,
-                                     fresh.params, source_config["model"]["max_len"])
-    start_step, state = 0, engine.from_params(params)
-  elif start_step is None:
-    start_step, state = 0, engine.init()
-  else:
+  if start_step is not None:  # this run's own checkpoint wins, finetune or not
     state, data_state = checkpoint.restore(mngr, start_step, engine.abstract_state)
     iterator.set_state(data_state)
     log(f"resumed from step {start_step} in {checkpoint.checkpoint_dir(workdir)}")
+  elif pretrained:
+    params = finetune.restore_params(pretrained.workdir, pretrained.step,
+                                     engine.abstract_state.params, engine.init().params,
+                                     pretrained.config["model"]["max_len"])
+    start_step, state = 0, engine.from_params(params)
+  else:
+    start_step, state = 0, engine.init()
 
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   token_flops = flops_per_token(model_cfg, data_cfg.seq_len, state.params)

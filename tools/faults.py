@@ -106,8 +106,9 @@ def attempt(config: str, workdir: str, kill_at: int | None, during_save: bool,
     while outcome is None:
       if process.poll() is not None:
         outcome = "finished" if process.returncode == 0 else "failed"
-      elif kill_at is not None and last_logged(workdir) >= kill_at and (
-          not during_save or saving_in_progress(workdir)):
+      elif (kill_at is not None and last_logged(workdir) >= kill_at
+            and checkpoint_steps(workdir)  # a complete checkpoint exists: the rerun resumes
+            and (not during_save or saving_in_progress(workdir))):
         process.send_signal(signal.SIGKILL)
         process.wait()
         outcome, in_save = "killed", saving_in_progress(workdir)
