@@ -81,11 +81,18 @@ def saving_in_progress(workdir: str) -> bool:
   return bool(glob.glob(os.path.join(workdir, "checkpoints", "*.orbax-checkpoint-tmp*")))
 
 
-def last_logged(workdir: str) -> int:
+def metrics_size(workdir: str) -> int:
+  path = os.path.join(workdir, "metrics.jsonl")
+  return os.path.getsize(path) if os.path.exists(path) else 0
+
+
+def last_logged(workdir: str, offset: int = 0) -> int:
+  """The last step logged in metrics.jsonl after byte `offset` (0 if none)."""
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return 0
   with open(path, "rb") as f:
+    f.seek(offset)
     lines = [line for line in f.read().split(b"\n") if line.strip()]
   for line in reversed(lines):
     try:
@@ -99,6 +106,7 @@ def attempt(config: str, workdir: str, kill_at: int | None, during_save: bool,
             log: str) -> tuple[str, bool, str]:
   """One run, killed once step `kill_at` is logged (and, with `during_save`, a checkpoint is
   being written): ("killed" | "finished" | "failed", whether a save was under way, output)."""
+  offset = metrics_size(workdir)  # only this attempt's own progress counts
   with open(log, "w") as out:
     process = subprocess.Popen(command(config, workdir), cwd=REPO, env=env(), stdout=out,
                                stderr=subprocess.STDOUT)
@@ -106,7 +114,7 @@ def attempt(config: str, workdir: str, kill_at: int | None, during_save: bool,
     while outcome is None:
       if process.poll() is not None:
         outcome = "finished" if process.returncode == 0 else "failed"
-      elif (kill_at is not None and last_logged(workdir) >= kill_at
+      elif (kill_at is not None and last_logged(workdir, offset) >= kill_at
             and checkpoint_steps(workdir)  # a complete checkpoint exists: the rerun resumes
             and (not during_save or saving_in_progress(workdir))):
         process.send_signal(signal.SIGKILL)
