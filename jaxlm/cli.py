@@ -4,10 +4,12 @@ A mistake of the user's (bad data, a mesh that does not fit, a missing checkpoin
 on stderr saying what is wrong and how to fix it, and exit status 2; `--verbose` adds the traceback.
 """
 
+import contextlib
 import difflib
 import json
 import os
 import sys
+import tempfile
 import traceback
 from typing import Callable
 
@@ -86,6 +88,11 @@ def run(fn: Callable[[], object], multihost: bool = True) -> None:
   if not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir",
                       os.path.join(os.path.expanduser("~"), ".cache", "jaxlm", "xla"))
+  if not flags.FLAGS.verbose:
+    # A failed save or restore is reported once, as our own line, not also as Orbax's tracebacks,
+    # nor as those of the reads it cut short (tensorstore calling back into a closed event loop).
+    logging.get_absl_logger().addFilter(_hide_orbax)
+    sys.unraisablehook = lambda _: None
   try:
     if multihost:
       distributed.initialize_from_flags()
@@ -93,8 +100,14 @@ def run(fn: Callable[[], object], multihost: bool = True) -> None:
   except USER_ERRORS as e:
     if flags.FLAGS.verbose:
       traceback.print_exc()
-    print(f"error: {e}", file=sys.stderr)
+    _remove_empty_workdirs()
+    message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+    print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def _hide_orbax(record) -> bool:
+  return f"{os.sep}orbax{os.sep}" not in record.pathname
 
 
 def require_workdir(workdir: str | None) -> str:
@@ -112,14 +125,48 @@ def config_to_json(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json())
 
 
+# Workdirs that this process created; a user error that leaves them empty removes them again.
+_created_workdirs: list[str] = []
+
+
 def ensure_writable(workdir: str) -> None:
+  """Creates the workdir and proves it writable with a probe file.
+
+  Permission bits do not stop root, so `os.access` is not enough: a read-only filesystem or an
+  immutable directory only shows when something is written.
+  """
+  path = os.path.abspath(workdir)
+  top = path  # the highest directory that makedirs will create
+  while not os.path.lexists(os.path.dirname(top)) and os.path.dirname(top) != top:
+    top = os.path.dirname(top)
+  parent = os.path.dirname(top)
+  if os.path.lexists(path) and not os.path.isdir(path):
+    raise PermissionError(f"workdir {workdir} is a file, not a directory; choose another --workdir")
+  if not os.path.lexists(path) and not os.path.isdir(parent):
+    raise PermissionError(f"cannot create workdir {workdir}: {parent} is a file, not a directory; "
+                          "choose another --workdir")
+  existed = os.path.lexists(path)
   try:
-    os.makedirs(workdir, exist_ok=True)
+    os.makedirs(path, exist_ok=True)
   except OSError as e:
     raise PermissionError(f"cannot create workdir {workdir}: {e.strerror}; choose a writable "
                           "--workdir") from None
-  if not os.access(workdir, os.W_OK):
-    raise PermissionError(f"workdir {workdir} is not writable; choose a writable --workdir")
+  if not existed:
+    _created_workdirs.append(top)
+  try:
+    with tempfile.TemporaryFile(dir=path):
+      pass
+  except OSError as e:
+    raise PermissionError(f"workdir {workdir} is not writable: {e.strerror}; choose a writable "
+                          "--workdir") from None
+
+
+def _remove_empty_workdirs() -> None:
+  """Removes the empty directories of workdirs this process created (files are never touched)."""
+  for top in _created_workdirs:
+    for directory, _, _ in os.walk(top, topdown=False):
+      with contextlib.suppress(OSError):
+        os.rmdir(directory)
 
 
 def emit_json(record: dict) -> None:
