@@ -35,7 +35,7 @@ run: $(VENV)/installed
 	    $$(ls -t $(FT_DIR)/predictions/$(TASK)_step*.json | head -1)
 
 test: $(VENV)/installed-test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) .jax_cache runs

@@ -76,6 +76,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.norm_eps = 1e-5
   # Activation/compute dtype: "float32" or "bfloat16". Parameters and the loss stay float32.
   c.model.dtype = "float32"
+  # Rematerialisation (activation recomputation in the backward pass, per layer): "none", "full"
+  # (keep only each layer's input) or "dots" (keep matmul outputs, recompute the rest). Same numbers;
+  # less activation memory for more compute.
+  c.model.remat = "none"
+  # One nn.scan over the layers instead of a Python loop: compile time independent of depth. The
+  # parameters then sit under `blocks` with a leading layer axis (mesh rule "layers"); checkpoints
+  # of the two layouts do not mix, and Hugging Face export needs the unscanned one.
+  c.model.scan_layers = False
+  # Attention kernel: "xla", "cudnn" (cuDNN flash attention; GPU only, bfloat16/float16) or "auto"
+  # (cudnn on a GPU when model.dtype is bfloat16, else xla). KV-cache decoding always uses xla.
+  c.model.attention_impl = "auto"
 
   c.train = ml_collections.ConfigDict()
   # Global batch in sequences per optimizer step, over all devices and accumulation micro-steps.
@@ -153,6 +164,7 @@ def base_config() -> ml_collections.ConfigDict:
       ("mlp", "tensor"),
       ("pos", None),
       ("norm", None),
+      ("layers", None),
   )
   return c
 

@@ -36,7 +36,7 @@ from jaxlm.optim import OptimConfig
 COMMANDS = ("from-hf", "to-hf")
 WEIGHTS, WEIGHTS_INDEX = "model.safetensors", "model.safetensors.index.json"
 # Model options that do not change what the weights mean, so they may be set on import.
-FREE_MODEL_OPTIONS = ("model.dropout", "model.dtype")
+FREE_MODEL_OPTIONS = ("model.dropout", "model.dtype", "model.remat", "model.attention_impl")
 
 
 def define_flags() -> None:

@@ -17,8 +17,9 @@ from jaxlm.checkpoint import CheckpointError
 from jaxlm.config import ConfigError, from_saved
 from jaxlm.data import Tokenizer, tokenizer_from_json
 
-# Model options a finetune run may change; each change is reported in the log.
-CHANGEABLE = ("model.dropout", "model.max_len")
+# Model options a finetune run may change (they do not change what the parameters mean); each
+# change is reported in the log.
+CHANGEABLE = ("model.dropout", "model.max_len", "model.dtype", "model.remat", "model.attention_impl")
 # Data options that belong to the tokenizer, which the pretrained run fixes.
 TOKENIZER_KEYS = ("tokenizer", "vocab_size", "sp_model_type")
 

@@ -4,6 +4,12 @@ Every parameter carries logical axis names (`vocab`, `embed`, `heads`, `kv`, `ml
 activations are constrained with `act_*` names; `sharding.py` maps both onto the device mesh. The model
 is pure: `GPT(cfg).apply({"params": params}, ...)`. With `decode=True` it keeps a KV cache in the
 "cache" collection, so a prompt is prefilled in one call and then extended a token at a time.
+
+Speed/memory options that leave the numbers unchanged (up to float rounding): `remat` (recompute
+activations in the backward pass), `scan_layers` (one `nn.scan` over stacked layers: faster compiles;
+parameters get a leading layer axis under `blocks`, see `stack_layers`/`unstack_layers`) and
+`attention_impl` (XLA or cuDNN flash attention). `dtype="bfloat16"` is mixed precision: parameters,
+logits and the loss stay float32, matmuls and activations run in bfloat16.
 """
 
 import dataclasses
@@ -17,6 +23,9 @@ from jaxlm.config import ConfigError
 
 Array = jax.Array
 AXES_NORM = ("norm",)
+# model.remat -> what the backward pass may keep from the forward (None: keep nothing, recompute all).
+REMAT_POLICIES = {"none": None, "full": None,
+                  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,13 +45,18 @@ class ModelConfig:
   use_bias: bool = True
   norm_eps: float = 1e-5
   dtype: str = "float32"
+  remat: str = "none"
+  scan_layers: bool = False
+  attention_impl: str = "auto"
 
   def __post_init__(self):
     if self.d_model % self.num_heads:
       raise ConfigError(f"model.d_model={self.d_model} is not divisible by model.num_heads="
                        f"{self.num_heads}; choose a head count that divides it")
     for field, allowed in (("positions", ("learned", "rope")), ("norm", ("layernorm", "rmsnorm")),
-                           ("mlp", ("gelu", "swiglu")), ("dtype", ("float32", "bfloat16"))):
+                           ("mlp", ("gelu", "swiglu")), ("dtype", ("float32", "bfloat16")),
+                           ("remat", tuple(REMAT_POLICIES)),
+                           ("attention_impl", ("auto", "xla", "cudnn"))):
       if getattr(self, field) not in allowed:
         raise ConfigError(f"model.{field}={getattr(self, field)!r} is not one of {allowed}")
 
@@ -107,6 +121,24 @@ def apply_rope(x: Array, positions: Array) -> Array:
   return rotated.astype(x.dtype)
 
 
+def attention_implementation(cfg: ModelConfig, decode: bool) -> str:
+  """"xla" or "cudnn" for `cfg.attention_impl` on the default backend.
+
+  "auto" takes cuDNN flash attention on a GPU for bfloat16 training/eval and XLA otherwise (the
+  one-token KV-cache decode steps always use XLA). "cudnn" off a GPU is an error.
+  """
+  on_gpu = jax.default_backend() == "gpu"
+  if cfg.attention_impl == "cudnn":
+    if not on_gpu:
+      raise ConfigError(f"model.attention_impl='cudnn' needs a GPU (the backend is "
+                        f"{jax.default_backend()!r}); use 'auto' or 'xla'")
+    return "xla" if decode else "cudnn"
+  if cfg.attention_impl == "auto" and on_gpu and not decode and cfg.dtype == "bfloat16" and (
+      cfg.head_dim <= 128 and cfg.head_dim % 8 == 0):
+    return "cudnn"
+  return "xla"
+
+
 class Attention(nn.Module):
   cfg: ModelConfig
   decode: bool = False
@@ -122,6 +154,7 @@ class Attention(nn.Module):
       query, key = apply_rope(query, positions), apply_rope(key, positions)
 
     query_segments = segment_ids  # [batch, seq]
+    implementation = attention_implementation(cfg, self.decode)
     if self.decode:
       key, value, key_segments, key_index, query_index = self._update_cache(key, value, segment_ids)
       causal = key_index[None, :] <= query_index[:, None]  # [seq, cache_len]
@@ -129,9 +162,13 @@ class Attention(nn.Module):
       key_segments = segment_ids
       causal = jnp.tril(jnp.ones((x.shape[1], x.shape[1]), dtype=bool))
     same_segment = query_segments[:, :, None] == key_segments[:, None, :]  # [batch, seq, keys]
-    mask = (same_segment & causal[None])[:, None]  # [batch, 1, seq, keys]
-
-    out = jax.nn.dot_product_attention(query, key, value, mask=mask)  # [batch, seq, heads, head_dim]
+    if implementation == "cudnn":  # causality as cuDNN's built-in mask; documents as a mask
+      out = jax.nn.dot_product_attention(query, key, value, mask=same_segment[:, None],
+                                         is_causal=True, implementation="cudnn")
+    else:
+      mask = (same_segment & causal[None])[:, None]  # [batch, 1, seq, keys]
+      out = jax.nn.dot_product_attention(query, key, value, mask=mask,
+                                         implementation="xla")  # [batch, seq, heads, head_dim]
     out = nn.with_logical_constraint(out, ("act_batch", "act_len", "act_heads", None))
     return Linear((cfg.d_model,), ("heads", "kv", "embed"), init_std / (2 * cfg.num_layers) ** 0.5,
                   cfg.use_bias, cfg.compute_dtype, in_dims=2, name="out")(out)
@@ -178,6 +215,7 @@ class Mlp(nn.Module):
 class Block(nn.Module):
   cfg: ModelConfig
   decode: bool = False
+  scanned: bool = False  # inside nn.scan: return (carry, None)
 
   @nn.compact
   def __call__(self, x: Array, positions: Array, segment_ids: Array, deterministic: bool) -> Array:
@@ -185,7 +223,8 @@ class Block(nn.Module):
     attn_in = _norm(self.cfg, "ln_attn")(x)
     x = x + drop(Attention(self.cfg, self.decode, name="attn")(attn_in, positions, segment_ids))
     x = x + drop(Mlp(self.cfg, name="mlp")(_norm(self.cfg, "ln_mlp")(x)))
-    return nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
+    x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
+    return (x, None) if self.scanned else x
 
 
 class GPT(nn.Module):
@@ -208,8 +247,21 @@ class GPT(nn.Module):
     x = x.astype(cfg.compute_dtype)
     x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
     x = nn.Dropout(cfg.dropout, deterministic=deterministic)(x)
-    for layer in range(cfg.num_layers):
-      x = Block(cfg, self.decode, name=f"block_{layer}")(x, positions, segment_ids, deterministic)
+    block = Block
+    if cfg.remat != "none":
+      # Arguments counted with self = 0: `deterministic` (4) is a Python bool.
+      block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers,
+                       static_argnums=(4,))
+    if cfg.scan_layers:
+      scanned = nn.scan(block, variable_axes={"params": 0, "cache": 0},
+                        split_rngs={"params": True, "dropout": True},
+                        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+                        length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+      x, _ = scanned(cfg, self.decode, scanned=True, name="blocks")(x, positions, segment_ids,
+                                                                     deterministic)
+    else:
+      for layer in range(cfg.num_layers):
+        x = block(cfg, self.decode, name=f"block_{layer}")(x, positions, segment_ids, deterministic)
     x = _norm(cfg, "ln_final")(x)
     if cfg.tie_embeddings:
       head = embedding.T
@@ -218,3 +270,17 @@ class GPT(nn.Module):
     logits = jnp.einsum("bsd,dv->bsv", x, head.astype(cfg.compute_dtype),
                         preferred_element_type=jnp.float32)  # [batch, seq, vocab]
     return nn.with_logical_constraint(logits, ("act_batch", "act_len", "act_vocab"))
+
+
+def stack_layers(params: dict, num_layers: int) -> dict:
+  """Unscanned parameters (`block_0` ... `block_{L-1}`) -> the `scan_layers` layout (`blocks`)."""
+  blocks = [params[f"block_{i}"] for i in range(num_layers)]
+  rest = {k: v for k, v in params.items() if not k.startswith("block_")}
+  return {**rest, "blocks": jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)}
+
+
+def unstack_layers(params: dict, num_layers: int) -> dict:
+  """The `scan_layers` layout -> one `block_i` per layer (the checkpoint / Hugging Face layout)."""
+  rest = {k: v for k, v in params.items() if k != "blocks"}
+  return {**rest, **{f"block_{i}": jax.tree.map(lambda x, i=i: x[i], params["blocks"])
+                     for i in range(num_layers)}}

@@ -58,7 +58,8 @@ def decay_mask(params) -> object:
   """True for matrices that get weight decay; norms, biases and embeddings are left alone."""
   def is_decayed(path, leaf):
     name = "/".join(str(getattr(k, "key", k)) for k in path)
-    return leaf.ndim >= 2 and "embedding" not in name
+    layer_axes = 1 if name.startswith("blocks/") else 0  # model.scan_layers stacks the layers
+    return leaf.ndim - layer_axes >= 2 and "embedding" not in name
   return jax.tree_util.tree_map_with_path(is_decayed, params)
 
 

@@ -99,7 +99,8 @@ def memory_plan(config: ml_collections.ConfigDict, device_memory: int | None = N
       "sequences_per_batch_shard": config.train.batch_size // accum
                                    // math.prod(mesh.shape[a] for a in batch_axes),
       "params_bytes": per_device_bytes(state.params),
-      "opt_state_bytes": per_device_bytes((state.opt_state, state.step)),
+      # Optimizer state, with the step counter and the update guard's few scalars.
+      "opt_state_bytes": per_device_bytes((state.opt_state, state.step, state.guard)),
       "batch_bytes": per_device_bytes(batch),
       "argument_bytes": stats.argument_size_in_bytes,
       "temp_bytes": stats.temp_size_in_bytes,

@@ -1,10 +1,15 @@
 """Measure the train step, evaluation and KV-cache sampling of a config on this machine.
 
     python tools/bench.py --config=configs/shakespeare_char.py [--repeats=5] [--steps=20]
+    python tools/bench.py --config=configs/shakespeare_char.py --config.model.max_len=257 \
+        --new_tokens=256    # KV cache vs recomputing the context, 256 new tokens
 
 Synthetic token batches of the config's shapes (the data pipeline is not timed here). Each figure is
 the median over `repeats` timed runs of `steps` calls, after a compile-and-warm-up call. MFU uses the
-same FLOP count and peak as training (see jaxlm/metrics.py). Prints a table and, last, one JSON line.
+same FLOP count and peak as training (see jaxlm/metrics.py). Sampling is greedy, one prompt token,
+timed twice: with the KV cache (`jaxlm.decode.generate`) and without it, as one jitted loop that runs
+the whole fixed `[1, max_len]` context buffer through the model for every new token (the fair
+no-cache baseline: compiled once, no Python per token). Prints a table and, last, one JSON line.
 """
 
 import json
@@ -13,6 +18,7 @@ import statistics
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
@@ -21,7 +27,7 @@ from jaxlm import sharding
 from jaxlm.decode import SamplingConfig, generate
 from jaxlm.engine import build_engine
 from jaxlm.metrics import flops_per_token, peak_flops
-from jaxlm.model import ModelConfig
+from jaxlm.model import GPT, ModelConfig
 from jaxlm.optim import OptimConfig
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/shakespeare_char.py", "Config file.")
@@ -41,6 +47,27 @@ def median_seconds(fn, repeats: int, calls: int) -> float:
       fn()
     times.append((time.perf_counter() - start) / calls)
   return statistics.median(times)
+
+
+def no_cache_generator(cfg: ModelConfig, new_tokens: int):
+  """Jitted greedy decoding that recomputes the whole context buffer for each new token."""
+  model = GPT(cfg)
+
+  @jax.jit
+  def run(params, first_token):
+    context = jnp.zeros((1, cfg.max_len), jnp.int32).at[0, 0].set(first_token)
+    positions = jnp.arange(cfg.max_len, dtype=jnp.int32)[None]
+    segments = jnp.ones_like(context)
+
+    def step(length, context):
+      logits = model.apply({"params": params}, context, positions, segments)  # [1, max_len, vocab]
+      token = jnp.argmax(logits[0, length - 1]).astype(jnp.int32)
+      return context.at[0, length].set(token)
+
+    context = jax.lax.fori_loop(1, new_tokens + 1, step, context)
+    return context[0, 1:new_tokens + 1]
+
+  return run
 
 
 def synthetic_batch(rows: int, seq_len: int, vocab: int, leading: tuple[int, ...] = ()):
@@ -75,9 +102,17 @@ def bench(config) -> dict:
   eval_time = median_seconds(lambda: jax.block_until_ready(engine.eval_step(params, eval_batch)),
                              _REPEATS.value, _STEPS.value)
   new_tokens = _NEW_TOKENS.value or model_cfg.max_len - 1
-  sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=1.0, top_k=40)
-  sample_time = median_seconds(lambda: generate(params, model_cfg, [[1]], sampling),
-                               _REPEATS.value, 1)
+  sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=0.0)
+  no_cache = no_cache_generator(model_cfg, new_tokens)
+  cached_tokens = generate(params, model_cfg, [[1]], sampling)[0]
+  same_tokens = cached_tokens == np.asarray(no_cache(params, 1)).tolist()
+  # Interleaved (cache, no cache, cache, ...) so load on a shared machine hits both alike.
+  sample_times, no_cache_times = [], []
+  for _ in range(_REPEATS.value):
+    sample_times.append(median_seconds(lambda: generate(params, model_cfg, [[1]], sampling), 1, 1))
+    no_cache_times.append(median_seconds(
+        lambda: jax.block_until_ready(no_cache(params, 1)), 1, 1))
+  sample_time, no_cache_time = statistics.median(sample_times), statistics.median(no_cache_times)
 
   peak, peak_source = peak_flops(jax.devices()[0])
   tokens_per_step = batch * seq_len
@@ -92,7 +127,11 @@ def bench(config) -> dict:
       "peak_tflops": peak / 1e12,
       "peak_source": peak_source,
       "eval_tokens_per_sec": config.eval.batch_size * seq_len / eval_time,
+      "sample_new_tokens": new_tokens,
       "sample_tokens_per_sec": new_tokens / sample_time,
+      "sample_no_cache_tokens_per_sec": new_tokens / no_cache_time,
+      "kv_cache_speedup": no_cache_time / sample_time,
+      "kv_cache_same_tokens": same_tokens,
   }
 
 
