@@ -9,46 +9,46 @@ from jaxlm.data.errors import DataError
 
 
 def read_utf8(path: str) -> str:
-    """Returns the text of `path`, which must be UTF-8 (a leading BOM is dropped)."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        if b"\0" in raw:
-            raise DataError(
-                f"{path} is a binary file, not text (NUL byte at offset {raw.index(0)}); "
-                "point data.path at UTF-8 text (.txt or .jsonl) files"
-            ) from None
-        raise DataError(
-            f"{path} is not valid UTF-8 (bad byte at offset {e.start}); "
-            "re-encode it as UTF-8, e.g. `iconv -f latin1 -t utf-8 IN > OUT`"
-        ) from None
-    # Editors on Windows add a BOM; it is not part of the text.
-    return text.removeprefix("\ufeff")
+  """Returns the text of `path`, which must be UTF-8 (a leading BOM is dropped)."""
+  with open(path, "rb") as f:
+    raw = f.read()
+  try:
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    if b"\0" in raw:
+      raise DataError(
+        f"{path} is a binary file, not text (NUL byte at offset {raw.index(0)}); "
+        "point data.path at UTF-8 text (.txt or .jsonl) files"
+      ) from None
+    raise DataError(
+      f"{path} is not valid UTF-8 (bad byte at offset {e.start}); "
+      "re-encode it as UTF-8, e.g. `iconv -f latin1 -t utf-8 IN > OUT`"
+    ) from None
+  # Editors on Windows add a BOM; it is not part of the text.
+  return text.removeprefix("\ufeff")
 
 
 def normalize_text(text: str) -> str:
-    """Unicode NFC and Unix newlines, so equal-looking text tokenizes equally."""
-    if not unicodedata.is_normalized("NFC", text):
-        text = unicodedata.normalize("NFC", text)
-    if "\r" in text:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return text
+  """Unicode NFC and Unix newlines, so equal-looking text tokenizes equally."""
+  if not unicodedata.is_normalized("NFC", text):
+    text = unicodedata.normalize("NFC", text)
+  if "\r" in text:
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+  return text
 
 
 def clean_documents(docs: Iterable[str], dedup: bool) -> list[str]:
-    """Normalises `docs`, drops blank ones and, if `dedup`, exact duplicates
-    (keeping the first occurrence; order is preserved)."""
-    seen: set[str] = set()
-    cleaned = []
-    for doc in docs:
-        doc = normalize_text(doc)
-        if not doc.strip():
-            continue
-        if dedup:
-            if doc in seen:
-                continue
-            seen.add(doc)
-        cleaned.append(doc)
-    return cleaned
+  """Normalises `docs`, drops blank ones and, if `dedup`, exact duplicates
+  (keeping the first occurrence; order is preserved)."""
+  seen: set[str] = set()
+  cleaned = []
+  for doc in docs:
+    doc = normalize_text(doc)
+    if not doc.strip():
+      continue
+    if dedup:
+      if doc in seen:
+        continue
+      seen.add(doc)
+    cleaned.append(doc)
+  return cleaned

@@ -2,5 +2,5 @@
 
 
 class DataError(ValueError):
-    """Bad data configuration or input; the message is one line saying what is
-    wrong and how to fix it (the CLI prints it and exits with status 2)."""
+  """Bad data configuration or input; the message is one line saying what is
+  wrong and how to fix it (the CLI prints it and exits with status 2)."""

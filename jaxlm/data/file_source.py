@@ -14,81 +14,85 @@ _DIR_SUFFIXES = (".txt", ".jsonl")
 
 
 def resolve_files(path: str) -> tuple[list[str], str]:
-    """Expands data.path (a file, a directory or a glob) to sorted files and
-    the root that their split keys are relative to."""
-    if not path:
-        raise DataError("data.path is empty; set --config.data.path to a file, directory or glob")
-    if os.path.isfile(path):
-        return [path], os.path.dirname(path)
-    if os.path.isdir(path):
-        files = sorted(
-            os.path.join(dirpath, name)
-            for dirpath, _, names in os.walk(path)
-            for name in names
-            if name.endswith(_DIR_SUFFIXES)
-        )
-        if not files:
-            raise DataError(f"directory {path} holds no .txt or .jsonl files; point data.path at your data")
-        return files, path
-    if glob.has_magic(path):
-        files = sorted(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))
-        if not files:
-            raise DataError(f"data.path glob {path!r} matches no files; check the pattern")
-        return files, os.path.commonpath([os.path.dirname(f) for f in files])
-    raise DataError(f"data.path {path!r} does not exist; give a file, a directory or a glob")
+  """Expands data.path (a file, a directory or a glob) to sorted files and
+  the root that their split keys are relative to."""
+  if not path:
+    raise DataError("data.path is empty; set --config.data.path to a file, directory or glob")
+  if os.path.isfile(path):
+    return [path], os.path.dirname(path)
+  if os.path.isdir(path):
+    files = sorted(
+      os.path.join(dirpath, name)
+      for dirpath, _, names in os.walk(path)
+      for name in names
+      if name.endswith(_DIR_SUFFIXES)
+    )
+    if not files:
+      raise DataError(
+        f"directory {path} holds no .txt or .jsonl files; point data.path at your data"
+      )
+    return files, path
+  if glob.has_magic(path):
+    files = sorted(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))
+    if not files:
+      raise DataError(f"data.path glob {path!r} matches no files; check the pattern")
+    return files, os.path.commonpath([os.path.dirname(f) for f in files])
+  raise DataError(f"data.path {path!r} does not exist; give a file, a directory or a glob")
 
 
 def iter_jsonl(path: str):
-    """(line number, record) for every non-blank line; a line that is not a JSON
-    object is an error naming the file and line."""
-    for lineno, line in enumerate(read_utf8(path).split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(
-                f"{path}:{lineno}: malformed JSON ({e.msg}); each line of a .jsonl file must be one JSON object"
-            ) from None
-        if not isinstance(record, dict):
-            raise DataError(f"{path}:{lineno}: a JSON {type(record).__name__}, not an object; "
-                            "each line of a .jsonl file must be one JSON object")
-        yield lineno, record
+  """(line number, record) for every non-blank line; a line that is not a JSON
+  object is an error naming the file and line."""
+  for lineno, line in enumerate(read_utf8(path).split("\n"), start=1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise DataError(
+        f"{path}:{lineno}: malformed JSON ({e.msg}); each line of a .jsonl file must be one JSON object"
+      ) from None
+    if not isinstance(record, dict):
+      raise DataError(
+        f"{path}:{lineno}: a JSON {type(record).__name__}, not an object; "
+        "each line of a .jsonl file must be one JSON object"
+      )
+    yield lineno, record
 
 
 def read_jsonl(path: str, text_field: str) -> list[str]:
-    """The `text_field` string of every record (blank lines are skipped)."""
-    docs = []
-    for lineno, record in iter_jsonl(path):
-        text = record.get(text_field)
-        if not isinstance(text, str):
-            raise DataError(
-                f"{path}:{lineno}: record has no string field {text_field!r}; "
-                "set --config.data.text_field to the field that holds the text"
-            )
-        docs.append(text)
-    return docs
+  """The `text_field` string of every record (blank lines are skipped)."""
+  docs = []
+  for lineno, record in iter_jsonl(path):
+    text = record.get(text_field)
+    if not isinstance(text, str):
+      raise DataError(
+        f"{path}:{lineno}: record has no string field {text_field!r}; "
+        "set --config.data.text_field to the field that holds the text"
+      )
+    docs.append(text)
+  return docs
 
 
 def read_documents(path: str, text_field: str) -> list[str]:
-    """.jsonl files hold one document per line; any other file is one document."""
-    if path.endswith(".jsonl"):
-        return read_jsonl(path, text_field)
-    return [read_utf8(path)]
+  """.jsonl files hold one document per line; any other file is one document."""
+  if path.endswith(".jsonl"):
+    return read_jsonl(path, text_field)
+  return [read_utf8(path)]
 
 
 def load_files(path: str, text_field: str, val_fraction: float) -> tuple[list[str], list[str]]:
-    """Returns raw (train, val) documents. Several files are split by a stable
-    hash of their relative paths; a single file is split inside: by characters
-    for a text file (as nanoGPT does), by trailing documents for .jsonl."""
-    files, root = resolve_files(path)
-    if len(files) == 1:
-        if files[0].endswith(".jsonl"):
-            return split_tail(read_jsonl(files[0], text_field), val_fraction)
-        train_text, val_text = split_text(read_utf8(files[0]), val_fraction)
-        return [train_text], [val_text]
-    keys = [os.path.relpath(f, root).replace(os.sep, "/") for f in files]
-    train_idx, val_idx = split_by_hash(keys, val_fraction)
-    train = [doc for i in train_idx for doc in read_documents(files[i], text_field)]
-    val = [doc for i in val_idx for doc in read_documents(files[i], text_field)]
-    return train, val
+  """Returns raw (train, val) documents. Several files are split by a stable
+  hash of their relative paths; a single file is split inside: by characters
+  for a text file (as nanoGPT does), by trailing documents for .jsonl."""
+  files, root = resolve_files(path)
+  if len(files) == 1:
+    if files[0].endswith(".jsonl"):
+      return split_tail(read_jsonl(files[0], text_field), val_fraction)
+    train_text, val_text = split_text(read_utf8(files[0]), val_fraction)
+    return [train_text], [val_text]
+  keys = [os.path.relpath(f, root).replace(os.sep, "/") for f in files]
+  train_idx, val_idx = split_by_hash(keys, val_fraction)
+  train = [doc for i in train_idx for doc in read_documents(files[i], text_field)]
+  val = [doc for i in val_idx for doc in read_documents(files[i], text_field)]
+  return train, val

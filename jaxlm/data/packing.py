@@ -19,64 +19,64 @@ from jaxlm.data.errors import DataError
 
 
 def segment_positions(segment_ids: np.ndarray) -> np.ndarray:
-    """Index of each token within its run of equal segment ids."""
-    index = np.arange(len(segment_ids), dtype=np.int32)  # [seq_len]
-    is_start = np.ones(len(segment_ids), dtype=bool)  # [seq_len]
-    is_start[1:] = segment_ids[1:] != segment_ids[:-1]
-    segment_start = np.maximum.accumulate(np.where(is_start, index, 0))  # [seq_len]
-    return index - segment_start
+  """Index of each token within its run of equal segment ids."""
+  index = np.arange(len(segment_ids), dtype=np.int32)  # [seq_len]
+  is_start = np.ones(len(segment_ids), dtype=bool)  # [seq_len]
+  is_start[1:] = segment_ids[1:] != segment_ids[:-1]
+  segment_start = np.maximum.accumulate(np.where(is_start, index, 0))  # [seq_len]
+  return index - segment_start
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous
 class PackedTokens:
-    """A token stream cut into windows; examples are computed on access so
-    that only the stream is held in memory."""
+  """A token stream cut into windows; examples are computed on access so
+  that only the stream is held in memory."""
 
-    stream: np.ndarray  # [num_tokens] int32
-    doc_ids: np.ndarray  # [num_tokens] int32, document index of each stream token
-    seq_len: int
+  stream: np.ndarray  # [num_tokens] int32
+  doc_ids: np.ndarray  # [num_tokens] int32, document index of each stream token
+  seq_len: int
 
-    def __len__(self) -> int:
-        return max(0, (len(self.stream) - 1) // self.seq_len)
+  def __len__(self) -> int:
+    return max(0, (len(self.stream) - 1) // self.seq_len)
 
-    def __getitem__(self, k: int) -> dict[str, np.ndarray]:
-        """Example k: inputs, targets, segment_ids, positions, weights, each [seq_len]."""
-        k = int(k)
-        if not 0 <= k < len(self):
-            raise IndexError(f"window {k} out of range for {len(self)} windows")
-        start = k * self.seq_len
-        window = self.stream[start : start + self.seq_len + 1]  # [seq_len + 1]
-        docs = self.doc_ids[start : start + self.seq_len]  # [seq_len], of the inputs
-        # Document ids increase by one at each document start (every document
-        # has at least its EOS), so an offset renumbers them 1, 2, 3, ...
-        segment_ids = (docs - docs[0] + 1).astype(np.int32)  # [seq_len]
-        return {
-            "inputs": window[:-1].copy(),
-            "targets": window[1:].copy(),
-            "segment_ids": segment_ids,
-            "positions": segment_positions(segment_ids),
-            "weights": np.ones(self.seq_len, dtype=np.float32),
-        }
+  def __getitem__(self, k: int) -> dict[str, np.ndarray]:
+    """Example k: inputs, targets, segment_ids, positions, weights, each [seq_len]."""
+    k = int(k)
+    if not 0 <= k < len(self):
+      raise IndexError(f"window {k} out of range for {len(self)} windows")
+    start = k * self.seq_len
+    window = self.stream[start : start + self.seq_len + 1]  # [seq_len + 1]
+    docs = self.doc_ids[start : start + self.seq_len]  # [seq_len], of the inputs
+    # Document ids increase by one at each document start (every document
+    # has at least its EOS), so an offset renumbers them 1, 2, 3, ...
+    segment_ids = (docs - docs[0] + 1).astype(np.int32)  # [seq_len]
+    return {
+      "inputs": window[:-1].copy(),
+      "targets": window[1:].copy(),
+      "segment_ids": segment_ids,
+      "positions": segment_positions(segment_ids),
+      "weights": np.ones(self.seq_len, dtype=np.float32),
+    }
 
 
 def pack_documents(
-    token_docs: Iterable[Sequence[int]], eos_id: int, seq_len: int, *, split_name: str = "data"
+  token_docs: Iterable[Sequence[int]], eos_id: int, seq_len: int, *, split_name: str = "data"
 ) -> PackedTokens:
-    """Concatenates `[eos_id] + doc` for each document; `split_name` only names
-    the split in the error raised when there is not a single window."""
-    if seq_len < 1:
-        raise DataError(f"data.seq_len={seq_len} must be at least 1")
-    pieces, lengths = [], []
-    for doc in token_docs:
-        tokens = np.asarray(doc, dtype=np.int32)  # [doc_len]
-        pieces += [np.array([eos_id], dtype=np.int32), tokens]
-        lengths.append(len(tokens) + 1)
-    stream = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)  # [num_tokens]
-    doc_ids = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)  # [num_tokens]
-    packed = PackedTokens(stream=stream, doc_ids=doc_ids, seq_len=seq_len)
-    if len(packed) == 0:
-        raise DataError(
-            f"{split_name} split has {len(stream)} tokens, fewer than seq_len+1={seq_len + 1}; "
-            "use a smaller data.seq_len or more data"
-        )
-    return packed
+  """Concatenates `[eos_id] + doc` for each document; `split_name` only names
+  the split in the error raised when there is not a single window."""
+  if seq_len < 1:
+    raise DataError(f"data.seq_len={seq_len} must be at least 1")
+  pieces, lengths = [], []
+  for doc in token_docs:
+    tokens = np.asarray(doc, dtype=np.int32)  # [doc_len]
+    pieces += [np.array([eos_id], dtype=np.int32), tokens]
+    lengths.append(len(tokens) + 1)
+  stream = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)  # [num_tokens]
+  doc_ids = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)  # [num_tokens]
+  packed = PackedTokens(stream=stream, doc_ids=doc_ids, seq_len=seq_len)
+  if len(packed) == 0:
+    raise DataError(
+      f"{split_name} split has {len(stream)} tokens, fewer than seq_len+1={seq_len + 1}; "
+      "use a smaller data.seq_len or more data"
+    )
+  return packed

@@ -20,78 +20,78 @@ _READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=8)
 
 
 def tokenize_corpus(corpus_docs: Sequence[str], tok: Tokenizer) -> list[list[int]]:
-    """Token ids of each document (no EOS; packing adds it)."""
-    return tok.encode_batch(list(corpus_docs))
+  """Token ids of each document (no EOS; packing adds it)."""
+  return tok.encode_batch(list(corpus_docs))
 
 
 def _check_processes(process_index: int, process_count: int) -> None:
-    if not 0 <= process_index < process_count:
-        raise DataError(f"process_index={process_index} must be in [0, process_count={process_count})")
+  if not 0 <= process_index < process_count:
+    raise DataError(f"process_index={process_index} must be in [0, process_count={process_count})")
 
 
 def train_batches(
-    packed: PackedTokens, global_batch: int, seed: int, process_index: int, process_count: int
+  packed: PackedTokens, global_batch: int, seed: int, process_index: int, process_count: int
 ) -> grain.IterDataset:
-    """Endless batches of this process's rows, each field
-    [global_batch // process_count, seq_len]. The global order is one seeded
-    shuffle of all windows, a new permutation every epoch (grain reseeds the
-    shuffle per epoch), cut into global batches that run across epoch
-    boundaries; process p gets rows [p * local, (p + 1) * local) of each global
-    batch and reads only those windows. So the global batches do not depend on
-    the process count, and all processes share one iterator position.
-    `iter(ds)` has get_state()/set_state() for checkpoints."""
-    _check_processes(process_index, process_count)
-    if global_batch < 1 or global_batch % process_count:
-        raise DataError(
-            f"global batch size {global_batch} must be a positive multiple of the process count {process_count}; "
-            "change the batch size"
-        )
-    if not 0 <= seed < 2**32:
-        raise DataError(f"seed={seed} must be in [0, 2**32) for shuffling")
-    if len(packed) < global_batch:
-        raise DataError(
-            f"the training split has {len(packed)} windows, fewer than one batch of {global_batch}; "
-            "use a smaller batch size or data.seq_len, or more data"
-        )
-    local_batch = global_batch // process_count
-    # Global batch b is local batches b * process_count ... b * process_count + process_count - 1
-    # in order; map-style batching reads only the windows of the local batches this process takes.
-    local_batches = grain.MapDataset.source(packed).shuffle(seed=seed).repeat(None).batch(local_batch)
-    mine = local_batches[process_index::process_count]
-    return mine.to_iter_dataset(_READ_OPTIONS)
+  """Endless batches of this process's rows, each field
+  [global_batch // process_count, seq_len]. The global order is one seeded
+  shuffle of all windows, a new permutation every epoch (grain reseeds the
+  shuffle per epoch), cut into global batches that run across epoch
+  boundaries; process p gets rows [p * local, (p + 1) * local) of each global
+  batch and reads only those windows. So the global batches do not depend on
+  the process count, and all processes share one iterator position.
+  `iter(ds)` has get_state()/set_state() for checkpoints."""
+  _check_processes(process_index, process_count)
+  if global_batch < 1 or global_batch % process_count:
+    raise DataError(
+      f"global batch size {global_batch} must be a positive multiple of the process count {process_count}; "
+      "change the batch size"
+    )
+  if not 0 <= seed < 2**32:
+    raise DataError(f"seed={seed} must be in [0, 2**32) for shuffling")
+  if len(packed) < global_batch:
+    raise DataError(
+      f"the training split has {len(packed)} windows, fewer than one batch of {global_batch}; "
+      "use a smaller batch size or data.seq_len, or more data"
+    )
+  local_batch = global_batch // process_count
+  # Global batch b is local batches b * process_count ... b * process_count + process_count - 1
+  # in order; map-style batching reads only the windows of the local batches this process takes.
+  local_batches = grain.MapDataset.source(packed).shuffle(seed=seed).repeat(None).batch(local_batch)
+  mine = local_batches[process_index::process_count]
+  return mine.to_iter_dataset(_READ_OPTIONS)
 
 
 def _padding_example(seq_len: int) -> dict[str, np.ndarray]:
-    """A row that contributes nothing: zero tokens, one segment, weight 0."""
-    return {
-        "inputs": np.zeros(seq_len, dtype=np.int32),
-        "targets": np.zeros(seq_len, dtype=np.int32),
-        "segment_ids": np.ones(seq_len, dtype=np.int32),
-        "positions": np.arange(seq_len, dtype=np.int32),
-        "weights": np.zeros(seq_len, dtype=np.float32),
-    }
+  """A row that contributes nothing: zero tokens, one segment, weight 0."""
+  return {
+    "inputs": np.zeros(seq_len, dtype=np.int32),
+    "targets": np.zeros(seq_len, dtype=np.int32),
+    "segment_ids": np.ones(seq_len, dtype=np.int32),
+    "positions": np.arange(seq_len, dtype=np.int32),
+    "weights": np.zeros(seq_len, dtype=np.float32),
+  }
 
 
 def eval_batches(
-    packed: PackedTokens,
-    batch_size: int,
-    process_index: int,
-    process_count: int,
-    max_batches: int | None = None,
+  packed: PackedTokens,
+  batch_size: int,
+  process_index: int,
+  process_count: int,
+  max_batches: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Batches (each field [batch_size, seq_len]) of this process's share of
-    windows in order, each window exactly once. Rows past the end are padding
-    with weight 0. Every process yields the same number of batches (that of
-    the largest share), so multi-host evaluation steps stay in lockstep."""
-    _check_processes(process_index, process_count)
-    if batch_size < 1:
-        raise DataError(f"eval batch size {batch_size} must be at least 1")
-    share = range(process_index, len(packed), process_count)
-    num_batches = math.ceil(math.ceil(len(packed) / process_count) / batch_size)
-    if max_batches is not None:
-        num_batches = min(num_batches, max_batches)
-    padding = _padding_example(packed.seq_len)
-    for b in range(num_batches):
-        rows = [packed[k] for k in share[b * batch_size : (b + 1) * batch_size]]
-        rows += [padding] * (batch_size - len(rows))
-        yield {name: np.stack([row[name] for row in rows]) for name in padding}
+  """Batches (each field [batch_size, seq_len]) of this process's share of
+  windows in order, each window exactly once. Rows past the end are padding
+  with weight 0. Every process yields the same number of batches (that of
+  the largest share), so multi-host evaluation steps stay in lockstep."""
+  _check_processes(process_index, process_count)
+  if batch_size < 1:
+    raise DataError(f"eval batch size {batch_size} must be at least 1")
+  share = range(process_index, len(packed), process_count)
+  num_batches = math.ceil(math.ceil(len(packed) / process_count) / batch_size)
+  if max_batches is not None:
+    num_batches = min(num_batches, max_batches)
+  padding = _padding_example(packed.seq_len)
+  for b in range(num_batches):
+    rows = [packed[k] for k in share[b * batch_size : (b + 1) * batch_size]]
+    rows += [padding] * (batch_size - len(rows))
+    yield {name: np.stack([row[name] for row in rows]) for name in padding}

@@ -46,111 +46,111 @@ _UNK_ID, _EOS_ID = 0, 1
 
 
 def _escape(text: str) -> str:
-    if _ESC in text or "\u2581" in text:
-        text = text.replace(_ESC, _ESCAPES[_ESC]).replace("\u2581", _ESCAPES["\u2581"])
-    return text
+  if _ESC in text or "\u2581" in text:
+    text = text.replace(_ESC, _ESCAPES[_ESC]).replace("\u2581", _ESCAPES["\u2581"])
+  return text
 
 
 def _unescape(text: str) -> str:
-    if _ESC in text:
-        text = _UNESCAPE.sub(lambda m: _UNESCAPES[m.group(1)], text)
-    return text
+  if _ESC in text:
+    text = _UNESCAPE.sub(lambda m: _UNESCAPES[m.group(1)], text)
+  return text
 
 
 def _lines(text: str) -> list[str]:
-    """Lines of `text`, each keeping its "\\n" (the last may have none)."""
-    lines = [line + "\n" for line in text.split("\n")]
-    lines[-1] = lines[-1][:-1]
-    return [line for line in lines if line]
+  """Lines of `text`, each keeping its "\\n" (the last may have none)."""
+  lines = [line + "\n" for line in text.split("\n")]
+  lines[-1] = lines[-1][:-1]
+  return [line for line in lines if line]
 
 
 def _sample_lines(texts: Sequence[str], max_chars: int, seed: int) -> Iterator[str]:
-    """Yields a seeded random sample of about `max_chars` characters of lines.
-    Lines, not documents, because SentencePiece skips sentences longer than
-    max_sentence_length (4192 bytes)."""
-    keep_prob = min(1.0, max_chars / max(1, sum(len(t) for t in texts)))
-    rng = np.random.default_rng(seed)
-    for text in texts:
-        lines = _lines(_escape(text))
-        keep = rng.random(len(lines)) < keep_prob  # [num_lines]
-        yield from (line for line, k in zip(lines, keep, strict=True) if k)
+  """Yields a seeded random sample of about `max_chars` characters of lines.
+  Lines, not documents, because SentencePiece skips sentences longer than
+  max_sentence_length (4192 bytes)."""
+  keep_prob = min(1.0, max_chars / max(1, sum(len(t) for t in texts)))
+  rng = np.random.default_rng(seed)
+  for text in texts:
+    lines = _lines(_escape(text))
+    keep = rng.random(len(lines)) < keep_prob  # [num_lines]
+    yield from (line for line, k in zip(lines, keep, strict=True) if k)
 
 
 def _vocab_error(err: RuntimeError, vocab_size: int) -> DataError:
-    """Turns SentencePiece's vocabulary-size failures into a one-line DataError."""
-    msg = str(err)
-    too_high = re.search(r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)", msg)
-    if too_high:
-        return DataError(
-            f"data.vocab_size={vocab_size} is larger than this corpus supports (max {too_high.group(1)}); "
-            "lower --config.data.vocab_size"
-        )
-    too_low = re.search(r"smaller than required_chars\. \d+ vs (\d+)", msg)
-    if too_low:
-        return DataError(
-            f"data.vocab_size={vocab_size} is smaller than this corpus needs (min {too_low.group(1)}); "
-            "raise --config.data.vocab_size"
-        )
-    return DataError(f"SentencePiece training failed: {msg.splitlines()[0]}; check data.vocab_size")
+  """Turns SentencePiece's vocabulary-size failures into a one-line DataError."""
+  msg = str(err)
+  too_high = re.search(r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)", msg)
+  if too_high:
+    return DataError(
+      f"data.vocab_size={vocab_size} is larger than this corpus supports (max {too_high.group(1)}); "
+      "lower --config.data.vocab_size"
+    )
+  too_low = re.search(r"smaller than required_chars\. \d+ vs (\d+)", msg)
+  if too_low:
+    return DataError(
+      f"data.vocab_size={vocab_size} is smaller than this corpus needs (min {too_low.group(1)}); "
+      "raise --config.data.vocab_size"
+    )
+  return DataError(f"SentencePiece training failed: {msg.splitlines()[0]}; check data.vocab_size")
 
 
 class SentencePieceTokenizer:
-    """A trained SentencePiece model; EOS is its `</s>` control symbol."""
+  """A trained SentencePiece model; EOS is its `</s>` control symbol."""
 
-    kind = "sentencepiece"
+  kind = "sentencepiece"
 
-    def __init__(self, model_proto: bytes):
-        """`model_proto` is a serialized SentencePiece ModelProto."""
-        self.model_proto = model_proto
-        self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
-        self.vocab_size = self._sp.get_piece_size()
-        self.eos_id = self._sp.eos_id()
+  def __init__(self, model_proto: bytes):
+    """`model_proto` is a serialized SentencePiece ModelProto."""
+    self.model_proto = model_proto
+    self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    self.vocab_size = self._sp.get_piece_size()
+    self.eos_id = self._sp.eos_id()
 
-    @classmethod
-    def train(cls, texts: Sequence[str], vocab_size: int, model_type: str) -> SentencePieceTokenizer:
-        if model_type not in ("bpe", "unigram"):
-            raise DataError(f"data.sp_model_type={model_type!r} is not supported; use bpe or unigram")
-        model = io.BytesIO()
-        try:
-            spm.SentencePieceTrainer.train(
-                sentence_iterator=_sample_lines(texts, _SAMPLE_CHARS, _SAMPLE_SEED),
-                model_writer=model,
-                model_type=model_type,
-                vocab_size=vocab_size,
-                user_defined_symbols=["\n"],
-                byte_fallback=True,
-                normalization_rule_name="identity",
-                remove_extra_whitespaces=False,
-                add_dummy_prefix=False,
-                # Indentation runs become single tokens instead of one per space.
-                allow_whitespace_only_pieces=True,
-                character_coverage=0.9995,
-                input_sentence_size=0,  # we sampled already; use every sentence
-                shuffle_input_sentence=False,
-                unk_id=_UNK_ID,
-                eos_id=_EOS_ID,
-                bos_id=-1,
-                pad_id=-1,
-                num_threads=_TRAIN_THREADS,
-                minloglevel=2,  # only errors; training logs are very chatty
-            )
-        except RuntimeError as e:
-            raise _vocab_error(e, vocab_size) from None
-        return cls(model.getvalue())
+  @classmethod
+  def train(cls, texts: Sequence[str], vocab_size: int, model_type: str) -> SentencePieceTokenizer:
+    if model_type not in ("bpe", "unigram"):
+      raise DataError(f"data.sp_model_type={model_type!r} is not supported; use bpe or unigram")
+    model = io.BytesIO()
+    try:
+      spm.SentencePieceTrainer.train(
+        sentence_iterator=_sample_lines(texts, _SAMPLE_CHARS, _SAMPLE_SEED),
+        model_writer=model,
+        model_type=model_type,
+        vocab_size=vocab_size,
+        user_defined_symbols=["\n"],
+        byte_fallback=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=False,
+        # Indentation runs become single tokens instead of one per space.
+        allow_whitespace_only_pieces=True,
+        character_coverage=0.9995,
+        input_sentence_size=0,  # we sampled already; use every sentence
+        shuffle_input_sentence=False,
+        unk_id=_UNK_ID,
+        eos_id=_EOS_ID,
+        bos_id=-1,
+        pad_id=-1,
+        num_threads=_TRAIN_THREADS,
+        minloglevel=2,  # only errors; training logs are very chatty
+      )
+    except RuntimeError as e:
+      raise _vocab_error(e, vocab_size) from None
+    return cls(model.getvalue())
 
-    def encode(self, text: str) -> list[int]:
-        return self._sp.encode(_escape(text))
+  def encode(self, text: str) -> list[int]:
+    return self._sp.encode(_escape(text))
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        # One call encodes all texts on all cores.
-        return self._sp.encode([_escape(t) for t in texts], num_threads=os.cpu_count() or 1)
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    # One call encodes all texts on all cores.
+    return self._sp.encode([_escape(t) for t in texts], num_threads=os.cpu_count() or 1)
 
-    def decode(self, ids: Sequence[int]) -> str:
-        return _unescape(self._sp.decode([int(i) for i in ids if i != self.eos_id]))
+  def decode(self, ids: Sequence[int]) -> str:
+    return _unescape(self._sp.decode([int(i) for i in ids if i != self.eos_id]))
 
-    def to_json(self) -> dict:
-        return {"kind": self.kind, "model_proto": base64.b64encode(self.model_proto).decode("ascii")}
+  def to_json(self) -> dict:
+    return {"kind": self.kind, "model_proto": base64.b64encode(self.model_proto).decode("ascii")}
 
-    @classmethod
-    def from_json(cls, state: dict) -> SentencePieceTokenizer:
-        return cls(base64.b64decode(state["model_proto"]))
+  @classmethod
+  def from_json(cls, state: dict) -> SentencePieceTokenizer:
+    return cls(base64.b64decode(state["model_proto"]))

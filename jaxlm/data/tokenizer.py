@@ -17,72 +17,80 @@ KINDS = ("sentencepiece", "char", "byte", "gpt2_bpe")
 
 
 class Tokenizer(Protocol):
-    kind: str  # "sentencepiece" | "char" | "byte" | "gpt2_bpe"
-    vocab_size: int  # includes EOS (and <unk> for char)
-    eos_id: int
+  kind: str  # "sentencepiece" | "char" | "byte" | "gpt2_bpe"
+  vocab_size: int  # includes EOS (and <unk> for char)
+  eos_id: int
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text`; no EOS is added."""
+  def encode(self, text: str) -> list[int]:
+    """Token ids of `text`; no EOS is added."""
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """encode() of each text, possibly faster."""
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    """encode() of each text, possibly faster."""
 
-    def decode(self, ids: Sequence[int]) -> str:
-        """Text of `ids`; EOS ids are dropped."""
+  def decode(self, ids: Sequence[int]) -> str:
+    """Text of `ids`; EOS ids are dropped."""
 
-    def to_json(self) -> dict:
-        """A JSON-serialisable dict that fully describes the tokenizer."""
+  def to_json(self) -> dict:
+    """A JSON-serialisable dict that fully describes the tokenizer."""
 
 
-def train_tokenizer(kind: str, texts: Sequence[str], vocab_size: int, sp_model_type: str = "bpe") -> Tokenizer:
-    """Builds a tokenizer of `kind` from training `texts`. `vocab_size` is only
-    used by sentencepiece and gpt2_bpe: byte and char vocabularies are fixed by their data."""
-    if kind == "byte":
-        return ByteTokenizer()
-    if kind == "char":
-        return CharTokenizer.train(texts)
-    if kind == "sentencepiece":
-        return SentencePieceTokenizer.train(texts, vocab_size, sp_model_type)
-    if kind == "gpt2_bpe":
-        return Gpt2BpeTokenizer.train(texts, vocab_size)
-    raise DataError(f"unknown data.tokenizer={kind!r}; choose one of {', '.join(KINDS)}")
+def train_tokenizer(
+  kind: str, texts: Sequence[str], vocab_size: int, sp_model_type: str = "bpe"
+) -> Tokenizer:
+  """Builds a tokenizer of `kind` from training `texts`. `vocab_size` is only
+  used by sentencepiece and gpt2_bpe: byte and char vocabularies are fixed by their data."""
+  if kind == "byte":
+    return ByteTokenizer()
+  if kind == "char":
+    return CharTokenizer.train(texts)
+  if kind == "sentencepiece":
+    return SentencePieceTokenizer.train(texts, vocab_size, sp_model_type)
+  if kind == "gpt2_bpe":
+    return Gpt2BpeTokenizer.train(texts, vocab_size)
+  raise DataError(f"unknown data.tokenizer={kind!r}; choose one of {', '.join(KINDS)}")
 
 
 def tokenizer_from_json(state: dict) -> Tokenizer:
-    """Inverse of `Tokenizer.to_json`."""
-    kind = state.get("kind") if isinstance(state, dict) else None
-    if kind == "byte":
-        return ByteTokenizer()
-    if kind == "char":
-        return CharTokenizer(list(state["chars"]))
-    if kind == "sentencepiece":
-        return SentencePieceTokenizer.from_json(state)
-    if kind == "gpt2_bpe":
-        return Gpt2BpeTokenizer.from_json(state)
-    raise DataError(f"unknown tokenizer kind {kind!r} in saved tokenizer; expected one of {', '.join(KINDS)}")
+  """Inverse of `Tokenizer.to_json`."""
+  kind = state.get("kind") if isinstance(state, dict) else None
+  if kind == "byte":
+    return ByteTokenizer()
+  if kind == "char":
+    return CharTokenizer(list(state["chars"]))
+  if kind == "sentencepiece":
+    return SentencePieceTokenizer.from_json(state)
+  if kind == "gpt2_bpe":
+    return Gpt2BpeTokenizer.from_json(state)
+  raise DataError(
+    f"unknown tokenizer kind {kind!r} in saved tokenizer; expected one of {', '.join(KINDS)}"
+  )
 
 
 def save_tokenizer(tok: Tokenizer, path: str) -> None:
-    """Writes `tok` as JSON, atomically: a crash never leaves a partial file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tokenizer-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(tok.to_json(), f)
-        os.replace(tmp_path, path)
-    except BaseException:
-        os.unlink(tmp_path)
-        raise
+  """Writes `tok` as JSON, atomically: a crash never leaves a partial file."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tokenizer-", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      json.dump(tok.to_json(), f)
+    os.replace(tmp_path, path)
+  except BaseException:
+    os.unlink(tmp_path)
+    raise
 
 
 def load_tokenizer(path: str) -> Tokenizer:
-    """Reads a tokenizer written by `save_tokenizer`."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            state = json.load(f)
-    except FileNotFoundError:
-        raise DataError(f"tokenizer file {path} does not exist; train one first or fix the path") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"tokenizer file {path} is not valid JSON ({e.msg}); delete it and retrain") from None
-    return tokenizer_from_json(state)
+  """Reads a tokenizer written by `save_tokenizer`."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      state = json.load(f)
+  except FileNotFoundError:
+    raise DataError(
+      f"tokenizer file {path} does not exist; train one first or fix the path"
+    ) from None
+  except json.JSONDecodeError as e:
+    raise DataError(
+      f"tokenizer file {path} is not valid JSON ({e.msg}); delete it and retrain"
+    ) from None
+  return tokenizer_from_json(state)
