@@ -9,26 +9,11 @@ projections, about the parameters of a 512-wide GELU MLP), a 3x larger learning 
 warm-up, fewer steps, and one full evaluation at the end only. Measurements: docs/benchmarks.md.
 """
 
-from jaxlm.config import base_config
+from jaxlm.config import shakespeare_char_config
 
 
 def get_config():
-  c = base_config()
-  c.data.source = "files"
-  c.data.path = ""  # give it on the command line
-  c.data.tokenizer = "char"
-  c.data.seq_len = 64
-  c.model.d_model = 128
-  c.model.num_layers = 4
-  c.model.num_heads = 4
-  c.model.max_len = 64
-  c.model.use_bias = False
-  c.train.min_lr_ratio = 0.1
-  c.train.b2 = 0.99
-  c.train.weight_decay = 0.1
-  c.train.log_every = 50
-  c.eval.batch_size = 64
-  c.eval.max_batches = 0
+  c = shakespeare_char_config()
   c.model.positions = "rope"
   c.model.norm = "rmsnorm"
   c.model.mlp = "swiglu"
@@ -36,7 +21,6 @@ def get_config():
   c.train.lr = 3e-3
   c.train.warmup_steps = 50
   c.train.steps = 700
-  c.train.batch_size = 12
   c.eval.every = 0  # evaluate once, at the end (all 1,742 validation windows)
   c.eval.sample_tokens = 0
   c.checkpoint.every = 100000  # the final checkpoint only

@@ -169,6 +169,30 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def shakespeare_char_config() -> ml_collections.ConfigDict:
+  """nanoGPT's CPU recipe for char-level text (configs/shakespeare_char*.py): 4 layers x 128,
+  4 heads, T=64, batch 12, no biases, AdamW (beta2 0.99) from 1e-3 with cosine decay to 1e-4;
+  data.path comes from the command line."""
+  c = base_config()
+  c.data.source = "files"
+  c.data.path = ""  # give it on the command line
+  c.data.tokenizer = "char"
+  c.data.seq_len = c.model.max_len = 64
+  c.model.d_model, c.model.num_layers, c.model.num_heads, c.model.mlp_dim = 128, 4, 4, 512
+  c.model.use_bias = False
+  c.train.batch_size = 12
+  c.train.steps = 2000
+  c.train.lr = 1e-3
+  c.train.warmup_steps = 100
+  c.train.min_lr_ratio = 0.1
+  c.train.b2 = 0.99
+  c.train.weight_decay = 0.1
+  c.train.log_every = 50
+  c.eval.batch_size = 64
+  c.eval.max_batches = 0
+  return c
+
+
 def gpt2_config(d_model: int, num_layers: int, num_heads: int,
                 seq_len: int) -> ml_collections.ConfigDict:
   """The GPT-2 family's recipe (configs/gpt2_*.py): the user's text files, a 50304-token
