@@ -125,9 +125,9 @@ def write_run(workdir: str, config: ml_collections.ConfigDict, tokenizer, params
 def from_hf(model_dir: str, workdir: str, config: ml_collections.ConfigDict,
             overridden: set[str] = frozenset()) -> dict:
   """Imports the GPT-2 in `model_dir` as step 0 of a new run in `workdir`."""
-  hf_config = _read_json(os.path.join(model_dir, "config.json"))
-  model_fields = hf_gpt2.model_fields(hf_config)
-  tokenizer = Gpt2BpeTokenizer.from_hf_dir(model_dir, hf_config.get("vocab_size"))
+  hf_settings = _read_json(os.path.join(model_dir, "config.json"))
+  model_fields = hf_gpt2.model_fields(hf_settings)
+  tokenizer = Gpt2BpeTokenizer.from_hf_dir(model_dir, hf_settings.get("vocab_size"))
   config = imported_config(config, set(overridden), model_fields, tokenizer)
   params = hf_gpt2.params_from_hf(read_hf_weights(model_dir),
                                   trained.model_config(config, tokenizer.vocab_size))
@@ -148,7 +148,7 @@ def to_hf(workdir: str, out: str, step: int | None = None) -> dict:
   tensors = hf_gpt2.params_to_hf(jax.device_get(run.params), run.model_cfg)
   safetensors.numpy.save_file(tensors, os.path.join(out, WEIGHTS), metadata={"format": "pt"})
   with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as f:
-    json.dump(hf_gpt2.hf_config(run.model_cfg, run.tokenizer.eos_id), f, indent=2)
+    json.dump(hf_gpt2.hf_settings(run.model_cfg, run.tokenizer.eos_id), f, indent=2)
   if isinstance(run.tokenizer, Gpt2BpeTokenizer):
     run.tokenizer.save_hf_files(out, run.model_cfg.max_len)
   else:

@@ -63,27 +63,27 @@ def layout(cfg: ModelConfig) -> list[Tensor]:
   return tensors
 
 
-def model_fields(hf_config: dict) -> dict:
+def model_fields(hf_settings: dict) -> dict:
   """`ModelConfig` fields (all but vocab_size, dropout, dtype) of a GPT-2 config.json."""
   problems = []
-  if hf_config.get("model_type") != "gpt2":
-    problems.append(f"model_type is {hf_config.get('model_type')!r}, not 'gpt2'")
-  activation = hf_config.get("activation_function", "gelu_new")
+  if hf_settings.get("model_type") != "gpt2":
+    problems.append(f"model_type is {hf_settings.get('model_type')!r}, not 'gpt2'")
+  activation = hf_settings.get("activation_function", "gelu_new")
   if activation not in TANH_GELUS:
     problems.append(f"activation_function={activation!r} (jaxlm has GELU-tanh: {TANH_GELUS})")
   for key, supported in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
                          ("add_cross_attention", False)):
-    if hf_config.get(key, supported) != supported:
-      problems.append(f"{key}={hf_config[key]!r} (jaxlm supports {supported})")
+    if hf_settings.get(key, supported) != supported:
+      problems.append(f"{key}={hf_settings[key]!r} (jaxlm supports {supported})")
   if problems:
     raise ConfigError("this Hugging Face model is not a GPT-2 jaxlm can express: " +
                       "; ".join(problems))
-  d_model = hf_config["n_embd"]
-  return {"d_model": d_model, "num_layers": hf_config["n_layer"], "num_heads": hf_config["n_head"],
-          "mlp_dim": hf_config.get("n_inner") or 4 * d_model, "max_len": hf_config["n_positions"],
+  d_model = hf_settings["n_embd"]
+  return {"d_model": d_model, "num_layers": hf_settings["n_layer"], "num_heads": hf_settings["n_head"],
+          "mlp_dim": hf_settings.get("n_inner") or 4 * d_model, "max_len": hf_settings["n_positions"],
           "positions": "learned", "norm": "layernorm", "mlp": "gelu",
-          "tie_embeddings": hf_config.get("tie_word_embeddings", True), "use_bias": True,
-          "norm_eps": hf_config.get("layer_norm_epsilon", 1e-5)}
+          "tie_embeddings": hf_settings.get("tie_word_embeddings", True), "use_bias": True,
+          "norm_eps": hf_settings.get("layer_norm_epsilon", 1e-5)}
 
 
 def inexpressible(cfg: ModelConfig) -> list[str]:
@@ -94,7 +94,7 @@ def inexpressible(cfg: ModelConfig) -> list[str]:
           for key, value in wanted.items() if getattr(cfg, key) != value]
 
 
-def hf_config(cfg: ModelConfig, eos_id: int) -> dict:
+def hf_settings(cfg: ModelConfig, eos_id: int) -> dict:
   """The config.json of the GPT2LMHeadModel equal to `cfg`."""
   return {
       "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",

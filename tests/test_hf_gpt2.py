@@ -226,8 +226,8 @@ def test_export_refuses_what_gpt2_cannot_express_in_one_line(tmp_path):
 def test_hub_style_names_and_buffers_import_the_same(hf_dir):
   """The hub's gpt2 file was saved from GPT2Model: no "transformer." prefix, causal-mask buffers."""
   with open(os.path.join(hf_dir, "config.json")) as f:
-    hf_config = json.load(f)
-  model_cfg = ModelConfig(vocab_size=hf_config["vocab_size"], **hf_gpt2.model_fields(hf_config))
+    hf_settings = json.load(f)
+  model_cfg = ModelConfig(vocab_size=hf_settings["vocab_size"], **hf_gpt2.model_fields(hf_settings))
   tensors = convert.read_hf_weights(hf_dir)
   hub = {name.removeprefix("transformer."): value for name, value in tensors.items()}
   hub.update({f"h.{i}.attn.bias": np.ones((1, 1, CONTEXT, CONTEXT), np.float32) for i in range(2)})
@@ -243,20 +243,20 @@ def test_hub_style_names_and_buffers_import_the_same(hf_dir):
 
 def test_import_refuses_non_gpt2_models_and_pickled_weights(hf_dir, tmp_path):
   with open(os.path.join(hf_dir, "config.json")) as f:
-    hf_config = json.load(f)
+    hf_settings = json.load(f)
   with pytest.raises(ConfigError, match="activation_function='relu'"):
-    hf_gpt2.model_fields({**hf_config, "activation_function": "relu"})
+    hf_gpt2.model_fields({**hf_settings, "activation_function": "relu"})
   with pytest.raises(ConfigError, match="config.json, so drop these overrides: model.d_model$"):
     convert.imported_config(base_config(), {"model.d_model", "model.dropout"},
-                            hf_gpt2.model_fields(hf_config), None)
+                            hf_gpt2.model_fields(hf_settings), None)
   pickled = tmp_path / "pickled"
   pickled.mkdir()
-  (pickled / "config.json").write_text(json.dumps(hf_config))
+  (pickled / "config.json").write_text(json.dumps(hf_settings))
   (pickled / "pytorch_model.bin").write_bytes(b"not read")
   with pytest.raises(ConfigError, match="safetensors only"):
     convert.read_hf_weights(str(pickled))
   tensors = convert.read_hf_weights(hf_dir)
-  model_cfg = ModelConfig(vocab_size=hf_config["vocab_size"], **hf_gpt2.model_fields(hf_config))
+  model_cfg = ModelConfig(vocab_size=hf_settings["vocab_size"], **hf_gpt2.model_fields(hf_settings))
   del tensors["transformer.h.1.mlp.c_fc.bias"]
   with pytest.raises(ConfigError, match=r"transformer.h.1.mlp.c_fc.bias missing"):
     hf_gpt2.params_from_hf(tensors, model_cfg)
