@@ -64,6 +64,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   `overrides` are the command-line `--config.*` values; with config.init_from they are checked
   against the pretrained architecture (see finetune.py).
   """
+  started = time.perf_counter()
   cli.ensure_writable(workdir)
   is_main = jax.process_index() == 0
   # Logs go to stderr beside the progress bar; stdout carries only the final JSON line.
@@ -183,8 +184,10 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     return {"stopped_at": done}
   if is_main:
     log(f"report: {report.write_report(workdir)}")
-  log(f"done: {total} steps; checkpoints in {checkpoint.checkpoint_dir(workdir)}")
-  return val_metrics
+  wall_seconds = time.perf_counter() - started
+  log(f"done: {total} steps in {wall_seconds:.1f} s (start-up, compilation and evaluation "
+      f"included); checkpoints in {checkpoint.checkpoint_dir(workdir)}")
+  return {**val_metrics, "wall_seconds": wall_seconds}
 
 
 def check_guard(metrics: dict, on_nonfinite: str) -> None:
