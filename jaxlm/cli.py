@@ -116,10 +116,6 @@ def require_workdir(workdir: str | None) -> str:
   return workdir
 
 
-def config_from_json(config: dict) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(config)
-
-
 def config_to_json(config: ml_collections.ConfigDict) -> dict:
   """The config as plain JSON types (tuples become lists)."""
   return json.loads(config.to_json())

@@ -1,8 +1,7 @@
 """The training state, the loss, and the pure train / eval steps that `train.py` jits."""
 
-from typing import Any, Callable
+from typing import Any
 
-import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -111,8 +110,3 @@ def eval_step(params: Any, batch: Batch, *, model: GPT) -> dict[str, jax.Array]:
   correct = (jnp.argmax(logits, axis=-1) == batch["targets"]).astype(jnp.float32)
   return {"nll_sum": (nll * weights).sum(), "weight_sum": weights.sum(),
           "correct_sum": (correct * weights).sum()}
-
-
-def unboxed(fn: Callable[..., Any]) -> Callable[..., Any]:
-  """Wraps an init function so it returns plain arrays (the logical axes are kept separately)."""
-  return lambda *args: nn.unbox(fn(*args))
