@@ -17,7 +17,7 @@ import jax
 import ml_collections
 from absl import flags, logging
 
-from jaxlm import distributed
+from jaxlm import distributed, sharding
 from jaxlm.checkpoint import CheckpointError
 from jaxlm.config import ConfigError, base_config
 from jaxlm.data import DataError
@@ -76,11 +76,12 @@ def parse_flags(argv: list[str]) -> list[str]:
   return rest
 
 
-def run(fn: Callable[[], object], multihost: bool = True) -> None:
+def run(fn: Callable[[], object], multihost: bool = True, cpu_devices: int = 0) -> None:
   """Calls `fn`, turning user errors into a one-line message and exit status 2.
 
-  With `multihost`, first joins a multi-host job if one is configured or detected (see
-  `distributed.py`): that must happen before anything touches a device.
+  First splits a CPU host into `cpu_devices` devices (`mesh.cpu_devices`) and, with `multihost`,
+  joins a multi-host job if one is configured or detected (see `distributed.py`): both must happen
+  before anything touches a device.
   """
   if not flags.FLAGS.verbose:
     logging.set_verbosity(logging.ERROR)  # Orbax and grain log every file they touch
@@ -94,6 +95,7 @@ def run(fn: Callable[[], object], multihost: bool = True) -> None:
     logging.get_absl_logger().addFilter(_hide_orbax)
     sys.unraisablehook = lambda _: None
   try:
+    sharding.split_cpu_host(cpu_devices)
     if multihost:
       distributed.initialize_from_flags()
     fn()

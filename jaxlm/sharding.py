@@ -7,6 +7,7 @@ their axes logically (see `model.py`); `rules` maps those names to mesh axes.
 
 from typing import Any, Sequence
 
+from absl import logging
 import flax.linen as nn
 import jax
 import numpy as np
@@ -36,6 +37,26 @@ def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int
                         f"{int(np.prod(sizes))} devices but there are {num_devices}; make "
                         f"mesh.data * mesh.fsdp * mesh.tensor = {num_devices} (or set one to -1)")
   return tuple(sizes)
+
+
+def split_cpu_host(devices: int) -> None:
+  """Makes JAX's CPU backend `devices` devices (0: leave JAX's default); see `mesh.cpu_devices`.
+
+  Only possible before JAX starts its backends. A process that already started them (a notebook,
+  a test) keeps its devices, with a warning if their number differs.
+  """
+  if devices < 0:
+    raise ShardingError(f"mesh.cpu_devices={devices}; set it to the number of CPU devices wanted "
+                        "(0 keeps JAX's default)")
+  if devices == 0:
+    return
+  try:
+    jax.config.update("jax_num_cpu_devices", devices)
+  except RuntimeError:
+    have = len(jax.devices("cpu"))
+    if have != devices:
+      logging.warning("mesh.cpu_devices=%d ignored: JAX already started with %d CPU devices in "
+                      "this process", devices, have)
 
 
 def make_mesh(data: int, fsdp: int, tensor: int,

@@ -241,7 +241,8 @@ def main(argv):
   del argv
   f = flags.FLAGS
   cli.run(lambda: cli.emit_json(train(f.config, cli.require_workdir(f.workdir),
-                                      f["config"].override_values)))
+                                      f["config"].override_values)),
+          cpu_devices=f.config.mesh.cpu_devices)
 
 
 if __name__ == "__main__":

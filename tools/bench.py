@@ -1,15 +1,21 @@
-"""Measure the train step, evaluation and KV-cache sampling of a config on this machine.
+"""Measure a config's speed on this machine: train step, MFU, eval, sampling and the input pipeline.
 
-    python tools/bench.py --config=configs/shakespeare_char.py [--repeats=5] [--steps=20]
+    python tools/bench.py --config=configs/shakespeare_char.py \
+        --config.data.path=../shared/data/tinyshakespeare.txt          # real data: pipeline + host wait
+    python tools/bench.py --config=configs/shakespeare_char.py         # synthetic batches
     python tools/bench.py --config=configs/shakespeare_char.py --config.model.max_len=257 \
         --new_tokens=256    # KV cache vs recomputing the context, 256 new tokens
 
-Synthetic token batches of the config's shapes (the data pipeline is not timed here). Each figure is
-the median over `repeats` timed runs of `steps` calls, after a compile-and-warm-up call. MFU uses the
-same FLOP count and peak as training (see jaxlm/metrics.py). Sampling is greedy, one prompt token,
-timed twice: with the KV cache (`jaxlm.decode.generate`) and without it, as one jitted loop that runs
-the whole fixed `[1, max_len]` context buffer through the model for every new token (the fair
-no-cache baseline: compiled once, no Python per token). Prints a table and, last, one JSON line.
+Set-up (`mesh.cpu_devices` included) is the config's, as `python -m jaxlm.train` would do it.
+With data (a `data.path`, or a built-in source), the input pipeline is timed (tokenize + pack of
+both splits, tokens/s) and the train steps take their batches from the training iterator, as
+`train` does; host wait is the share of the timed loop spent getting the next batch onto the
+devices. Without data, batches are synthetic. Each time is the median over `repeats` timed runs of
+`steps` calls after a compile-and-warm-up call. MFU uses training's FLOP count and a float32 matmul
+peak measured here first (`jaxlm/metrics.py`). Sampling is greedy from one prompt token, with the
+KV cache (`jaxlm.decode.generate`) and without it: one jitted loop that runs the whole fixed
+`[1, max_len]` context buffer through the model for every new token (compiled once, no Python per
+token). Prints a table and, last, one JSON line.
 """
 
 import json
@@ -24,6 +30,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jaxlm import sharding
+from jaxlm.corpus import DataConfig, build_dataset, read_corpus, texts_of
+from jaxlm.data import train_batches, train_tokenizer
 from jaxlm.decode import SamplingConfig, generate
 from jaxlm.engine import build_engine
 from jaxlm.metrics import flops_per_token, peak_flops
@@ -31,7 +39,7 @@ from jaxlm.model import GPT, ModelConfig
 from jaxlm.optim import OptimConfig
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/shakespeare_char.py", "Config file.")
-_VOCAB = flags.DEFINE_integer("vocab_size", 65, "Vocabulary size of the synthetic model.")
+_VOCAB = flags.DEFINE_integer("vocab_size", 65, "Vocabulary size of the model without data.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats; the median is reported.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Calls per timed repeat.")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 0, "Tokens to sample (0 = model.max_len - 1).")
@@ -47,6 +55,25 @@ def median_seconds(fn, repeats: int, calls: int) -> float:
       fn()
     times.append((time.perf_counter() - start) / calls)
   return statistics.median(times)
+
+
+def time_train(engine, state, next_batch, repeats: int, steps: int):
+  """(state, median step seconds, median share of the loop spent in `next_batch`)."""
+  state, metrics = engine.train_step(state, next_batch())
+  jax.block_until_ready(metrics)
+  step_times, waits = [], []
+  for _ in range(repeats):
+    start, wait = time.perf_counter(), 0.0
+    for _ in range(steps):
+      fetch = time.perf_counter()
+      batch = next_batch()
+      wait += time.perf_counter() - fetch
+      state, metrics = engine.train_step(state, batch)  # dispatched; runs while we fetch the next
+    jax.block_until_ready(metrics)
+    elapsed = time.perf_counter() - start
+    step_times.append(elapsed / steps)
+    waits.append(wait / elapsed)
+  return state, statistics.median(step_times), statistics.median(waits)
 
 
 def no_cache_generator(cfg: ModelConfig, new_tokens: int):
@@ -79,25 +106,47 @@ def synthetic_batch(rows: int, seq_len: int, vocab: int, leading: tuple[int, ...
           "segment_ids": np.ones(shape, np.int32), "weights": np.ones(shape, np.float32)}
 
 
+def load_data(config):
+  """(dataset, pipeline numbers), or (None, {}) when the config names no data."""
+  data_cfg = DataConfig.from_config(config.data)
+  if data_cfg.source == "files" and not data_cfg.path:
+    return None, {}
+  corpus = read_corpus(data_cfg)
+  tokenizer = train_tokenizer(data_cfg.tokenizer, texts_of(corpus.train), data_cfg.vocab_size,
+                              data_cfg.sp_model_type)
+  start = time.perf_counter()
+  dataset = build_dataset(data_cfg, corpus, tokenizer)  # tokenize + pack, both splits
+  seconds = time.perf_counter() - start
+  tokens = (len(dataset.train) + len(dataset.val)) * data_cfg.seq_len
+  return dataset, {"pipeline_tokens": tokens, "pipeline_tokens_per_sec": tokens / seconds}
+
+
 def bench(config) -> dict:
-  model_cfg = ModelConfig(vocab_size=_VOCAB.value, **config.model.to_dict())
+  peak, peak_source = peak_flops(jax.devices()[0])  # first, before anything else runs
+  dataset, result = load_data(config)
+  vocab = dataset.tokenizer.vocab_size if dataset else _VOCAB.value
+  model_cfg = ModelConfig(vocab_size=vocab, **config.model.to_dict())
   seq_len, batch, accum = config.data.seq_len, config.train.batch_size, config.train.grad_accum_steps
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
   batch_axes = sharding.check_batch(batch, accum, mesh, "train.batch_size")
   engine = build_engine(model_cfg, OptimConfig.from_config(config.train), mesh, config.mesh.rules,
                         config.train.seed, seq_len, config.train.z_loss, batch_axes)
   state = engine.init()
-  train_batch = jax.device_put(synthetic_batch(batch // accum, seq_len, _VOCAB.value, (accum,)),
-                               engine.batch_sharding(leading_dims=1))
-  holder = {"state": state}
+  batch_spec = engine.batch_sharding(leading_dims=1)
+  if dataset:
+    iterator = iter(train_batches(dataset.train, batch, config.train.seed, 0, 1))
 
-  def train_call():
-    holder["state"], metrics = engine.train_step(holder["state"], train_batch)
-    jax.block_until_ready(metrics)
+    def next_batch():  # what train.py does per step
+      rows = next(iterator)  # each field [batch, seq]
+      micro = {k: v.reshape(accum, -1, *v.shape[1:]) for k, v in rows.items()}
+      return sharding.global_batch(micro, batch_spec)
+  else:
+    fixed = jax.device_put(synthetic_batch(batch // accum, seq_len, vocab, (accum,)), batch_spec)
+    next_batch = lambda: fixed  # noqa: E731
+  state, step_time, host_wait = time_train(engine, state, next_batch, _REPEATS.value, _STEPS.value)
 
-  step_time = median_seconds(train_call, _REPEATS.value, _STEPS.value)
-  params = holder["state"].params
-  eval_batch = jax.device_put(synthetic_batch(config.eval.batch_size, seq_len, _VOCAB.value),
+  params = state.params
+  eval_batch = jax.device_put(synthetic_batch(config.eval.batch_size, seq_len, vocab),
                               engine.batch_sharding())
   eval_time = median_seconds(lambda: jax.block_until_ready(engine.eval_step(params, eval_batch)),
                              _REPEATS.value, _STEPS.value)
@@ -114,18 +163,19 @@ def bench(config) -> dict:
         lambda: jax.block_until_ready(no_cache(params, 1)), 1, 1))
   sample_time, no_cache_time = statistics.median(sample_times), statistics.median(no_cache_times)
 
-  peak, peak_source = peak_flops(jax.devices()[0])
-  tokens_per_step = batch * seq_len
-  train_tps = tokens_per_step / step_time
+  train_tps = batch * seq_len / step_time
   return {
       "machine": f"{platform.processor() or platform.machine()}, {jax.device_count()} "
                  f"{jax.devices()[0].device_kind} device(s)",
       "params": int(sum(x.size for x in jax.tree.leaves(params))),
+      "data": "real" if dataset else "synthetic",
       "step_time_ms": step_time * 1e3,
       "train_tokens_per_sec": train_tps,
       "mfu": train_tps * flops_per_token(model_cfg, seq_len, params) / (peak * jax.device_count()),
-      "peak_tflops": peak / 1e12,
+      "peak_tflops": peak * jax.device_count() / 1e12,
       "peak_source": peak_source,
+      "host_wait": host_wait if dataset else None,
+      **result,
       "eval_tokens_per_sec": config.eval.batch_size * seq_len / eval_time,
       "sample_new_tokens": new_tokens,
       "sample_tokens_per_sec": new_tokens / sample_time,
@@ -137,9 +187,11 @@ def bench(config) -> dict:
 
 def main(argv):
   del argv
-  result = bench(_CONFIG.value)
+  config = _CONFIG.value
+  sharding.split_cpu_host(config.mesh.cpu_devices)
+  result = bench(config)
   for key, value in result.items():
-    print(f"{key:<24} {value:.4g}" if isinstance(value, float) else f"{key:<24} {value}")
+    print(f"{key:<32} {value:.4g}" if isinstance(value, float) else f"{key:<32} {value}")
   print(json.dumps(result))
 
 
