@@ -4,7 +4,8 @@ MFU = achieved model FLOP/s / peak FLOP/s, where the model FLOPs per token follo
   6 * N  +  12 * num_layers * seq_len * d_model
 N counts every parameter that takes part in a matmul (position embeddings excluded, since they are
 only added); the second term is the attention scores and weighted sum (forward + backward). Peak: on
-CPU a float32 matmul benchmark measured at start-up; on GPU/TPU the datasheet bf16 dense peak.
+CPU a float32 matmul benchmark measured at start-up (one host's, split over its CPU devices); on
+GPU/TPU the datasheet bf16 dense peak.
 """
 
 import json
@@ -37,7 +38,7 @@ def flops_per_token(cfg: ModelConfig, seq_len: int, params: Any) -> float:
   return 6.0 * matmul_params + 12.0 * cfg.num_layers * seq_len * cfg.d_model
 
 
-def measure_matmul_peak(size: int = 1024, repeats: int = 10) -> float:
+def measure_matmul_peak(size: int = 1024, repeats: int = 20) -> float:
   """Best float32 matmul FLOP/s of the default device over a few repeats."""
   a = jnp.ones((size, size), jnp.float32)
   matmul = jax.jit(lambda x: x @ x)
@@ -58,7 +59,10 @@ def peak_flops(device: jax.Device) -> tuple[float, str]:
       if name.lower() in kind.lower():
         return peak, f"datasheet bf16 peak of {kind}"
     return float("nan"), f"no datasheet peak known for {kind}"
-  return measure_matmul_peak(), "measured float32 matmul peak"
+  # The CPU devices of one host (mesh.cpu_devices) share its cores: a matmul on one device alone
+  # already runs on all of them, so each device's share is the host peak over their number.
+  return (measure_matmul_peak() / jax.local_device_count("cpu"),
+          "measured float32 matmul peak of the host, shared by its CPU devices")
 
 
 def drop_partial_line(path: str) -> None:

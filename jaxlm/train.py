@@ -136,10 +136,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   val_metrics, done, stopping = {}, start_step, False
   with Preemption() as preemption:
     for step in range(start_step, total):
-      with speed.waiting():
+      with speed.waiting():  # host time to get the next batch onto the devices
         rows = next(iterator)  # each field [local_batch, seq]
-      micro = {k: v.reshape(accum, -1, *v.shape[1:]) for k, v in rows.items()}
-      state, metrics = engine.train_step(state, sharding.global_batch(micro, batch_spec))
+        micro = {k: v.reshape(accum, -1, *v.shape[1:]) for k, v in rows.items()}
+        batch = sharding.global_batch(micro, batch_spec)
+      state, metrics = engine.train_step(state, batch)
       done = step + 1
       speed.steps += 1
       progress.update(1)

@@ -80,11 +80,23 @@ def test_rerunning_train_resumes_instead_of_starting_over(cli_run):
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "9"))
 
 
+def test_cpu_devices_splits_the_host_and_trains_the_same_model(cli_run, tmp_path):
+  config, _, one_device = cli_run
+  result = jaxlm("train", f"--config={config}", f"--workdir={tmp_path / 'w'}",
+                 "--config.mesh.cpu_devices=2", "--config.mesh.data=1", "--config.mesh.fsdp=-1")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "mesh {'data': 1, 'fsdp': 2, 'tensor': 1}" in result.stderr
+  # Parameters and optimizer state sharded over two devices: the same run, to float rounding.
+  assert last_json(result.stdout)["loss"] == pytest.approx(last_json(one_device.stdout)["loss"],
+                                                           abs=1e-5)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--config.data.path=/nonexistent/corpus"], "does not exist"),
     (["--config.mesh.data=3"], "mesh.data * mesh.fsdp * mesh.tensor = 1"),
     (["--config.data.seq_len=64"], "longer than model.max_len"),
     (["--num_processes=2", "--process_id=0"], "needs --coordinator_address as well"),
+    (["--config.mesh.cpu_devices=-1"], "mesh.cpu_devices=-1"),
 ])
 def test_bad_input_gives_one_line_error_and_exit_2(cli_run, tmp_path, args, message):
   config, _, _ = cli_run
@@ -117,3 +129,13 @@ def test_finetune_cli_on_user_jsonl_then_task_evaluation(cli_run, tmp_path):
   assert {"exact_match", "bleu", "rougeL", "completion_perplexity"} <= set(metrics)
   with open(workdir / "predictions" / "copy_step4.jsonl") as f:
     assert len(f.readlines()) == 60
+
+
+def test_cpu_devices_leaves_an_already_started_backend_alone(caplog):
+  import jax
+  from jaxlm import sharding
+  sharding.split_cpu_host(0)
+  sharding.split_cpu_host(jax.device_count())  # what it already has: nothing to say
+  assert "ignored" not in caplog.text
+  sharding.split_cpu_host(2)
+  assert jax.device_count() == 8 and "mesh.cpu_devices=2 ignored" in caplog.text

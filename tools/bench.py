@@ -15,7 +15,7 @@ devices. Without data, batches are synthetic. Each time is the median over `repe
 peak measured here first (`jaxlm/metrics.py`). Sampling is greedy from one prompt token, with the
 KV cache (`jaxlm.decode.generate`) and without it: one jitted loop that runs the whole fixed
 `[1, max_len]` context buffer through the model for every new token (compiled once, no Python per
-token). Prints a table and, last, one JSON line.
+token), both on one device. Prints a table and, last, one JSON line.
 """
 
 import json
@@ -150,6 +150,9 @@ def bench(config) -> dict:
                               engine.batch_sharding())
   eval_time = median_seconds(lambda: jax.block_until_ready(engine.eval_step(params, eval_batch)),
                              _REPEATS.value, _STEPS.value)
+  # Sampling runs on one device, as `python -m jaxlm.sample` does on a CPU host: one token per step
+  # is far too little work to split over devices.
+  params = jax.device_put(params, jax.devices()[0])
   new_tokens = _NEW_TOKENS.value or model_cfg.max_len - 1
   sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=0.0)
   no_cache = no_cache_generator(model_cfg, new_tokens)
