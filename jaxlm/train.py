@@ -155,9 +155,14 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         progress.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.2e}")
 
       if not stopping and ((config.eval.every and done % config.eval.every == 0) or done == total):
+        eval_start = time.perf_counter()
         val_metrics = evaluate_split(engine, state.params, dataset.val, config.eval.batch_size,
                                      config.eval.max_batches, dataset.val_bytes_per_token)
-        writer.write(done, val_metrics, prefix="val")
+        now = time.perf_counter()
+        # Timings for time-to-quality accounting (tools/ablate.py): seconds since start, and of this
+        # evaluation.
+        writer.write(done, {**val_metrics, "wall_seconds": now - started,
+                            "eval_seconds": now - eval_start}, prefix="val")
         log(f"step {done}: val loss {val_metrics['loss']:.4f} perplexity "
             f"{val_metrics['perplexity']:.3f} bits/byte {val_metrics['bits_per_byte']:.4f}")
         if config.eval.sample_tokens:

@@ -45,3 +45,19 @@ def test_cpu_peak_is_shared_by_the_host_cpu_devices(monkeypatch):
   peak, source = metrics.peak_flops(jax.devices("cpu")[0])
   assert jax.local_device_count("cpu") == 8  # conftest
   assert peak == pytest.approx(1e9) and "shared by its CPU devices" in source
+
+
+def test_ablate_counts_wall_time_to_target_without_the_earlier_evaluations(tmp_path):
+  sys.path.insert(0, f"{REPO}/tools")
+  import ablate
+  records = [{"split": "train", "step": 50, "step_time": 0.05},
+             {"split": "train", "step": 100, "step_time": 0.07},
+             {"split": "train", "step": 150, "step_time": 0.06},
+             {"split": "val", "step": 50, "loss": 2.5, "wall_seconds": 10.0, "eval_seconds": 2.0},
+             {"split": "val", "step": 100, "loss": 1.9, "wall_seconds": 15.0, "eval_seconds": 2.0},
+             {"split": "val", "step": 150, "loss": 1.8, "wall_seconds": 20.0, "eval_seconds": 2.0}]
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  summary = ablate.summarize(str(tmp_path), target=1.886)
+  assert summary["steps_to_target"] == 150 and summary["wall_to_target"] == pytest.approx(16.0)
+  assert summary["step_time_ms"] == pytest.approx(60.0) and summary["final_val_loss"] == 1.8
+  assert ablate.summarize(str(tmp_path), target=1.5)["steps_to_target"] is None
