@@ -392,9 +392,9 @@ class _CountingWindows:
   def __len__(self):
     return len(self.packed)
 
-  def __getitem__(self, k):
-    self.read.add(k)
-    return self.packed[k]
+  def rows(self, ks):
+    self.read.update(int(k) for k in ks)
+    return self.packed.rows(ks)
 
 
 @pytest.mark.parametrize("process_count", [2, 4])
@@ -495,3 +495,17 @@ def test_files_to_batches_end_to_end(tmp_path):
     tokenize_corpus(corpus.val, tok), tok.eos_id, seq_len=16, split_name="validation"
   )
   assert sum(1 for _ in eval_batches(val, 4, 0, 1)) == -(-len(val) // 4)
+
+
+def test_batch_gather_restarts_positions_per_document_in_every_row():
+  from jaxlm.data.packing import segment_positions
+  segments = np.array([[1, 1, 2, 2, 2], [1, 2, 2, 3, 3]])
+  np.testing.assert_array_equal(segment_positions(segments), [[0, 1, 0, 1, 2], [0, 0, 1, 0, 1]])
+  packed = pack_documents([[5, 6, 7], [8, 9], [3, 4, 5, 6]], eos_id=1, seq_len=4)
+  batch = packed.rows(np.array([1, 0]))
+  for row, k in enumerate([1, 0]):  # stream: 1 5 6 7 | 1 8 9 | 1 3 4 5 6
+    start = 4 * k
+    np.testing.assert_array_equal(batch["inputs"][row], packed.stream[start:start + 4])
+    np.testing.assert_array_equal(batch["targets"][row], packed.stream[start + 1:start + 5])
+  np.testing.assert_array_equal(batch["segment_ids"], [[1, 1, 1, 2], [1, 1, 1, 1]])
+  np.testing.assert_array_equal(batch["positions"], [[0, 1, 2, 0], [0, 1, 2, 3]])

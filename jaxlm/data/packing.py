@@ -19,11 +19,12 @@ from jaxlm.data.errors import DataError
 
 
 def segment_positions(segment_ids: np.ndarray) -> np.ndarray:
-  """Index of each token within its run of equal segment ids."""
-  index = np.arange(len(segment_ids), dtype=np.int32)  # [seq_len]
-  is_start = np.ones(len(segment_ids), dtype=bool)  # [seq_len]
-  is_start[1:] = segment_ids[1:] != segment_ids[:-1]
-  segment_start = np.maximum.accumulate(np.where(is_start, index, 0))  # [seq_len]
+  """Index of each token within its run of equal segment ids, along the last axis."""
+  length = segment_ids.shape[-1]
+  index = np.broadcast_to(np.arange(length, dtype=np.int32), segment_ids.shape)  # [..., seq_len]
+  is_start = np.ones(segment_ids.shape, dtype=bool)  # [..., seq_len]
+  is_start[..., 1:] = segment_ids[..., 1:] != segment_ids[..., :-1]
+  segment_start = np.maximum.accumulate(np.where(is_start, index, 0), axis=-1)  # [..., seq_len]
   return index - segment_start
 
 
@@ -44,18 +45,22 @@ class PackedTokens:
     k = int(k)
     if not 0 <= k < len(self):
       raise IndexError(f"window {k} out of range for {len(self)} windows")
-    start = k * self.seq_len
-    window = self.stream[start : start + self.seq_len + 1]  # [seq_len + 1]
-    docs = self.doc_ids[start : start + self.seq_len]  # [seq_len], of the inputs
+    return {name: field[0] for name, field in self.rows(np.array([k])).items()}
+
+  def rows(self, ks: np.ndarray) -> dict[str, np.ndarray]:
+    """Examples `ks  # [n]` at once (a batch in one gather), each field [n, seq_len]."""
+    starts = np.asarray(ks, dtype=np.int64)[:, None] * self.seq_len  # [n, 1]
+    window = self.stream[starts + np.arange(self.seq_len + 1)]  # [n, seq_len + 1]
+    docs = self.doc_ids[starts + np.arange(self.seq_len)]  # [n, seq_len], of the inputs
     # Document ids increase by one at each document start (every document
     # has at least its EOS), so an offset renumbers them 1, 2, 3, ...
-    segment_ids = (docs - docs[0] + 1).astype(np.int32)  # [seq_len]
+    segment_ids = (docs - docs[:, :1] + 1).astype(np.int32)  # [n, seq_len]
     return {
-      "inputs": window[:-1].copy(),
-      "targets": window[1:].copy(),
+      "inputs": window[:, :-1],
+      "targets": window[:, 1:],
       "segment_ids": segment_ids,
       "positions": segment_positions(segment_ids),
-      "weights": np.ones(self.seq_len, dtype=np.float32),
+      "weights": np.ones(segment_ids.shape, dtype=np.float32),
     }
 
 

@@ -98,12 +98,16 @@ class PackedRecords:
     return len(self.tokens)
 
   def __getitem__(self, k: int) -> dict[str, np.ndarray]:
+    return {name: field[0] for name, field in self.rows(np.array([k])).items()}
+
+  def rows(self, ks: np.ndarray) -> dict[str, np.ndarray]:
+    """Rows `ks  # [n]` at once, each field [n, seq_len]."""
     return {
-      "inputs": self.tokens[k, :-1],
-      "targets": self.tokens[k, 1:],
-      "segment_ids": self.segment_ids[k, :-1],
-      "positions": self.positions[k, :-1],
-      "weights": self.weights[k],
+      "inputs": self.tokens[ks, :-1],
+      "targets": self.tokens[ks, 1:],
+      "segment_ids": self.segment_ids[ks, :-1],
+      "positions": self.positions[ks, :-1],
+      "weights": self.weights[ks],
     }
 
   @property
