@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.config import ConfigError
+from jaxlm.dense import project
 
 Array = jax.Array
 AXES_NORM = ("norm",)
@@ -100,9 +101,7 @@ class Linear(nn.Module):
   def __call__(self, x: Array) -> Array:
     in_shape = x.shape[-self.in_dims:]
     kernel = self.param("kernel", _init(self.stddev, self.axes), (*in_shape, *self.features))
-    contract = tuple(range(x.ndim - self.in_dims, x.ndim))
-    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
-                            ((contract, tuple(range(self.in_dims))), ((), ())))
+    y = project(x.astype(self.dtype), kernel.astype(self.dtype), self.in_dims)
     if self.use_bias:
       bias = self.param("bias", _zeros(self.axes[self.in_dims:]), self.features)
       y = y + bias.astype(self.dtype)
