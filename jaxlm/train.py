@@ -25,6 +25,7 @@ from jaxlm.decode import SamplingConfig, generate
 from jaxlm.engine import build_engine
 from jaxlm.scoring import evaluate_split
 from jaxlm.metrics import MetricsWriter, flops_per_token, peak_flops
+from jaxlm.prefetch import Prefetch
 from jaxlm.optim import OptimConfig
 from jaxlm.preemption import Preemption
 from jaxlm.trained import model_config
@@ -128,18 +129,22 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   writer = MetricsWriter(workdir, enabled=is_main)
   config_json, tokenizer_json = cli.config_to_json(config), tokenizer.to_json()
   batch_spec = engine.batch_sharding(leading_dims=1)
+
+  def to_devices(rows):  # each field [local_batch, seq] -> [accum, global_batch / accum, seq]
+    micro = {k: v.reshape(accum, -1, *v.shape[1:]) for k, v in rows.items()}
+    return sharding.global_batch(micro, batch_spec)
+
+  prefetched = Prefetch(iterator, to_devices)
   total, log_every = config.train.steps, config.train.log_every
   progress = tqdm.tqdm(total=total, initial=start_step, disable=not is_main, desc="train",
                        dynamic_ncols=True)
   speed = Throughput(config.train.batch_size * data_cfg.seq_len, token_flops,
                      peak * jax.device_count())
   val_metrics, done, stopping = {}, start_step, False
-  with Preemption() as preemption:
+  with Preemption() as preemption, contextlib.closing(prefetched):
     for step in range(start_step, total):
-      with speed.waiting():  # host time to get the next batch onto the devices
-        rows = next(iterator)  # each field [local_batch, seq]
-        micro = {k: v.reshape(accum, -1, *v.shape[1:]) for k, v in rows.items()}
-        batch = sharding.global_batch(micro, batch_spec)
+      with speed.waiting():  # time the loop waits for the next batch on the devices
+        batch = next(prefetched)
       state, metrics = engine.train_step(state, batch)
       done = step + 1
       speed.steps += 1
@@ -174,7 +179,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       if done % config.checkpoint.every == 0 or done == total or stopping:
         check_guard(jax.device_get({"first_nonfinite": state.guard.first_nonfinite}),
                     config.train.on_nonfinite)
-        checkpoint.save(mngr, done, state, config_json, tokenizer_json, iterator.get_state())
+        checkpoint.save(mngr, done, state, config_json, tokenizer_json, prefetched.state())
       if stopping:
         break
   progress.close()

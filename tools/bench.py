@@ -8,9 +8,9 @@
 
 Set-up (`mesh.cpu_devices` included) is the config's, as `python -m jaxlm.train` would do it.
 With data (a `data.path`, or a built-in source), the input pipeline is timed (tokenize + pack of
-both splits, tokens/s) and the train steps take their batches from the training iterator, as
-`train` does; host wait is the share of the timed loop spent getting the next batch onto the
-devices. Without data, batches are synthetic. Each time is the median over `repeats` timed runs of
+both splits, tokens/s) and the train steps take their batches from the training iterator, prepared
+ahead on a thread as `train` does; host wait is the share of the timed loop spent waiting for the
+next batch on the devices. Without data, batches are synthetic. Each time is the median over `repeats` timed runs of
 `steps` calls after a compile-and-warm-up call. MFU uses training's FLOP count and a float32 matmul
 peak measured here first (`jaxlm/metrics.py`). Sampling is greedy from one prompt token, with the
 KV cache (`jaxlm.decode.generate`) and without it: one jitted loop that runs the whole fixed
@@ -37,6 +37,7 @@ from jaxlm.engine import build_engine
 from jaxlm.metrics import flops_per_token, peak_flops
 from jaxlm.model import GPT, ModelConfig
 from jaxlm.optim import OptimConfig
+from jaxlm.prefetch import Prefetch
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/shakespeare_char.py", "Config file.")
 _VOCAB = flags.DEFINE_integer("vocab_size", 65, "Vocabulary size of the model without data.")
@@ -133,17 +134,20 @@ def bench(config) -> dict:
                         config.train.seed, seq_len, config.train.z_loss, batch_axes)
   state = engine.init()
   batch_spec = engine.batch_sharding(leading_dims=1)
-  if dataset:
-    iterator = iter(train_batches(dataset.train, batch, config.train.seed, 0, 1))
-
-    def next_batch():  # what train.py does per step
-      rows = next(iterator)  # each field [batch, seq]
+  if dataset:  # batches as train.py gets them: prepared ahead on a thread
+    def to_devices(rows):  # each field [batch, seq]
       micro = {k: v.reshape(accum, -1, *v.shape[1:]) for k, v in rows.items()}
       return sharding.global_batch(micro, batch_spec)
+
+    prefetched = Prefetch(iter(train_batches(dataset.train, batch, config.train.seed, 0, 1)),
+                          to_devices)
+    next_batch = lambda: next(prefetched)  # noqa: E731
   else:
     fixed = jax.device_put(synthetic_batch(batch // accum, seq_len, vocab, (accum,)), batch_spec)
     next_batch = lambda: fixed  # noqa: E731
   state, step_time, host_wait = time_train(engine, state, next_batch, _REPEATS.value, _STEPS.value)
+  if dataset:
+    prefetched.close()
 
   params = state.params
   eval_batch = jax.device_put(synthetic_batch(config.eval.batch_size, seq_len, vocab),
