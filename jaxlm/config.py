@@ -146,7 +146,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict()
   # CPU hosts only: split the host into this many XLA devices before JAX starts (0 = JAX's choice:
   # one device, or --xla_force_host_platform_device_count). XLA:CPU spreads one small step poorly
-  # over cores; one device per core, each with its share of the batch, is up to 1.4x faster for
+  # over cores; one device per core, each with its share of the batch, is 1.35-1.5x faster for
   # small models (docs/benchmarks.md). It does not change GPU/TPU device counts.
   c.mesh.cpu_devices = 0
   # Devices on each mesh axis; -1 takes the devices left over (at most one axis may say -1).
@@ -196,7 +196,7 @@ def shakespeare_char_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 64
   c.eval.max_batches = 0
   # One XLA device per core of a 2-core CPU, parameters and optimizer state sharded over both:
-  # the same training (equal losses), about 1.5x faster than one device (docs/benchmarks.md).
+  # the same training (equal losses), 1.35-1.5x faster than one device (docs/benchmarks.md).
   c.mesh.cpu_devices = 2
   c.mesh.data, c.mesh.fsdp = 1, -1
   return c

@@ -9,7 +9,8 @@ batch handed out*, which is what a checkpoint must store for an exact resume.
 
 import queue
 import threading
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 
 class Prefetch:

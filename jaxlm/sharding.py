@@ -5,13 +5,15 @@ sharded, gathered per layer by XLA) and `tensor` (heads/MLP split inside each la
 their axes logically (see `model.py`); `rules` maps those names to mesh axes.
 """
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from absl import logging
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from absl import logging
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -133,6 +135,13 @@ def global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding) ->
   """Assembles each process's rows into one global array per field, placed by `sharding`."""
   return {name: jax.make_array_from_process_local_data(sharding, rows)
           for name, rows in local_batch.items()}
+
+
+def global_micro_batches(local_rows: dict[str, np.ndarray], accum: int,
+                         sharding: NamedSharding) -> dict[str, jax.Array]:
+  """A training batch: each field [local_batch, seq] becomes a global [accum, batch / accum, seq]."""
+  micro = {name: rows.reshape(accum, -1, *rows.shape[1:]) for name, rows in local_rows.items()}
+  return global_batch(micro, sharding)
 
 
 def sharding_table(params: Any) -> str:

@@ -7,6 +7,7 @@ optimizer state, step and the data iterator's position all come back.
 """
 
 import contextlib
+import functools
 import sys
 import time
 
@@ -23,13 +24,12 @@ from jaxlm.data import train_batches
 from jaxlm.data.records import PackedRecords
 from jaxlm.decode import SamplingConfig, generate
 from jaxlm.engine import build_engine
-from jaxlm.scoring import evaluate_split
 from jaxlm.metrics import MetricsWriter, flops_per_token, peak_flops
-from jaxlm.prefetch import Prefetch
 from jaxlm.optim import OptimConfig
 from jaxlm.preemption import Preemption
+from jaxlm.prefetch import Prefetch
+from jaxlm.scoring import evaluate_split
 from jaxlm.trained import model_config
-
 
 
 def define_flags() -> None:
@@ -129,12 +129,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   writer = MetricsWriter(workdir, enabled=is_main)
   config_json, tokenizer_json = cli.config_to_json(config), tokenizer.to_json()
   batch_spec = engine.batch_sharding(leading_dims=1)
-
-  def to_devices(rows):  # each field [local_batch, seq] -> [accum, global_batch / accum, seq]
-    micro = {k: v.reshape(accum, -1, *v.shape[1:]) for k, v in rows.items()}
-    return sharding.global_batch(micro, batch_spec)
-
-  prefetched = Prefetch(iterator, to_devices)
+  prefetched = Prefetch(iterator, functools.partial(sharding.global_micro_batches, accum=accum,
+                                                    sharding=batch_spec))
   total, log_every = config.train.steps, config.train.log_every
   progress = tqdm.tqdm(total=total, initial=start_step, disable=not is_main, desc="train",
                        dynamic_ncols=True)

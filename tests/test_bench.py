@@ -6,10 +6,10 @@ import sys
 
 import jax
 import pytest
-
 from conftest import REPO, subprocess_env
-from jaxlm import metrics
 from test_train import write_corpus
+
+from jaxlm import metrics
 
 TINY = ["--config=configs/shakespeare_char.py", "--config.data.seq_len=32",
         "--config.model.max_len=32", "--config.model.d_model=32", "--config.model.num_layers=2",

@@ -18,6 +18,7 @@ KV cache (`jaxlm.decode.generate`) and without it: one jitted loop that runs the
 token), both on one device. Prints a table and, last, one JSON line.
 """
 
+import functools
 import json
 import platform
 import statistics
@@ -135,16 +136,13 @@ def bench(config) -> dict:
   state = engine.init()
   batch_spec = engine.batch_sharding(leading_dims=1)
   if dataset:  # batches as train.py gets them: prepared ahead on a thread
-    def to_devices(rows):  # each field [batch, seq]
-      micro = {k: v.reshape(accum, -1, *v.shape[1:]) for k, v in rows.items()}
-      return sharding.global_batch(micro, batch_spec)
-
     prefetched = Prefetch(iter(train_batches(dataset.train, batch, config.train.seed, 0, 1)),
-                          to_devices)
-    next_batch = lambda: next(prefetched)  # noqa: E731
+                          functools.partial(sharding.global_micro_batches, accum=accum,
+                                            sharding=batch_spec))
+    next_batch = lambda: next(prefetched)
   else:
     fixed = jax.device_put(synthetic_batch(batch // accum, seq_len, vocab, (accum,)), batch_spec)
-    next_batch = lambda: fixed  # noqa: E731
+    next_batch = lambda: fixed
   state, step_time, host_wait = time_train(engine, state, next_batch, _REPEATS.value, _STEPS.value)
   if dataset:
     prefetched.close()
