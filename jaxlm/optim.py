@@ -54,13 +54,28 @@ def make_schedule(c: OptimConfig) -> optax.Schedule:
                    "constant, rsqrt")
 
 
+# Parameters decayed by weight decay, by their own name: the kernels of projections and an untied
+# output head (a projection too). Biases of any rank (qkv's is [3, heads, head_dim]), norm scales
+# and the embedding tables are left alone, as in GPT-2 practice, unless train.decay_all.
+DECAYED_NAMES = frozenset({"kernel", "head"})
+
+
 def decay_mask(params) -> object:
-  """True for matrices that get weight decay; norms, biases and embeddings are left alone."""
-  def is_decayed(path, leaf):
-    name = "/".join(str(getattr(k, "key", k)) for k in path)
-    layer_axes = 1 if name.startswith("blocks/") else 0  # model.scan_layers stacks the layers
-    return leaf.ndim - layer_axes >= 2 and "embedding" not in name
-  return jax.tree_util.tree_map_with_path(is_decayed, params)
+  """True for the leaves that get weight decay (see DECAYED_NAMES), in any layout of the model."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: str(getattr(path[-1], "key", path[-1])) in DECAYED_NAMES, params)
+
+
+def applied_lr(opt_state, schedule: optax.Schedule) -> jax.Array:
+  """The learning rate this update is given: the schedule at optax's own step count.
+
+  That count lives in the optimizer state and rolls back with an update the guard refuses, so it
+  can trail the training step; reading it here keeps the logged rate equal to the applied one.
+  """
+  counts = [s.count for s in jax.tree.leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
+            if isinstance(s, optax.ScaleByScheduleState)]
+  return jnp.asarray(schedule(counts[0]), jnp.float32)
 
 
 def make_optimizer(c: OptimConfig) -> tuple[optax.GradientTransformation, optax.Schedule]:

@@ -9,6 +9,7 @@ import optax
 
 from jaxlm.guard import Guard, select
 from jaxlm.model import GPT
+from jaxlm.optim import applied_lr
 
 Batch = dict[str, jax.Array]  # inputs, targets, positions, segment_ids: [..., batch, seq]; weights
 
@@ -92,7 +93,7 @@ def train_step(state: TrainState, batch: Batch, *, model: GPT, tx: optax.Gradien
   metrics = {
       "loss": loss,
       "grad_norm": grad_norm,
-      "lr": jnp.asarray(schedule(state.step), jnp.float32),
+      "lr": applied_lr(state.opt_state, schedule),
       "tokens": weight_sums.sum(),
       "skipped": guard.skipped,
       "first_nonfinite": guard.first_nonfinite,
