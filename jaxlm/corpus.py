@@ -15,8 +15,8 @@ from jax.experimental import multihost_utils
 
 from jaxlm.data import (Corpus, DataError, PackedTokens, Tokenizer, load_corpus, load_tokenizer,
                         pack_documents, save_tokenizer, tokenize_corpus, train_tokenizer)
-from jaxlm.data.records import (PackedRecords, Record, is_record_file, pack_records, read_records,
-                                split_records)
+from jaxlm.data.records import (PackedRecords, Record, fit_record, is_record_file, pack_records,
+                                read_records, split_records)
 from jaxlm.tasks import load_task
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -106,11 +106,13 @@ def workdir_tokenizer(c: DataConfig, corpus: Corpus, workdir: str,
 
 
 def pack_split(docs: list[str], tokenizer: Tokenizer, seq_len: int) -> tuple[PackedTokens, float]:
-  """Packed windows of a split and its UTF-8 bytes per token (for bits per byte)."""
+  """Packed windows of a split and its UTF-8 bytes per scored token (for bits per byte)."""
   token_docs = tokenize_corpus(docs, tokenizer)
   packed = pack_documents(token_docs, tokenizer.eos_id, seq_len)
   num_bytes = sum(len(doc.encode("utf-8")) for doc in docs)
-  return packed, num_bytes / len(packed.stream)
+  # Evaluation scores every stream token but the first (the partial last window too): every
+  # document's tokens and the EOS before each document but the first, which has no bytes.
+  return packed, num_bytes / packed.num_targets
 
 
 def pack_record_split(records: list[Record], tokenizer: Tokenizer, seq_len: int, truncate: str,
@@ -119,7 +121,10 @@ def pack_record_split(records: list[Record], tokenizer: Tokenizer, seq_len: int,
   prompts = tokenizer.encode_batch([r.prompt for r in records])
   completions = tokenizer.encode_batch([r.completion for r in records])
   packed = pack_records(list(zip(prompts, completions)), tokenizer.eos_id, seq_len, truncate, name)
-  num_bytes = sum(len(r.completion.encode("utf-8")) for r in records)
+  # Only the records that fit a row are scored; a dropped one's bytes are not in the text scored.
+  num_bytes = sum(len(r.completion.encode("utf-8"))
+                  for r, prompt, completion in zip(records, prompts, completions)
+                  if fit_record(prompt, completion, tokenizer.eos_id, seq_len, truncate))
   return packed, num_bytes / max(float(packed.weights.sum()), 1.0)
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from jaxlm.data import (
   DataError,
+  PackedTokens,
   clean_documents,
   eval_batches,
   load_corpus,
@@ -269,8 +270,9 @@ def test_packing_hand_built_example():
   packed = pack_documents([[5, 6, 7], [8], [9, 10]], eos_id=0, seq_len=3)
   np.testing.assert_array_equal(packed.stream, [0, 5, 6, 7, 0, 8, 0, 9, 10])
   np.testing.assert_array_equal(packed.doc_ids, [0, 0, 0, 0, 1, 1, 2, 2, 2])
-  assert len(packed) == 2  # (9 - 1) // 3; the tail [10] alone is dropped
-  first, second = packed[0], packed[1]
+  # 8 targets: two full windows of 3, then a partial one of 2 that only evaluation reads.
+  assert (len(packed), packed.num_full_windows, packed.num_targets) == (3, 2, 8)
+  first, second, last = packed[0], packed[1], packed[2]
   expected_first = {
     "inputs": [0, 5, 6],
     "targets": [5, 6, 7],
@@ -290,8 +292,13 @@ def test_packing_hand_built_example():
       assert example[name].dtype == np.int32
     np.testing.assert_array_equal(example["weights"], [1.0, 1.0, 1.0])
     assert example["weights"].dtype == np.float32
+  # The partial window is not padded: [0, 9] -> [9, 10], all of document 2.
+  expected_last = {"inputs": [0, 9], "targets": [9, 10], "segment_ids": [1, 1],
+                   "positions": [0, 1], "weights": [1.0, 1.0]}
+  for name, values in expected_last.items():
+    np.testing.assert_array_equal(last[name], values, err_msg=name)
   with pytest.raises(IndexError):
-    packed[2]
+    packed[3]
 
 
 def _random_docs(num_docs=40, seed=0):
@@ -305,14 +312,17 @@ def test_packing_invariants(seq_len):
   packed = pack_documents(docs, eos_id=0, seq_len=seq_len)
   expected_stream = [t for doc in docs for t in [0] + doc]
   np.testing.assert_array_equal(packed.stream, expected_stream)
-  assert len(packed) == (len(expected_stream) - 1) // seq_len
+  assert packed.num_full_windows == (len(expected_stream) - 1) // seq_len
+  assert len(packed) == -(-(len(expected_stream) - 1) // seq_len)
   examples = [packed[k] for k in range(len(packed))]
-  inputs = np.concatenate([e["inputs"] for e in examples])  # [num_windows * seq_len]
+  inputs = np.concatenate([e["inputs"] for e in examples])  # [num_tokens - 1]
   targets = np.concatenate([e["targets"] for e in examples])
-  np.testing.assert_array_equal(inputs, packed.stream[: len(inputs)])
-  np.testing.assert_array_equal(targets, packed.stream[1 : len(inputs) + 1])
-  for e in examples:
-    assert all(e[name].shape == (seq_len,) for name in FIELDS)
+  # Every token but the first is a target exactly once, the partial last window included.
+  np.testing.assert_array_equal(inputs, expected_stream[:-1])
+  np.testing.assert_array_equal(targets, expected_stream[1:])
+  for k, e in enumerate(examples):
+    length = seq_len if k < packed.num_full_windows else len(expected_stream) - 1 - k * seq_len
+    assert all(e[name].shape == (length,) for name in FIELDS)
     np.testing.assert_array_equal(e["targets"][:-1], e["inputs"][1:])
     seg, pos = e["segment_ids"], e["positions"]
     assert seg[0] == 1 and pos[0] == 0
@@ -322,7 +332,7 @@ def test_packing_invariants(seq_len):
     )  # exactly at EOS
     assert set(np.diff(seg)) <= {0, 1}
     starts = np.r_[0, changes]
-    for i in range(1, seq_len):
+    for i in range(1, length):
       assert pos[i] == (0 if i in starts else pos[i - 1] + 1)
     assert (pos < seq_len).all() and (e["weights"] == 1).all()
 
@@ -374,13 +384,29 @@ def test_train_batches_shapes_and_seed_determinism():
 @pytest.mark.parametrize("num_windows", [24, 26])
 def test_each_epoch_is_a_new_permutation(num_windows):
   packed = _unique_packed(num_windows)
-  n = len(packed)
+  n = packed.num_full_windows  # the partial last window (of the 24 case) is never trained on
+  assert len(packed) == n + (num_windows == 24)
   it = iter(train_batches(packed, 4, seed=0, process_index=0, process_count=1))
   ids = _window_ids(packed, _take(it, (3 * n) // 4 + 1))  # batches run across epoch ends
   epochs = [ids[0:n], ids[n : 2 * n], ids[2 * n : 3 * n]]
   for epoch in epochs:
     assert sorted(epoch) == list(range(n))
   assert epochs[0] != epochs[1] and epochs[0] != list(range(n))
+
+
+def test_training_batches_ignore_the_partial_last_window():
+  packed = _unique_packed(24)
+  assert packed.num_targets % 4  # has a partial window
+  # The same stream cut right after the last full window: no partial window at all.
+  cut = packed.num_full_windows * 4 + 1
+  whole = PackedTokens(stream=packed.stream[:cut], doc_ids=packed.doc_ids[:cut], seq_len=4)
+  assert len(whole) == whole.num_full_windows == packed.num_full_windows
+  for process in range(2):
+    ours = _take(iter(train_batches(packed, 4, 5, process, 2)), 2 * len(whole))  # 4 epochs
+    theirs = _take(iter(train_batches(whole, 4, 5, process, 2)), 2 * len(whole))
+    for a, b in zip(ours, theirs):
+      for name in FIELDS:
+        np.testing.assert_array_equal(a[name], b[name])
 
 
 class _CountingWindows:
@@ -469,6 +495,30 @@ def test_eval_batches_cover_each_window_once_with_padding(process_count):
     assert seen[-len(share) :] == share  # in order
   assert sorted(seen) == list(range(n))
   assert len(num_batches) == 1  # processes stay in lockstep
+
+
+@pytest.mark.parametrize("process_count", [1, 2, 3])
+def test_eval_batches_score_every_target_once_padding_the_partial_window(process_count):
+  packed = pack_documents(_random_docs(), eos_id=0, seq_len=7)
+  assert packed.num_targets % 7  # a partial last window
+  targets = {}  # window -> its weighted targets
+  for process in range(process_count):
+    rows = [
+      {name: batch[name][r] for name in FIELDS}
+      for batch in eval_batches(packed, 2, process, process_count)
+      for r in range(2)
+    ]
+    real = [row for row in rows if row["weights"].any()]
+    assert all((row["weights"] == 0).all() for row in rows[len(real) :])  # padding rows last
+    for k, row in zip(range(process, len(packed), process_count), real, strict=True):
+      scored = row["weights"] > 0
+      assert scored.sum() == min(7, packed.num_targets - 7 * k) and scored[: scored.sum()].all()
+      targets[k] = row["targets"][scored]
+      if not scored.all():  # the padded partial window: padding is a segment of its own
+        assert row["segment_ids"][~scored].min() > row["segment_ids"][scored].max()
+        np.testing.assert_array_equal(row["inputs"][scored], packed.stream[7 * k : -1])
+  everything = np.concatenate([targets[k] for k in range(len(packed))])
+  np.testing.assert_array_equal(everything, packed.stream[1:])  # each target once, in order
 
 
 def test_eval_batches_max_batches():

@@ -29,6 +29,12 @@ def _check_processes(process_index: int, process_count: int) -> None:
     raise DataError(f"process_index={process_index} must be in [0, process_count={process_count})")
 
 
+def _num_train_windows(packed) -> int:
+  """Windows that training draws from: a PackedTokens' full ones (its partial last window is for
+  evaluation only), or every row of PackedRecords (rows are padded whole records)."""
+  return getattr(packed, "num_full_windows", len(packed))
+
+
 def train_batches(
   packed: PackedTokens, global_batch: int, seed: int, process_index: int, process_count: int
 ) -> grain.IterDataset:
@@ -48,9 +54,10 @@ def train_batches(
     )
   if not 0 <= seed < 2**32:
     raise DataError(f"seed={seed} must be in [0, 2**32) for shuffling")
-  if len(packed) < global_batch:
+  num_windows = _num_train_windows(packed)
+  if num_windows < global_batch:
     raise DataError(
-      f"the training split has {len(packed)} windows, fewer than one batch of {global_batch}; "
+      f"the training split has {num_windows} windows, fewer than one batch of {global_batch}; "
       "use a smaller batch size or data.seq_len, or more data"
     )
   local_batch = global_batch // process_count
@@ -58,7 +65,8 @@ def train_batches(
   # in order; map-style batching reads only the windows of the local batches this process takes.
   # Grain shuffles and batches window *indices*; each batch is then one vectorised gather, several
   # times cheaper than stacking per-window examples (host time competes with a CPU step).
-  local_batches = grain.MapDataset.range(len(packed)).shuffle(seed=seed).repeat(None).batch(local_batch)
+  windows = grain.MapDataset.range(num_windows)
+  local_batches = windows.shuffle(seed=seed).repeat(None).batch(local_batch)
   mine = local_batches[process_index::process_count].map(packed.rows)
   return mine.to_iter_dataset(_READ_OPTIONS)
 
@@ -74,6 +82,18 @@ def _padding_example(seq_len: int) -> dict[str, np.ndarray]:
   }
 
 
+def _padded(example: dict[str, np.ndarray], seq_len: int) -> dict[str, np.ndarray]:
+  """`example` (the partial last window: fewer than seq_len targets) padded to seq_len with weight
+  0. The padding is a segment of its own after the last real one; real tokens never see it anyway,
+  since attention is causal."""
+  length = len(example["targets"])
+  if length == seq_len:
+    return example
+  padding = _padding_example(seq_len - length)
+  padding["segment_ids"] += example["segment_ids"][-1]
+  return {name: np.concatenate([example[name], padding[name]]) for name in padding}
+
+
 def eval_batches(
   packed: PackedTokens,
   batch_size: int,
@@ -82,9 +102,11 @@ def eval_batches(
   max_batches: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Batches (each field [batch_size, seq_len]) of this process's share of
-  windows in order, each window exactly once. Rows past the end are padding
-  with weight 0. Every process yields the same number of batches (that of
-  the largest share), so multi-host evaluation steps stay in lockstep."""
+  windows in order, each window exactly once, so that every target is scored
+  once: a PackedTokens' partial last window is padded with weight 0. Rows past
+  the end are padding with weight 0. Every process yields the same number of
+  batches (that of the largest share), so multi-host evaluation steps stay in
+  lockstep."""
   _check_processes(process_index, process_count)
   if batch_size < 1:
     raise DataError(f"eval batch size {batch_size} must be at least 1")
@@ -94,6 +116,7 @@ def eval_batches(
     num_batches = min(num_batches, max_batches)
   padding = _padding_example(packed.seq_len)
   for b in range(num_batches):
-    rows = [packed[k] for k in share[b * batch_size : (b + 1) * batch_size]]
+    ks = share[b * batch_size : (b + 1) * batch_size]
+    rows = [_padded(packed[k], packed.seq_len) for k in ks]
     rows += [padding] * (batch_size - len(rows))
     yield {name: np.stack([row[name] for row in rows]) for name in padding}
