@@ -1,27 +1,81 @@
-"""Token-level scoring of packed data with a compiled engine: NLL, perplexity, bits per byte."""
+"""Token-level scoring of packed data with a compiled engine: NLL, perplexity, bits per byte.
+
+The per-batch sums of `eval_step` are added up on the devices and read to the host once, at the
+end, so evaluation never waits on a batch. Counts (tokens, correct predictions) are integers, kept
+as two int32 words so they stay exact past int32 (JAX has no int64 unless x64 is switched on
+globally). The NLL total is a float32 compensated sum (see `_two_sum`).
+"""
 
 import math
 
 import jax
-import numpy as np
+import jax.numpy as jnp
 
 from jaxlm import sharding
 from jaxlm.data import PackedTokens, eval_batches
 from jaxlm.data.records import PackedRecords
 from jaxlm.engine import Engine
 
+Totals = dict[str, jax.Array]
+COUNTS = ("weight_sum", "correct_sum")
+# A count is high * 2**LOW_BITS + low with 0 <= low < 2**LOW_BITS, in int32: exact up to 2**61.
+# Adding a batch's count (below 2**LOW_BITS: a billion tokens) to low cannot overflow int32.
+LOW_BITS = 30
+
+
+def _two_sum(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(s, err) with s = fl(a + b) and a + b == s + err exactly (Knuth's TwoSum, any magnitudes)."""
+  s = a + b
+  b_part = s - a
+  err = (a - (s - b_part)) + (b - b_part)
+  return s, err
+
+
+def _add_count(count: jax.Array, batch_count: jax.Array) -> jax.Array:
+  """`count  # [2] int32 (high, low)` plus a batch's int32 count, carried into the high word."""
+  low = count[1] + batch_count.astype(jnp.int32)
+  return jnp.stack([count[0] + (low >> LOW_BITS), low & (2**LOW_BITS - 1)])
+
+
+@jax.jit
+def accumulate(totals: Totals | None, sums: dict[str, jax.Array]) -> Totals:
+  """Totals plus one batch's `eval_step` sums, on device; `totals` None starts from zero.
+
+  The NLL total is a float32 pair (sum, correction): TwoSum makes each addition's rounding error
+  exact and it goes into the correction, so the total stays accurate over any number of batches
+  (float32 adds would drift by up to batches * 2**-24 relative). float64 is not used because JAX
+  leaves it off by default and TPUs lack it.
+  """
+  if totals is None:  # a separate trace: jit specialises on the pytree structure
+    totals = {"nll_sum": jnp.zeros(2, jnp.float32),
+              **{name: jnp.zeros(2, jnp.int32) for name in COUNTS}}
+  nll, err = _two_sum(totals["nll_sum"][0], sums["nll_sum"].astype(jnp.float32))
+  return {"nll_sum": jnp.stack([nll, totals["nll_sum"][1] + err]),
+          **{name: _add_count(totals[name], sums[name]) for name in COUNTS}}
+
+
+def read_totals(totals: Totals) -> dict[str, float | int]:
+  """The totals on the host, in one read: the NLL sum as a float, the counts as exact ints."""
+  host = jax.device_get(totals)
+  nll, correction = (float(x) for x in host["nll_sum"])
+  return {"nll_sum": nll + correction,
+          **{name: int(host[name][0]) * 2**LOW_BITS + int(host[name][1]) for name in COUNTS}}
+
 
 def evaluate_split(engine: Engine, params, packed: PackedTokens | PackedRecords, batch_size: int,
                    max_batches: int, bytes_per_token: float) -> dict[str, float]:
-  """Metrics over `packed` (all of it when max_batches is 0), summed on device, read once."""
+  """Metrics over `packed` (every target of it when max_batches is 0), summed on device, read once.
+
+  `bytes_per_token`: UTF-8 bytes of the split's text per scored token (see corpus.pack_split).
+  """
   batch_spec = engine.batch_sharding()
   local_batch = batch_size // jax.process_count()
   totals = None
   for rows in eval_batches(packed, local_batch, jax.process_index(), jax.process_count(),
                            max_batches or None):
     sums = engine.eval_step(params, sharding.global_batch(rows, batch_spec))
-    totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
-  totals = jax.tree.map(float, jax.device_get(totals))
+    totals = accumulate(totals, sums)
+  totals = read_totals(totals)
   tokens = totals["weight_sum"]
   loss = totals["nll_sum"] / tokens
   return {
@@ -29,5 +83,5 @@ def evaluate_split(engine: Engine, params, packed: PackedTokens | PackedRecords,
       "perplexity": math.exp(loss),
       "bits_per_byte": loss / math.log(2) / bytes_per_token,
       "token_accuracy": totals["correct_sum"] / tokens,
-      "tokens": int(tokens),
+      "tokens": tokens,
   }

@@ -103,11 +103,13 @@ def train_step(state: TrainState, batch: Batch, *, model: GPT, tx: optax.Gradien
 
 
 def eval_step(params: Any, batch: Batch, *, model: GPT) -> dict[str, jax.Array]:
-  """Sums over a `[batch, seq]` batch: NLL, weight (token count) and correct argmax predictions."""
+  """Sums over a `[batch, seq]` batch: NLL (float32), and int32 counts of the scored tokens
+  (weight_sum) and of their correct argmax predictions; evaluation weights are 0/1 masks."""
   logits = model.apply({"params": params}, batch["inputs"], batch["positions"],
                        batch["segment_ids"])
   nll, _ = token_losses(logits, batch["targets"])
-  weights = batch["weights"].astype(jnp.float32)
-  correct = (jnp.argmax(logits, axis=-1) == batch["targets"]).astype(jnp.float32)
-  return {"nll_sum": (nll * weights).sum(), "weight_sum": weights.sum(),
-          "correct_sum": (correct * weights).sum()}
+  scored = batch["weights"] > 0  # [batch, seq]
+  correct = (jnp.argmax(logits, axis=-1) == batch["targets"]) & scored  # [batch, seq]
+  # Integer counts stay exact however many batches scoring.accumulate adds up.
+  return {"nll_sum": jnp.where(scored, nll, 0.0).sum(), "weight_sum": scored.sum(dtype=jnp.int32),
+          "correct_sum": correct.sum(dtype=jnp.int32)}
