@@ -1,21 +1,23 @@
 """The built-in finetuning task, derived from the built-in corpus (no download).
 
 `pyfunc_names`: given a Python function from the standard library with its name masked as `___`
-everywhere, produce the name. Functions from the pretraining corpus's training files make the task's
-train split; those from its validation files, which pretraining never saw, are split by a hash of
-their text into the task's validation and test splits. Dunder methods are left out (too easy).
+everywhere, produce the name. The task's validation and test functions come only from the stdlib
+files reserved for tasks' held-out splits (`stdlib_source.is_task_held_out`), which the built-in
+corpus never returns, so no pretraining run saw them whatever its data.val_fraction or data.dedup;
+a function whose shown lines all occur in other stdlib files (a copy) is left out too. They are
+split into validation and test by a hash of the record. The train split is the functions of all
+the other files. Dunder methods are left out (too easy).
 """
 
 import ast
 import functools
 import re
-import sysconfig
 import textwrap
 
 from jaxlm.data.errors import DataError
 from jaxlm.data.records import Record
-from jaxlm.data.splits import split_by_hash, stable_hash
-from jaxlm.data.stdlib_source import read_if_utf8, stdlib_files
+from jaxlm.data.splits import stable_hash
+from jaxlm.data.stdlib_source import read_stdlib
 
 TASKS = ("pyfunc_names",)
 # Completions are single identifiers, so BLEU is scored over characters (see task_eval.py).
@@ -27,13 +29,14 @@ MAX_LINES, MAX_CHARS = 8, 320
 EVAL_EXAMPLES = 256  # validation and test are capped so evaluation stays quick
 
 
-def _function_records(source: str) -> list[Record]:
+def _functions(source: str) -> list[tuple[Record, list[str]]]:
+  """Each function's record and the lines of its source that the prompt shows whole."""
   try:
     tree = ast.parse(source)
   except (SyntaxError, ValueError):
     return []
   lines = source.split("\n")
-  records = []
+  functions = []
   for node in ast.walk(tree):
     if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
       continue
@@ -43,33 +46,55 @@ def _function_records(source: str) -> list[Record]:
     # The def line and the lines after it (decorators are left out), dedented.
     first = node.lineno - 1
     snippet = textwrap.dedent("\n".join(lines[first:min(node.end_lineno, first + MAX_LINES)]))
-    body = re.sub(rf"\b{re.escape(name)}\b", MASK, snippet)[:MAX_CHARS]
-    records.append(Record(prompt=body + PROMPT_SUFFIX, completion=name))
-  return records
+    masked = re.sub(rf"\b{re.escape(name)}\b", MASK, snippet)
+    functions.append((Record(prompt=masked[:MAX_CHARS] + PROMPT_SUFFIX, completion=name),
+                      _shown_lines(snippet, masked)))
+  return functions
 
 
-@functools.lru_cache(maxsize=2)
-def _records_of(held_out: bool, val_fraction: float) -> tuple[Record, ...]:
-  """Records of the corpus's training files, or of its held-out (validation) files."""
-  root = sysconfig.get_paths()["stdlib"]
-  paths = stdlib_files(root)
-  train_idx, val_idx = split_by_hash(paths, val_fraction)
-  records = []
-  for i in val_idx if held_out else train_idx:
-    text = read_if_utf8(f"{root}/{paths[i]}")
-    if text is not None:
-      records.extend(_function_records(text))
-  return tuple(records)
+def _shown_lines(snippet: str, masked: str) -> list[str]:
+  """The lines of `snippet` whose masked line lies wholly within the prompt's MAX_CHARS."""
+  shown, end = [], 0
+  for line, masked_line in zip(snippet.split("\n"), masked.split("\n")):
+    end += len(masked_line)
+    if end > MAX_CHARS:
+      break
+    shown.append(line)
+    end += 1  # the newline
+  return shown
 
 
-def pyfunc_names(split: str, val_fraction: float = 0.1) -> list[Record]:
-  """One split of the task; `val_fraction` must match the pretraining corpus's (default 0.1)."""
+@functools.lru_cache(maxsize=1)
+def _train_records() -> tuple[Record, ...]:
+  """Functions of every stdlib file not reserved for held-out splits."""
+  _, texts = read_stdlib(task_held_out=False)
+  return tuple(record for text in texts for record, _ in _functions(text))
+
+
+@functools.lru_cache(maxsize=1)
+def _held_out_records() -> tuple[Record, ...]:
+  """Functions of the reserved files, less those whose shown lines all occur in other files.
+
+  Some code is copied between stdlib files (the codecs' encode/decode methods, distutils' two MSVC
+  compilers); pretraining reads the copy, so the reserved file's function is not unseen. Checking
+  each line on its own leaves out a little more than exact copies, never less.
+  """
+  _, other_texts = read_stdlib(task_held_out=False)
+  seen_lines = {line.strip() for text in other_texts for line in text.split("\n")}
+  _, texts = read_stdlib(task_held_out=True)
+  return tuple(record for text in texts for record, shown in _functions(text)
+               if not all(line.strip() in seen_lines for line in shown))
+
+
+def pyfunc_names(split: str) -> list[Record]:
+  """One split of the task: the same whatever data.val_fraction pretraining used."""
   if split not in SPLITS:
     raise DataError(f"unknown split {split!r}; one of {SPLITS}")
   if split == "train":
-    return list(_records_of(False, val_fraction))
-  # Validation and test: halves of the held-out functions, by a hash of the record.
-  held_out = [r for r in _records_of(True, val_fraction)
+    return list(_train_records())
+  # Validation and test: halves of the held-out functions, by a hash of the record (so a function
+  # that two reserved files share lands on one side).
+  held_out = [r for r in _held_out_records()
               if (int(stable_hash(r.prompt + r.completion), 16) % 2 == 0) == (split == "val")]
   return held_out[:EVAL_EXAMPLES]
 

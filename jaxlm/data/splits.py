@@ -34,6 +34,12 @@ def stable_hash(key: str) -> str:
   return hashlib.sha1(key.encode("utf-8")).hexdigest()
 
 
+def hash_fraction(key: str) -> float:
+  """Where `key` falls in hash space, uniformly in [0, 1): a share of all possible keys below a
+  fixed threshold picks a fixed set, whatever other keys exist."""
+  return int(stable_hash(key), 16) / 16**40  # sha1: 40 hex digits
+
+
 def split_by_hash(keys: Sequence[str], val_fraction: float) -> tuple[list[int], list[int]]:
   """Splits items named by `keys` (e.g. relative file paths): the items with
   the smallest hashes go to validation. Returns (train, val) index lists, each

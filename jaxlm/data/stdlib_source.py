@@ -5,7 +5,15 @@ from __future__ import annotations
 import os
 import sysconfig
 
-from jaxlm.data.splits import split_by_hash
+from jaxlm.data.splits import hash_fraction, split_by_hash
+
+# Files reserved for the held-out (validation and test) splits of built-in tasks (tasks.py): a
+# salted hash of the relative path below a fixed share of hash space. It depends on neither
+# data.val_fraction nor which other files exist, and the salt makes it independent of the
+# corpus's own train/val split. Pretraining never reads these files, so a task's held-out examples
+# are unseen whatever data.val_fraction or data.dedup a pretraining run used.
+TASK_HELD_OUT_SALT = "jaxlm/task-held-out/v1:"
+TASK_HELD_OUT_SHARE = 0.05
 
 # Third-party packages are not the standard library; test suites are mostly
 # repetitive boilerplate and would dominate the corpus.
@@ -40,15 +48,30 @@ def read_if_utf8(path: str) -> str | None:
     return None
 
 
-def load_stdlib(val_fraction: float) -> tuple[list[str], list[str]]:
-  """Returns raw (train, val) documents, one per stdlib file, split by a
-  stable hash of the relative path."""
+def is_task_held_out(rel_path: str) -> bool:
+  """True for the stdlib files (relative paths, as `stdlib_files` gives them) that only built-in
+  tasks' held-out splits may use."""
+  return hash_fraction(TASK_HELD_OUT_SALT + rel_path) < TASK_HELD_OUT_SHARE
+
+
+def read_stdlib(task_held_out: bool) -> tuple[list[str], list[str]]:
+  """(relative paths, texts) of the UTF-8 stdlib files reserved for tasks' held-out splits
+  (`task_held_out`), or of all the others: those that pretraining and tasks' train splits use."""
   root = sysconfig.get_paths()["stdlib"]
   rel_paths, texts = [], []
   for rel in stdlib_files(root):
+    if is_task_held_out(rel) != task_held_out:
+      continue
     text = read_if_utf8(os.path.join(root, rel))
     if text is not None:
       rel_paths.append(rel)
       texts.append(text)
+  return rel_paths, texts
+
+
+def load_stdlib(val_fraction: float) -> tuple[list[str], list[str]]:
+  """Returns raw (train, val) documents, one per stdlib file, split by a
+  stable hash of the relative path; the files reserved for tasks are in neither."""
+  rel_paths, texts = read_stdlib(task_held_out=False)
   train_idx, val_idx = split_by_hash(rel_paths, val_fraction)
   return [texts[i] for i in train_idx], [texts[i] for i in val_idx]
