@@ -5,11 +5,25 @@ typo on the command line (`--config.train.lrr=1`) is an error rather than a sile
 The config is read here and in the entry points only; everything below them receives plain values.
 """
 
+import dataclasses
+
 import ml_collections
 
 
 class ConfigError(ValueError):
   """An option value that cannot work; the message names the option and what to use instead."""
+
+
+# Model options that change how a model runs, not what its parameters mean: a trained run may be
+# evaluated, sampled, exported or finetuned with other values. Every other model.* option, and the
+# tokenizer's data options, are fixed by the checkpoint.
+RUNTIME_MODEL_OPTIONS = ("model.dropout", "model.dtype", "model.remat", "model.attention_impl")
+TOKENIZER_OPTIONS = ("data.tokenizer", "data.vocab_size", "data.sp_model_type")
+
+
+def fixed_by_checkpoint(key: str) -> bool:
+  """Whether the option `key` ("section.name") is fixed by a trained run's parameters."""
+  return (key.startswith("model.") and key not in RUNTIME_MODEL_OPTIONS) or key in TOKENIZER_OPTIONS
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -226,6 +240,27 @@ def gpt2_config(d_model: int, num_layers: int, num_heads: int,
   c.eval.max_batches = 50
   c.checkpoint.every = 1000
   return c
+
+
+def section_dataclass(section: str):
+  """Class decorator: a frozen dataclass whose fields take their defaults from `base_config()`'s
+  `section`, so a default is written once (above), and `cls.from_config(config.<section>)`.
+
+  Fields that the section lacks (a model's vocab_size, set by its tokenizer) have no default.
+  """
+  def decorate(cls):
+    values = base_config()[section]
+    for name in cls.__annotations__:
+      if name in values:
+        setattr(cls, name, values[name])
+    cls = dataclasses.dataclass(frozen=True)(cls)
+
+    def from_config(klass, node: ml_collections.ConfigDict, **rest):
+      return klass(**{f.name: node[f.name] for f in dataclasses.fields(klass) if f.name in node},
+                   **rest)
+    cls.from_config = classmethod(from_config)
+    return cls
+  return decorate
 
 
 def from_saved(saved: dict) -> ml_collections.ConfigDict:

@@ -25,18 +25,16 @@ import safetensors.numpy
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxlm import checkpoint, cli, hf_gpt2, sharding, trained
-from jaxlm.config import ConfigError, base_config
+from jaxlm import checkpoint, cli, hf_gpt2, trained
+from jaxlm.config import ConfigError, base_config, fixed_by_checkpoint
 from jaxlm.corpus import TOKENIZER_FILE
 from jaxlm.data import pack_documents, save_tokenizer, train_batches
 from jaxlm.data.gpt2_tokenizer import Gpt2BpeTokenizer
-from jaxlm.engine import build_engine
-from jaxlm.optim import OptimConfig
+from jaxlm.engine import engine_for_config
+from jaxlm.model import ModelConfig
 
 COMMANDS = ("from-hf", "to-hf")
 WEIGHTS, WEIGHTS_INDEX = "model.safetensors", "model.safetensors.index.json"
-# Model options that do not change what the weights mean, so they may be set on import.
-FREE_MODEL_OPTIONS = ("model.dropout", "model.dtype", "model.remat", "model.attention_impl")
 
 
 def define_flags() -> None:
@@ -82,7 +80,7 @@ def imported_config(config: ml_collections.ConfigDict, overridden: set[str], mod
                     tokenizer: Gpt2BpeTokenizer) -> ml_collections.ConfigDict:
   """`config` with the architecture and tokenizer of the imported model."""
   fixed = sorted(key for key in overridden
-                 if key.startswith("model.") and key not in FREE_MODEL_OPTIONS)
+                 if key.startswith("model.") and fixed_by_checkpoint(key))
   if fixed:
     raise ConfigError(f"the architecture comes from the model's config.json, so drop these "
                       f"overrides: {', '.join(fixed)}")
@@ -109,10 +107,7 @@ def write_run(workdir: str, config: ml_collections.ConfigDict, tokenizer, params
   cli.ensure_writable(workdir)
   if checkpoint.latest_step(workdir) is not None:
     raise ConfigError(f"{workdir} already holds a run; import into a new --workdir")
-  model_cfg = trained.model_config(config, tokenizer.vocab_size)
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-  engine = build_engine(model_cfg, OptimConfig.from_config(config.train), mesh, config.mesh.rules,
-                        config.train.seed, config.data.seq_len)
+  engine = engine_for_config(config, tokenizer.vocab_size)
   state = engine.from_params(params)  # step 0 and a fresh optimizer state, placed on the mesh
   save_tokenizer(tokenizer, os.path.join(workdir, TOKENIZER_FILE))
   mngr = checkpoint.manager(workdir, keep=config.checkpoint.keep)
@@ -130,7 +125,8 @@ def from_hf(model_dir: str, workdir: str, config: ml_collections.ConfigDict,
   tokenizer = Gpt2BpeTokenizer.from_hf_dir(model_dir, hf_settings.get("vocab_size"))
   config = imported_config(config, set(overridden), model_fields, tokenizer)
   params = hf_gpt2.params_from_hf(read_hf_weights(model_dir),
-                                  trained.model_config(config, tokenizer.vocab_size))
+                                  ModelConfig.from_config(config.model,
+                                                          vocab_size=tokenizer.vocab_size))
   num_params = write_run(workdir, config, tokenizer, params)
   print(f"imported {model_dir} ({num_params:,} parameters, {config.model.num_layers} layers, "
         f"vocabulary {tokenizer.vocab_size}) into {checkpoint.checkpoint_dir(workdir)} as step 0")

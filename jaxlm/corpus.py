@@ -13,6 +13,7 @@ import os
 import jax
 from jax.experimental import multihost_utils
 
+from jaxlm.config import section_dataclass
 from jaxlm.data import (Corpus, DataError, PackedTokens, Tokenizer, load_corpus, load_tokenizer,
                         pack_documents, save_tokenizer, tokenize_corpus, train_tokenizer)
 from jaxlm.data.records import (PackedRecords, Record, fit_record, is_record_file, pack_records,
@@ -22,21 +23,21 @@ from jaxlm.tasks import load_task
 TOKENIZER_FILE = "tokenizer.json"
 
 
-@dataclasses.dataclass(frozen=True)
+@section_dataclass("data")
 class DataConfig:
-  """See `jaxlm/config.py` (data.*) for the meaning of each field."""
-  source: str = "stdlib"
-  path: str = ""
-  text_field: str = "text"
-  val_fraction: float = 0.1
-  dedup: bool = False
-  tokenizer: str = "sentencepiece"
-  sp_model_type: str = "bpe"
-  vocab_size: int = 4096
-  seq_len: int = 256
-  format: str = "auto"
-  truncate: str = "left"
-  val_path: str = ""
+  """The data options: see `jaxlm/config.py` (data.*) for each field's meaning and default."""
+  source: str
+  path: str
+  text_field: str
+  val_fraction: float
+  dedup: bool
+  tokenizer: str
+  sp_model_type: str
+  vocab_size: int
+  seq_len: int
+  format: str
+  truncate: str
+  val_path: str
 
   @property
   def resolved_format(self) -> str:
@@ -48,10 +49,6 @@ class DataConfig:
     if self.source == "task" or (self.source == "files" and is_record_file(self.path)):
       return "prompt_completion"
     return "text"
-
-  @classmethod
-  def from_config(cls, data) -> "DataConfig":
-    return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The compiled pieces of a run: model, optimizer, sharded state and the jitted steps on a mesh.
 
-`train`, `evaluate` and `sample` all build an `Engine` from values (not the config), so the same
-model and shardings serve every entry point and every test.
+`build_engine` takes values (not the config), so the same model and shardings serve every entry
+point and every test; `engine_for_config` is the one place that reads a run's config into those
+values, and every entry point (train, evaluate, sample, convert, plan, tools/bench) calls it.
 """
 
 import contextlib
@@ -11,6 +12,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
+import ml_collections
 import optax
 from jax.sharding import Mesh
 
@@ -23,8 +25,9 @@ from jaxlm.step import TrainState, eval_step, init_state, train_step
 @dataclasses.dataclass(frozen=True)
 class Engine:
   mesh: Mesh
-  rules: tuple
-  batch_axes: tuple[str, ...]  # mesh axes that split the batch
+  rules: tuple  # logical axis rules, without the activations' batch axis (set per step below)
+  train_batch_axes: tuple[str, ...]  # mesh axes that split a training micro-batch
+  eval_batch_axes: tuple[str, ...]  # mesh axes that split an evaluation batch
   model: GPT
   tx: optax.GradientTransformation
   schedule: optax.Schedule
@@ -36,28 +39,40 @@ class Engine:
   eval_step: Callable[[Any, dict], dict]
 
   @contextlib.contextmanager
-  def context(self):
-    """Mesh and logical-axis rules in scope: needed while tracing the model."""
-    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+  def context(self, batch_axes: tuple[str, ...] | None = None):
+    """Mesh and logical-axis rules in scope (needed while tracing the model), with activations'
+    batch axis split over `batch_axes` (default: training's)."""
+    rules = sharding.with_batch_axes(self.rules, batch_axes or self.train_batch_axes)
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(rules):
       yield
 
-  def batch_sharding(self, leading_dims: int = 0):
-    return sharding.batch_sharding(self.mesh, self.batch_axes, leading_dims)
+  def train_feed(self, batch_size: int, accum: int) -> sharding.BatchFeed:
+    """Training batches `[accum, batch_size / accum, seq]`, and which rows this process reads."""
+    return sharding.BatchFeed.create(self.mesh, self.train_batch_axes, batch_size, accum)
 
-  def traced(self, fn: Callable) -> Callable:
+  def eval_feed(self, batch_size: int) -> sharding.BatchFeed:
+    """Evaluation batches `[batch_size, seq]`, and which rows this process reads."""
+    return sharding.BatchFeed.create(self.mesh, self.eval_batch_axes, batch_size)
+
+  def batch_sharding(self, leading_dims: int = 0):  # TEMPORARY: until scoring.py uses eval_feed
+    axes = self.eval_batch_axes if leading_dims == 0 else self.train_batch_axes
+    return sharding.batch_sharding(self.mesh, axes, leading_dims)
+
+  def traced(self, fn: Callable, batch_axes: tuple[str, ...]) -> Callable:
     @functools.wraps(fn)
     def call(*args):
-      with self.context():
+      with self.context(batch_axes):
         return fn(*args)
     return call
 
 
 def build_engine(model_cfg: ModelConfig, optim_cfg: OptimConfig, mesh: Mesh, rules,
                  seed: int, seq_len: int, z_loss: float = 0.0,
-                 batch_axes: tuple[str, ...] = sharding.BATCH_AXES,
+                 train_batch_axes: tuple[str, ...] = sharding.BATCH_AXES,
+                 eval_batch_axes: tuple[str, ...] | None = None,
                  spike_sigma: float = 0.0) -> Engine:
   rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
-  rules = sharding.with_batch_axes(rules, batch_axes)
+  eval_batch_axes = eval_batch_axes or train_batch_axes
   model = GPT(model_cfg)
   tx, schedule = make_optimizer(optim_cfg)
   make_state = functools.partial(init_state, model, tx, seed, seq_len)
@@ -69,8 +84,8 @@ def build_engine(model_cfg: ModelConfig, optim_cfg: OptimConfig, mesh: Mesh, rul
       nn.unbox(boxed), state_shardings)
 
   params_shardings = state_shardings.params
-  batch3 = sharding.batch_sharding(mesh, batch_axes, leading_dims=1)  # [accum, batch, seq]
-  batch2 = sharding.batch_sharding(mesh, batch_axes)  # [batch, seq]
+  train_batch = sharding.batch_sharding(mesh, train_batch_axes, leading_dims=1)  # [accum, b, seq]
+  eval_batch = sharding.batch_sharding(mesh, eval_batch_axes)  # [batch, seq]
   scalar = sharding.replicated(mesh)
   jit_init = jax.jit(lambda: nn.unbox(make_state()), out_shardings=state_shardings)
   jit_from_params = jax.jit(lambda params: TrainState.create(params, tx),
@@ -78,13 +93,37 @@ def build_engine(model_cfg: ModelConfig, optim_cfg: OptimConfig, mesh: Mesh, rul
   jit_train = jax.jit(
       functools.partial(train_step, model=model, tx=tx, schedule=schedule, z_loss=z_loss,
                         seed=seed, use_dropout=model_cfg.dropout > 0, spike_sigma=spike_sigma),
-      in_shardings=(state_shardings, batch3), out_shardings=(state_shardings, scalar),
+      in_shardings=(state_shardings, train_batch), out_shardings=(state_shardings, scalar),
       donate_argnums=0)
   jit_eval = jax.jit(functools.partial(eval_step, model=model),
-                     in_shardings=(params_shardings, batch2), out_shardings=scalar)
-  engine = Engine(mesh, rules, batch_axes, model, tx, schedule, state_shardings, abstract_state,
-                  init=None, from_params=None, train_step=None, eval_step=None)
-  return dataclasses.replace(engine, init=engine.traced(jit_init),
-                             from_params=engine.traced(jit_from_params),
-                             train_step=engine.traced(jit_train),
-                             eval_step=engine.traced(jit_eval))
+                     in_shardings=(params_shardings, eval_batch), out_shardings=scalar)
+  engine = Engine(mesh, rules, tuple(train_batch_axes), tuple(eval_batch_axes), model, tx,
+                  schedule, state_shardings, abstract_state, init=None, from_params=None,
+                  train_step=None, eval_step=None)
+  train_axes = engine.train_batch_axes
+  return dataclasses.replace(engine, init=engine.traced(jit_init, train_axes),
+                             from_params=engine.traced(jit_from_params, train_axes),
+                             train_step=engine.traced(jit_train, train_axes),
+                             eval_step=engine.traced(jit_eval, engine.eval_batch_axes))
+
+
+def mesh_for_config(config: ml_collections.ConfigDict) -> tuple[Mesh, tuple[str, ...],
+                                                              tuple[str, ...]]:
+  """(mesh, training batch axes, evaluation batch axes); raises if the batches do not fit it."""
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+  train_axes = sharding.check_batch(config.train.batch_size, config.train.grad_accum_steps, mesh,
+                                    "train.batch_size")
+  eval_axes = sharding.check_batch(config.eval.batch_size, 1, mesh, "eval.batch_size")
+  return mesh, train_axes, eval_axes
+
+
+def engine_for_config(config: ml_collections.ConfigDict, vocab_size: int) -> Engine:
+  """The engine of a run's config, on all devices: what every entry point builds.
+
+  Training and evaluation batches are checked against the mesh separately, so each gets its own
+  batch split (an awkward eval.batch_size never changes how training is sharded).
+  """
+  mesh, train_axes, eval_axes = mesh_for_config(config)
+  return build_engine(ModelConfig.from_config(config.model, vocab_size=vocab_size), OptimConfig.from_config(config.train), mesh, config.mesh.rules,
+                      config.train.seed, config.data.seq_len, config.train.z_loss, train_axes,
+                      eval_axes, config.train.spike_sigma)

@@ -14,14 +14,12 @@ import ml_collections
 
 from jaxlm import checkpoint
 from jaxlm.checkpoint import CheckpointError
-from jaxlm.config import ConfigError, from_saved
+from jaxlm.config import RUNTIME_MODEL_OPTIONS, TOKENIZER_OPTIONS, ConfigError, from_saved
 from jaxlm.data import Tokenizer, tokenizer_from_json
 
-# Model options a finetune run may change (they do not change what the parameters mean); each
-# change is reported in the log.
-CHANGEABLE = ("model.dropout", "model.max_len", "model.dtype", "model.remat", "model.attention_impl")
-# Data options that belong to the tokenizer, which the pretrained run fixes.
-TOKENIZER_KEYS = ("tokenizer", "vocab_size", "sp_model_type")
+# Model options a finetune run may change, each reported in the log: the runtime options, and a
+# longer context (a learned position table grows, see restore_params).
+CHANGEABLE = (*RUNTIME_MODEL_OPTIONS, "model.max_len")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +66,7 @@ def inherit(config: ml_collections.ConfigDict, pretrained: dict,
   """
   config = ml_collections.ConfigDict(config.to_dict())
   inherited = {f"model.{k}": v for k, v in pretrained["model"].items()}
-  inherited.update({f"data.{k}": pretrained["data"][k] for k in TOKENIZER_KEYS})
+  inherited.update({key: pretrained["data"][key.split(".")[1]] for key in TOKENIZER_OPTIONS})
   refused, notes = [], []
   for key, value in inherited.items():
     section, name = key.split(".")

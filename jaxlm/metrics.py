@@ -2,10 +2,14 @@
 
 MFU = achieved model FLOP/s / peak FLOP/s, where the model FLOPs per token follow PaLM (appendix B):
   6 * N  +  12 * num_layers * seq_len * d_model
-N counts every parameter that takes part in a matmul (position embeddings excluded, since they are
-only added); the second term is the attention scores and weighted sum (forward + backward). Peak: on
-CPU a float32 matmul benchmark measured at start-up (one host's, split over its CPU devices); on
-GPU/TPU the datasheet bf16 dense peak.
+N counts every parameter that takes part in a matmul: not the position table, which is only added,
+nor an untied input embedding, which is only looked up (a tied one is also the output projection,
+so it counts). The second term is the attention scores and weighted sum (forward + backward). Peak:
+on CPU a float32 matmul benchmark measured at start-up (one host's, split over its CPU devices); on
+GPU/TPU the datasheet dense peak for the run's compute dtype: bf16 for bfloat16 runs, and for
+float32 runs what JAX's default matmul precision uses (TF32 tensor cores on Ampere and later NVIDIA
+GPUs, plain FP32 on older ones, one bf16 pass on TPU). The train loop leaves the first step of
+each run (compilation) out of its first window.
 """
 
 import functools
@@ -20,11 +24,15 @@ import numpy as np
 
 from jaxlm.model import ModelConfig
 
-# Dense bf16 peak FLOP/s per chip, from the vendors' datasheets (no sparsity).
+# Dense peak FLOP/s per chip from the vendors' datasheets (no sparsity): (bfloat16, float32 at
+# JAX's default precision). float32: TF32 on A100/A10/L4/H100/H200; plain FP32 on V100 and T4 (no
+# TF32); on TPU float32 matmuls run as one bf16 pass by default, so both numbers are the same.
 DATASHEET_PEAK = {
-    "H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12,
-    "V100": 125e12, "T4": 65e12, "TPU v6": 918e12, "TPU v5p": 459e12, "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12, "TPU v4": 275e12, "TPU v3": 123e12, "TPU v2": 45e12,
+    "H200": (989e12, 495e12), "H100": (989e12, 495e12), "A100": (312e12, 156e12),
+    "L4": (121e12, 60e12), "A10": (125e12, 62.5e12), "V100": (125e12, 15.7e12),
+    "T4": (65e12, 8.1e12), "TPU v6": (918e12, 918e12), "TPU v5p": (459e12, 459e12),
+    "TPU v5 lite": (197e12, 197e12), "TPU v5e": (197e12, 197e12), "TPU v4": (275e12, 275e12),
+    "TPU v3": (123e12, 123e12), "TPU v2": (45e12, 45e12),
 }
 
 
@@ -34,8 +42,10 @@ def param_count(params: Any) -> int:
 
 def flops_per_token(cfg: ModelConfig, seq_len: int, params: Any) -> float:
   """Training FLOPs (forward + backward) per token, PaLM's formula; see the module docstring."""
-  matmul_params = param_count(params) - (cfg.max_len * cfg.d_model
-                                         if cfg.positions == "learned" else 0)
+  lookups = cfg.max_len * cfg.d_model if cfg.positions == "learned" else 0
+  if not cfg.tie_embeddings:
+    lookups += cfg.vocab_size * cfg.d_model
+  matmul_params = param_count(params) - lookups
   return 6.0 * matmul_params + 12.0 * cfg.num_layers * seq_len * cfg.d_model
 
 
@@ -58,13 +68,15 @@ def measure_matmul_peak(sizes: tuple[int, ...] = (1024, 2048), repeats: int = 5)
   return best_rate
 
 
-def peak_flops(device: jax.Device) -> tuple[float, str]:
-  """(peak FLOP/s per device, where the number comes from)."""
+def peak_flops(device: jax.Device, dtype: str) -> tuple[float, str]:
+  """(peak FLOP/s per device for a model computing in `dtype`, where the number comes from)."""
   if device.platform != "cpu":
     kind = device.device_kind
-    for name, peak in DATASHEET_PEAK.items():
+    for name, (bf16_peak, f32_peak) in DATASHEET_PEAK.items():
       if name.lower() in kind.lower():
-        return peak, f"datasheet bf16 peak of {kind}"
+        if dtype == "bfloat16":
+          return bf16_peak, f"datasheet bf16 dense peak of {kind}"
+        return f32_peak, f"datasheet float32 (default matmul precision) dense peak of {kind}"
     return float("nan"), f"no datasheet peak known for {kind}"
   # The CPU devices of one host (mesh.cpu_devices) share its cores: a matmul on one device alone
   # already runs on all of them, so each device's share is the host peak over their number.

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxlm.config import ConfigError
+from jaxlm.config import ConfigError, section_dataclass
 from jaxlm.dense import project
 
 Array = jax.Array
@@ -29,26 +29,27 @@ REMAT_POLICIES = {"none": None, "full": None,
                   "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
-@dataclasses.dataclass(frozen=True)
+@section_dataclass("model")
 class ModelConfig:
-  """The architecture; see `jaxlm/config.py` (model.*) for the meaning of each field."""
+  """The architecture: see `jaxlm/config.py` (model.*) for each field's meaning and default;
+  `vocab_size` is the tokenizer's."""
   vocab_size: int
   d_model: int
   num_layers: int
   num_heads: int
   mlp_dim: int
   max_len: int
-  dropout: float = 0.0
-  positions: str = "learned"
-  norm: str = "layernorm"
-  mlp: str = "gelu"
-  tie_embeddings: bool = True
-  use_bias: bool = True
-  norm_eps: float = 1e-5
-  dtype: str = "float32"
-  remat: str = "none"
-  scan_layers: bool = False
-  attention_impl: str = "auto"
+  dropout: float
+  positions: str
+  norm: str
+  mlp: str
+  tie_embeddings: bool
+  use_bias: bool
+  norm_eps: float
+  dtype: str
+  remat: str
+  scan_layers: bool
+  attention_impl: str
 
   def __post_init__(self):
     if self.d_model % self.num_heads:

@@ -1,34 +1,28 @@
 """Learning-rate schedules and the optax optimizer."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlm.config import ConfigError
+from jaxlm.config import ConfigError, section_dataclass
 
 
-@dataclasses.dataclass(frozen=True)
+@section_dataclass("train")
 class OptimConfig:
-  """See `jaxlm/config.py` (train.*) for the meaning of each field."""
-  optimizer: str = "adamw"
-  lr: float = 1e-3
-  schedule: str = "warmup_cosine"
-  warmup_steps: int = 100
-  steps: int = 1000
-  min_lr_ratio: float = 0.1
-  b1: float = 0.9
-  b2: float = 0.95
-  weight_decay: float = 0.1
-  decay_all: bool = False
-  momentum: float = 0.9
-  nesterov: bool = False
-  grad_clip: float = 1.0
-
-  @classmethod
-  def from_config(cls, train) -> "OptimConfig":
-    return cls(**{f.name: train[f.name] for f in dataclasses.fields(cls)})
+  """The optimizer's options: see `jaxlm/config.py` (train.*) for each field's meaning and default."""
+  optimizer: str
+  lr: float
+  schedule: str
+  warmup_steps: int
+  steps: int
+  min_lr_ratio: float
+  b1: float
+  b2: float
+  weight_decay: float
+  decay_all: bool
+  momentum: float
+  nesterov: bool
+  grad_clip: float
 
 
 def make_schedule(c: OptimConfig) -> optax.Schedule:

@@ -25,13 +25,11 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxlm import cli, sharding
+from jaxlm import cli
 from jaxlm.config import ConfigError
-from jaxlm.engine import build_engine
+from jaxlm.engine import engine_for_config
 from jaxlm.metrics import param_count
-from jaxlm.optim import OptimConfig
 from jaxlm.train import check_config
-from jaxlm.trained import model_config
 
 # Codegen effort does not change buffer assignment, and halves compile time on a small CPU.
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -73,14 +71,11 @@ def abstract_batch(accum: int, batch_size: int, seq_len: int, batch_spec) -> dic
 def memory_plan(config: ml_collections.ConfigDict, device_memory: int | None = None) -> dict:
   """Compiles the train step of `config` for the current devices and measures it, per device."""
   check_config(config)
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
   accum = config.train.grad_accum_steps
-  batch_axes = sharding.check_batch(config.train.batch_size, accum, mesh, "train.batch_size")
-  model_cfg = model_config(config, config.data.vocab_size)
-  engine = build_engine(model_cfg, OptimConfig.from_config(config.train), mesh, config.mesh.rules,
-                        config.train.seed, config.data.seq_len, config.train.z_loss, batch_axes)
+  engine = engine_for_config(config, config.data.vocab_size)
+  mesh, batch_axes = engine.mesh, engine.train_batch_axes
   batch = abstract_batch(accum, config.train.batch_size, config.data.seq_len,
-                         engine.batch_sharding(leading_dims=1))
+                         engine.train_feed(config.train.batch_size, accum).sharding)
   start = time.perf_counter()
   jitted = engine.train_step.__wrapped__  # the jax.jit object inside the mesh-context wrapper
   with engine.context():

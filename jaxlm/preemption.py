@@ -3,6 +3,11 @@
 The training loop finishes its current step, saves a checkpoint and exits 0; rerunning the same
 command resumes from it. A second Ctrl-C exits at once: the checkpoint being written, if any, is
 never taken as the latest, so the last complete one stays intact.
+
+In a multi-host run every process must stop at the same step. JAX's own preemption service does
+that: its runtime catches SIGTERM on any host, tells the others, and agrees on the step at which
+all save (`multihost_utils.reached_preemption_sync_point`, asked once per step). A Ctrl-C on one
+host is turned into that same notice, by sending this process a SIGTERM.
 """
 
 import os
@@ -11,7 +16,6 @@ import sys
 import threading
 
 import jax
-import numpy as np
 from jax.experimental import multihost_utils
 
 
@@ -24,7 +28,9 @@ class Preemption:
 
   def __enter__(self) -> "Preemption":
     if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
-      for signum in (signal.SIGTERM, signal.SIGINT):
+      # With several processes JAX's runtime owns SIGTERM (see the module docstring).
+      signals = (signal.SIGTERM, signal.SIGINT) if jax.process_count() == 1 else (signal.SIGINT,)
+      for signum in signals:
         self._previous[signum] = signal.signal(signum, self._handle)
     return self
 
@@ -40,9 +46,11 @@ class Preemption:
     self.requested = True
     print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step "
           "(Ctrl-C again to quit at once)", file=sys.stderr)
+    if jax.process_count() > 1:
+      os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption notice, seen by every process
 
-  def agreed(self) -> bool:
-    """Whether to stop now: in a multi-host run, when any process was asked (all stop together)."""
+  def agreed(self, step: int) -> bool:
+    """Whether to stop after `step` (called once per step, with the same steps on every process)."""
     if jax.process_count() == 1:
       return self.requested
-    return bool(multihost_utils.process_allgather(np.int32(self.requested)).any())
+    return multihost_utils.reached_preemption_sync_point(step)

@@ -5,6 +5,7 @@ sharded, gathered per layer by XLA) and `tensor` (heads/MLP split inside each la
 their axes logically (see `model.py`); `rules` maps those names to mesh axes.
 """
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -137,11 +138,74 @@ def global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding) ->
           for name, rows in local_batch.items()}
 
 
-def global_micro_batches(local_rows: dict[str, np.ndarray], accum: int,
-                         sharding: NamedSharding) -> dict[str, jax.Array]:
-  """A training batch: each field [local_batch, seq] becomes a global [accum, batch / accum, seq]."""
-  micro = {name: rows.reshape(accum, -1, *rows.shape[1:]) for name, rows in local_rows.items()}
-  return global_batch(micro, sharding)
+def process_block(sharding: NamedSharding, rows: int, axis: int) -> tuple[int, int]:
+  """(block, blocks): this process feeds block `block` of `blocks` equal, contiguous blocks of the
+  `rows` rows along `axis` of an array placed by `sharding`.
+
+  Processes whose devices hold the same rows (the batch replicated over an axis that spans hosts:
+  fsdp when it does not divide the batch, or tensor) must feed the same rows, so they share a
+  block; with the batch split over every process there are as many blocks as processes.
+  """
+  shape = tuple(rows if d == axis else 1 for d in range(len(sharding.spec) + 1))
+  spans: dict[int, set[tuple[int, int]]] = {}
+  for device, index in sharding.devices_indices_map(shape).items():
+    start, stop, _ = index[axis].indices(rows)
+    spans.setdefault(device.process_index, set()).add((start, stop))
+  blocks = {process: _contiguous(sorted(s)) for process, s in spans.items()}
+  distinct = sorted(set(blocks.values()) - {None})
+  size = rows // max(len(distinct), 1)
+  if None in blocks.values() or distinct != [(i * size, (i + 1) * size)
+                                             for i in range(len(distinct))]:
+    raise ShardingError(f"the batch of {rows} rows does not split into one contiguous block per "
+                        f"process over mesh {dict(sharding.mesh.shape)}; give each host whole "
+                        "data/fsdp slices (mesh.data a multiple of the host count) or a batch "
+                        "that mesh.data * mesh.fsdp divides")
+  return distinct.index(blocks[jax.process_index()]), len(distinct)
+
+
+def _contiguous(spans: list[tuple[int, int]]) -> tuple[int, int] | None:
+  """The one range that `spans` (sorted) cover without a gap, or None."""
+  start, stop = spans[0]
+  for lo, hi in spans[1:]:
+    if lo > stop:
+      return None
+    stop = max(stop, hi)
+  return start, stop
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchFeed:
+  """How the batches of one kind (training or evaluation) go from the hosts onto the devices.
+
+  Each process reads block `block` of `blocks` of every global batch (its rows, `rows // blocks`
+  of them) and `assemble` places them; processes in the same block read the same rows.
+  """
+  sharding: NamedSharding  # [batch, seq], or [accum, micro_batch, seq] with accum > 0
+  rows: int  # global batch, in rows
+  accum: int  # micro-batches per batch (training), 0 for a flat [batch, seq] batch
+  block: int
+  blocks: int
+
+  @classmethod
+  def create(cls, mesh: Mesh, axes: tuple[str, ...], rows: int, accum: int = 0) -> "BatchFeed":
+    sharding = batch_sharding(mesh, axes, leading_dims=1 if accum else 0)
+    block, blocks = process_block(sharding, rows // max(accum, 1), axis=1 if accum else 0)
+    return cls(sharding, rows, accum, block, blocks)
+
+  @property
+  def local_rows(self) -> int:
+    return self.rows // self.blocks
+
+  def assemble(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """This process's rows, each field [local_rows, seq], as the global batch on the devices."""
+    if self.accum:
+      local = {k: v.reshape(self.accum, -1, *v.shape[1:]) for k, v in local.items()}
+    out = {}
+    for name, rows in local.items():
+      shape = list(rows.shape)
+      shape[1 if self.accum else 0] *= self.blocks
+      out[name] = jax.make_array_from_process_local_data(self.sharding, rows, tuple(shape))
+    return out
 
 
 def sharding_table(params: Any) -> str:

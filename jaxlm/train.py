@@ -7,9 +7,10 @@ optimizer state, step and the data iterator's position all come back.
 """
 
 import contextlib
-import functools
+import dataclasses
 import sys
 import time
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -19,17 +20,17 @@ from ml_collections import config_flags
 
 from jaxlm import checkpoint, cli, finetune, report, sharding
 from jaxlm.config import ConfigError, from_saved
-from jaxlm.corpus import DataConfig, build_dataset, read_corpus, workdir_tokenizer
+from jaxlm.corpus import DataConfig, Dataset, build_dataset, read_corpus, workdir_tokenizer
 from jaxlm.data import train_batches
 from jaxlm.data.records import PackedRecords
 from jaxlm.decode import SamplingConfig, generate
-from jaxlm.engine import build_engine
-from jaxlm.metrics import MetricsWriter, flops_per_token, peak_flops
-from jaxlm.optim import OptimConfig
+from jaxlm.engine import Engine, engine_for_config, mesh_for_config
+from jaxlm.finetune import Pretrained
+from jaxlm.metrics import MetricsWriter, flops_per_token, param_count, peak_flops
 from jaxlm.preemption import Preemption
 from jaxlm.prefetch import Prefetch
 from jaxlm.scoring import evaluate_split
-from jaxlm.trained import model_config
+from jaxlm.step import TrainState
 
 
 def define_flags() -> None:
@@ -58,6 +59,24 @@ def check_resume(saved: dict, config: ml_collections.ConfigDict) -> None:
                       "); use a new --workdir or the original settings")
 
 
+@dataclasses.dataclass
+class Run:
+  """Everything one training run holds; built by `set_up`, advanced by `train_loop`."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  log: Callable[[str], None]
+  dataset: Dataset
+  engine: Engine
+  iterator: Any  # grain iterator with get_state / set_state: this process's rows of each batch
+  feed: sharding.BatchFeed  # training batches onto the devices
+  mngr: checkpoint.Manager
+  pretrained: Pretrained | None = None  # the run a finetune starts from
+  writer: MetricsWriter | None = None  # opened once the state is loaded: a failed resume writes nothing
+  state: TrainState | None = None
+  start_step: int = 0
+  started: float = 0.0  # perf_counter at launch
+
+
 def train(config: ml_collections.ConfigDict, workdir: str,
           overrides: dict | None = None) -> dict[str, float]:
   """Runs (or resumes) training; returns the final validation metrics.
@@ -70,23 +89,41 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   is_main = jax.process_index() == 0
   # Logs go to stderr beside the progress bar; stdout carries only the final JSON line.
   log = (lambda text: tqdm.tqdm.write(text, file=sys.stderr)) if is_main else (lambda *_: None)
+  run = set_up(config, workdir, overrides or {}, log)
+  run.started = started
+  start_or_resume(run)
+  run.writer = MetricsWriter(workdir, enabled=is_main)
+  with contextlib.closing(run.mngr), contextlib.closing(run.writer):
+    val_metrics, done, stopping = train_loop(run)
+    if not val_metrics and not stopping:  # resumed a run that had already finished
+      val_metrics = evaluate(run)
+    run.mngr.wait_until_finished()
+  if stopping:
+    log(f"stopped at step {done}: checkpoint saved in {checkpoint.checkpoint_dir(workdir)}; "
+        "rerun the same command to resume")
+    return {"stopped_at": done}
+  if is_main:
+    log(f"report: {report.write_report(workdir)}")
+  wall_seconds = time.perf_counter() - started
+  log(f"done: {run.config.train.steps} steps in {wall_seconds:.1f} s (start-up, compilation and "
+      f"evaluation included); checkpoints in {checkpoint.checkpoint_dir(workdir)}")
+  return {**val_metrics, "wall_seconds": wall_seconds}
+
+
+def set_up(config: ml_collections.ConfigDict, workdir: str, overrides: dict,
+           log: Callable[[str], None]) -> Run:
+  """Config (with a pretrained run's architecture when finetuning), data, tokenizer and engine."""
   pretrained = None
   if config.init_from:
-    config, pretrained, notes = finetune.prepare(config, overrides or {})
+    config, pretrained, notes = finetune.prepare(config, overrides)
     log(f"finetuning from step {pretrained.step} of {pretrained.workdir}" +
         "".join(f"\n  changed: {note}" for note in notes))
   check_config(config)
-
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-  accum = config.train.grad_accum_steps
-  batch_axes = min(sharding.check_batch(config.train.batch_size, accum, mesh, "train.batch_size"),
-                   sharding.check_batch(config.eval.batch_size, 1, mesh, "eval.batch_size"), key=len)
-
-  data_cfg = DataConfig.from_config(config.data)
-  start_step = checkpoint.latest_step(workdir)
-  if start_step is not None:
-    _, saved_config, _ = checkpoint.restore_metadata(workdir, start_step)
+  mesh_for_config(config)  # a mesh or batch that does not fit fails before the data is read
+  if checkpoint.latest_step(workdir) is not None:
+    _, saved_config, _ = checkpoint.restore_metadata(workdir, checkpoint.latest_step(workdir))
     check_resume(cli.config_to_json(from_saved(saved_config)), config)
+  data_cfg = DataConfig.from_config(config.data)
   corpus = read_corpus(data_cfg)
   tokenizer = workdir_tokenizer(data_cfg, corpus, workdir,
                                 pretrained.tokenizer if pretrained else None)
@@ -97,104 +134,111 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   if isinstance(dataset.train, PackedRecords):
     log(f"records longer than data.seq_len: train {dataset.train.truncated} truncated / "
         f"{dataset.train.dropped} dropped, val {dataset.val.truncated} / {dataset.val.dropped}")
+  engine = engine_for_config(config, tokenizer.vocab_size)
+  feed = engine.train_feed(config.train.batch_size, config.train.grad_accum_steps)
+  iterator = iter(train_batches(dataset.train, config.train.batch_size, config.train.seed,
+                                feed.block, feed.blocks))
+  return Run(config, workdir, log, dataset, engine, iterator, feed,
+             checkpoint.manager(workdir, keep=config.checkpoint.keep), pretrained)
 
-  model_cfg = model_config(config, tokenizer.vocab_size)
-  engine = build_engine(model_cfg, OptimConfig.from_config(config.train), mesh, config.mesh.rules,
-                        config.train.seed, data_cfg.seq_len, config.train.z_loss, batch_axes,
-                        config.train.spike_sigma)
-  batches = train_batches(dataset.train, config.train.batch_size, config.train.seed,
-                          jax.process_index(), jax.process_count())
-  iterator = iter(batches)
-  mngr = checkpoint.manager(workdir, keep=config.checkpoint.keep)
-  if start_step is not None:  # this run's own checkpoint wins, finetune or not
-    state, data_state = checkpoint.restore(mngr, start_step, engine.abstract_state)
-    iterator.set_state(data_state)
-    log(f"resumed from step {start_step} in {checkpoint.checkpoint_dir(workdir)}")
+
+def start_or_resume(run: Run) -> None:
+  """The state to train from: this run's latest checkpoint (finetune or not), else the pretrained
+  parameters with a fresh optimizer, else a fresh initialisation."""
+  start_step, pretrained, engine = checkpoint.latest_step(run.workdir), run.pretrained, run.engine
+  if start_step is not None:
+    run.state, data_state = checkpoint.restore(run.mngr, start_step, engine.abstract_state)
+    run.iterator.set_state(data_state)
+    run.start_step = start_step
+    run.log(f"resumed from step {start_step} in {checkpoint.checkpoint_dir(run.workdir)}")
   elif pretrained:
     params = finetune.restore_params(pretrained.workdir, pretrained.step,
                                      engine.abstract_state.params, engine.init().params,
                                      pretrained.config["model"]["max_len"])
-    start_step, state = 0, engine.from_params(params)
+    run.state = engine.from_params(params)
   else:
-    start_step, state = 0, engine.init()
+    run.state = engine.init()
+  axes = " x ".join(engine.train_batch_axes)
+  run.log(f"model: {param_count(run.state.params):,} parameters; mesh {dict(engine.mesh.shape)}, "
+          f"training batch split over {axes}, evaluation batch over "
+          f"{' x '.join(engine.eval_batch_axes)}")
+  run.log("parameter shardings:\n" + sharding.sharding_table(run.state.params))
 
-  num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  token_flops = flops_per_token(model_cfg, data_cfg.seq_len, state.params)
-  peak, peak_source = peak_flops(jax.devices()[0])
-  log(f"model: {num_params:,} parameters; mesh {dict(mesh.shape)}, batch split over "
-      f"{' x '.join(batch_axes)}; MFU peak "
-      f"{peak / 1e12:.3g} TFLOP/s per device ({peak_source})")
-  log("parameter shardings:\n" + sharding.sharding_table(state.params))
 
-  writer = MetricsWriter(workdir, enabled=is_main)
-  config_json, tokenizer_json = cli.config_to_json(config), tokenizer.to_json()
-  batch_spec = engine.batch_sharding(leading_dims=1)
-  prefetched = Prefetch(iterator, functools.partial(sharding.global_micro_batches, accum=accum,
-                                                    sharding=batch_spec))
+def train_loop(run: Run) -> tuple[dict, int, bool]:
+  """Steps from the start step to train.steps; (last validation metrics, steps done, stopped by a
+  preemption request)."""
+  config, engine = run.config, run.engine
   total, log_every = config.train.steps, config.train.log_every
-  progress = tqdm.tqdm(total=total, initial=start_step, disable=not is_main, desc="train",
-                       dynamic_ncols=True)
-  speed = Throughput(config.train.batch_size * data_cfg.seq_len, token_flops,
+  model_cfg = engine.model.cfg
+  peak, peak_source = peak_flops(jax.devices()[0], model_cfg.dtype)
+  run.log(f"MFU peak {peak / 1e12:.3g} TFLOP/s per device ({peak_source})")
+  speed = Throughput(config.train.batch_size * config.data.seq_len,
+                     flops_per_token(model_cfg, config.data.seq_len, run.state.params),
                      peak * jax.device_count())
-  val_metrics, done, stopping = {}, start_step, False
-  with Preemption() as preemption, contextlib.closing(prefetched):
-    for step in range(start_step, total):
+  prefetched = Prefetch(run.iterator, run.feed.assemble)
+  progress = tqdm.tqdm(total=total, initial=run.start_step, disable=jax.process_index() != 0,
+                       desc="train", dynamic_ncols=True)
+  val_metrics, done, stopping = {}, run.start_step, False
+  with Preemption() as preemption, contextlib.closing(prefetched), contextlib.closing(progress):
+    for step in range(run.start_step, total):
       with speed.waiting():  # time the loop waits for the next batch on the devices
         batch = next(prefetched)
-      state, metrics = engine.train_step(state, batch)
+      run.state, metrics = engine.train_step(run.state, batch)
       done = step + 1
-      speed.steps += 1
+      if step == run.start_step:  # compilation is not training throughput
+        jax.block_until_ready(metrics)
+        speed.restart()
+      else:
+        speed.steps += 1
       progress.update(1)
-      stopping = (jax.process_count() == 1 or done % log_every == 0) and preemption.agreed()
-
+      stopping = preemption.agreed(done)
       if done % log_every == 0 or done == total or stopping:
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        del metrics["tokens"]
-        check_guard(metrics, config.train.on_nonfinite)
-        metrics.update(speed.read())
-        writer.write(done, metrics)
-        progress.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.2e}")
-
+        log_train(run, done, metrics, speed, progress)
       if not stopping and ((config.eval.every and done % config.eval.every == 0) or done == total):
-        eval_start = time.perf_counter()
-        val_metrics = evaluate_split(engine, state.params, dataset.val, config.eval.batch_size,
-                                     config.eval.max_batches, dataset.val_bytes_per_token)
-        now = time.perf_counter()
-        # Timings for time-to-quality accounting (tools/ablate.py): seconds since start, and of this
-        # evaluation.
-        writer.write(done, {**val_metrics, "wall_seconds": now - started,
-                            "eval_seconds": now - eval_start}, prefix="val")
-        log(f"step {done}: val loss {val_metrics['loss']:.4f} perplexity "
-            f"{val_metrics['perplexity']:.3f} bits/byte {val_metrics['bits_per_byte']:.4f}")
-        if config.eval.sample_tokens:
-          text = sample_text(state.params, model_cfg, tokenizer, config.eval.sample_tokens, done)
-          writer.text(done, "sample", text)
-          log(f"sample at step {done}:\n{text}\n")
+        val_metrics = evaluate(run, done)
         speed.restart()  # evaluation time is not training throughput
-
       if done % config.checkpoint.every == 0 or done == total or stopping:
-        check_guard(jax.device_get({"first_nonfinite": state.guard.first_nonfinite}),
+        check_guard(jax.device_get({"first_nonfinite": run.state.guard.first_nonfinite}),
                     config.train.on_nonfinite)
-        checkpoint.save(mngr, done, state, config_json, tokenizer_json, prefetched.state())
+        checkpoint.save(run.mngr, done, run.state, cli.config_to_json(config),
+                        run.dataset.tokenizer.to_json(), prefetched.state())
       if stopping:
         break
-  progress.close()
-  if not val_metrics and not stopping:  # resumed a run that had already finished
-    val_metrics = evaluate_split(engine, state.params, dataset.val, config.eval.batch_size,
-                                 config.eval.max_batches, dataset.val_bytes_per_token)
-  mngr.wait_until_finished()
-  mngr.close()
-  writer.close()
-  if stopping:
-    log(f"stopped at step {done}: checkpoint saved in {checkpoint.checkpoint_dir(workdir)}; "
-        "rerun the same command to resume")
-    return {"stopped_at": done}
-  if is_main:
-    log(f"report: {report.write_report(workdir)}")
-  wall_seconds = time.perf_counter() - started
-  log(f"done: {total} steps in {wall_seconds:.1f} s (start-up, compilation and evaluation "
-      f"included); checkpoints in {checkpoint.checkpoint_dir(workdir)}")
-  return {**val_metrics, "wall_seconds": wall_seconds}
+  return val_metrics, done, stopping
+
+
+def log_train(run: Run, step: int, metrics: dict, speed: "Throughput", progress) -> None:
+  """One train line: the step's metrics (a device sync) and the window's speed."""
+  metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  del metrics["tokens"]
+  check_guard(metrics, run.config.train.on_nonfinite)
+  metrics.update(speed.read())
+  run.writer.write(step, metrics)
+  progress.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.2e}")
+
+
+def evaluate(run: Run, step: int | None = None) -> dict[str, float]:
+  """Validation metrics of the current parameters; during training also logged and written."""
+  eval_start = time.perf_counter()
+  config, dataset = run.config, run.dataset
+  val_metrics = evaluate_split(run.engine, run.state.params, dataset.val, config.eval.batch_size,
+                               config.eval.max_batches, dataset.val_bytes_per_token)
+  if step is None:
+    return val_metrics
+  now = time.perf_counter()
+  # Timings for time-to-quality accounting (tools/ablate.py): seconds since start, and of this
+  # evaluation.
+  run.writer.write(step, {**val_metrics, "wall_seconds": now - run.started,
+                          "eval_seconds": now - eval_start}, prefix="val")
+  run.log(f"step {step}: val loss {val_metrics['loss']:.4f} perplexity "
+          f"{val_metrics['perplexity']:.3f} bits/byte {val_metrics['bits_per_byte']:.4f}")
+  if config.eval.sample_tokens:
+    text = sample_text(run.state.params, run.engine.model.cfg, dataset.tokenizer,
+                       config.eval.sample_tokens, step)
+    run.writer.text(step, "sample", text)
+    run.log(f"sample at step {step}:\n{text}\n")
+  return val_metrics
 
 
 def check_guard(metrics: dict, on_nonfinite: str) -> None:

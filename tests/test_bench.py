@@ -42,7 +42,7 @@ def test_bench_without_data_uses_synthetic_batches():
 
 def test_cpu_peak_is_shared_by_the_host_cpu_devices(monkeypatch):
   monkeypatch.setattr(metrics, "measure_matmul_peak", lambda: 8e9)
-  peak, source = metrics.peak_flops(jax.devices("cpu")[0])
+  peak, source = metrics.peak_flops(jax.devices("cpu")[0], "float32")
   assert jax.local_device_count("cpu") == 8  # conftest
   assert peak == pytest.approx(1e9) and "shared by its CPU devices" in source
 

@@ -210,10 +210,11 @@ def damage(workdir, how: str) -> None:
   """Damages checkpoint 6 of a copied run."""
   step = os.path.join(workdir, "checkpoints", "6")
   if how == "truncated_array_file":
+    # Every data file: parameters and optimizer state alike (evaluate reads only the parameters).
     data = os.path.join(step, "state", "ocdbt.process_0", "d")
-    biggest = max((os.path.join(data, f) for f in os.listdir(data)), key=os.path.getsize)
-    with open(biggest, "r+b") as f:
-      f.truncate(os.path.getsize(biggest) // 2)
+    for path in (os.path.join(data, f) for f in os.listdir(data)):
+      with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
   elif how == "garbled_manifest":
     with open(os.path.join(step, "state", "manifest.ocdbt"), "wb") as f:
       f.write(b"\x00garbage\xff" * 3)

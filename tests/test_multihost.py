@@ -55,12 +55,12 @@ def wait_all(procs: dict, logs: dict) -> None:
     assert proc.returncode == 0, f"{name} failed:\n{logs[name].read_text()[-3000:]}"
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-  root = tmp_path_factory.mktemp("multihost")
+def launch(root, overrides: list[str]) -> tuple[dict, dict]:
+  """Trains the tiny config as two processes (2 devices each) and as one with 4 devices, at once;
+  returns (workdirs, logs) keyed "pair"/"single" and "process0"/"process1"/"single"."""
   config = root / "tiny.py"
   config.write_text(TINY.format(path=write_corpus(root / "corpus")))
-  common = [f"--config={config}", *OVERRIDES]
+  common = [f"--config={config}", *overrides]
   coordinator = f"127.0.0.1:{free_port()}"
   workdirs = {"pair": root / "pair", "single": root / "single"}
   logs = {name: root / f"{name}.log" for name in ("process0", "process1", "single")}
@@ -78,6 +78,11 @@ def runs(tmp_path_factory):
         proc.kill()
         proc.wait()
   return workdirs, {name: path.read_text() for name, path in logs.items()}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  return launch(tmp_path_factory.mktemp("multihost"), OVERRIDES)
 
 
 def train_losses(workdir) -> list[float]:
@@ -128,3 +133,21 @@ def test_multihost_settings_come_from_flags_or_environment_and_must_be_complete(
     distributed.settings("10.0.0.1", 2, 0, environ={})
   with pytest.raises(ConfigError, match="JAX_NUM_PROCESSES='two' is not an integer"):
     distributed.settings("h:1", None, 0, environ={"JAX_NUM_PROCESSES": "two"})
+
+
+def test_a_batch_replicated_across_processes_is_read_alike_by_both(tmp_path):
+  """fsdp=4 spans both processes but does not divide the batch of 6, so the batch is split over
+  `data` (size 1) only: every device holds all 6 rows, and both processes must feed the same ones
+  (each feeding its own 3 rows would silently train two different models)."""
+  steps = 4
+  workdirs, logs = launch(tmp_path, [
+      f"--config.train.steps={steps}", "--config.train.log_every=1", "--config.train.batch_size=6",
+      "--config.eval.batch_size=6", f"--config.checkpoint.every={steps}", "--config.mesh.data=1",
+      "--config.mesh.fsdp=-1"])
+  assert "training batch split over data," in logs["process0"]
+  pair, single = train_losses(workdirs["pair"]), train_losses(workdirs["single"])
+  assert len(pair) == len(single) == steps
+  np.testing.assert_allclose(pair, single, atol=1e-5)
+  final = {name: {k: v for k, v in last_json(logs[name]).items() if k != "wall_seconds"}
+           for name in ("process0", "process1", "single")}
+  assert final["process0"] == final["process1"] == pytest.approx(final["single"], rel=1e-5)

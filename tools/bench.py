@@ -18,7 +18,6 @@ KV cache (`jaxlm.decode.generate`) and without it: one jitted loop that runs the
 token), both on one device. Prints a table and, last, one JSON line.
 """
 
-import functools
 import json
 import platform
 import statistics
@@ -34,10 +33,9 @@ from jaxlm import sharding
 from jaxlm.corpus import DataConfig, build_dataset, read_corpus, texts_of
 from jaxlm.data import train_batches, train_tokenizer
 from jaxlm.decode import SamplingConfig, generate
-from jaxlm.engine import build_engine
+from jaxlm.engine import engine_for_config
 from jaxlm.metrics import flops_per_token, peak_flops
 from jaxlm.model import GPT, ModelConfig
-from jaxlm.optim import OptimConfig
 from jaxlm.prefetch import Prefetch
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/shakespeare_char.py", "Config file.")
@@ -124,32 +122,29 @@ def load_data(config):
 
 
 def bench(config) -> dict:
-  peak, peak_source = peak_flops(jax.devices()[0])  # first, before anything else runs
+  # First, before anything else runs.
+  peak, peak_source = peak_flops(jax.devices()[0], config.model.dtype)
   dataset, result = load_data(config)
   vocab = dataset.tokenizer.vocab_size if dataset else _VOCAB.value
-  model_cfg = ModelConfig(vocab_size=vocab, **config.model.to_dict())
   seq_len, batch, accum = config.data.seq_len, config.train.batch_size, config.train.grad_accum_steps
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-  batch_axes = sharding.check_batch(batch, accum, mesh, "train.batch_size")
-  engine = build_engine(model_cfg, OptimConfig.from_config(config.train), mesh, config.mesh.rules,
-                        config.train.seed, seq_len, config.train.z_loss, batch_axes)
+  engine = engine_for_config(config, vocab)
+  model_cfg = engine.model.cfg
   state = engine.init()
-  batch_spec = engine.batch_sharding(leading_dims=1)
+  feed = engine.train_feed(batch, accum)
   if dataset:  # batches as train.py gets them: prepared ahead on a thread
     prefetched = Prefetch(iter(train_batches(dataset.train, batch, config.train.seed, 0, 1)),
-                          functools.partial(sharding.global_micro_batches, accum=accum,
-                                            sharding=batch_spec))
+                          feed.assemble)
     next_batch = lambda: next(prefetched)
   else:
-    fixed = jax.device_put(synthetic_batch(batch // accum, seq_len, vocab, (accum,)), batch_spec)
+    fixed = feed.assemble(synthetic_batch(batch, seq_len, vocab))
     next_batch = lambda: fixed
   state, step_time, host_wait = time_train(engine, state, next_batch, _REPEATS.value, _STEPS.value)
   if dataset:
     prefetched.close()
 
   params = state.params
-  eval_batch = jax.device_put(synthetic_batch(config.eval.batch_size, seq_len, vocab),
-                              engine.batch_sharding())
+  eval_batch = engine.eval_feed(config.eval.batch_size).assemble(
+      synthetic_batch(config.eval.batch_size, seq_len, vocab))
   eval_time = median_seconds(lambda: jax.block_until_ready(engine.eval_step(params, eval_batch)),
                              _REPEATS.value, _STEPS.value)
   # Sampling runs on one device, as `python -m jaxlm.sample` does on a CPU host: one token per step
