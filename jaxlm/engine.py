@@ -54,10 +54,6 @@ class Engine:
     """Evaluation batches `[batch_size, seq]`, and which rows this process reads."""
     return sharding.BatchFeed.create(self.mesh, self.eval_batch_axes, batch_size)
 
-  def batch_sharding(self, leading_dims: int = 0):  # TEMPORARY: until scoring.py uses eval_feed
-    axes = self.eval_batch_axes if leading_dims == 0 else self.train_batch_axes
-    return sharding.batch_sharding(self.mesh, axes, leading_dims)
-
   def traced(self, fn: Callable, batch_axes: tuple[str, ...]) -> Callable:
     @functools.wraps(fn)
     def call(*args):

@@ -11,7 +11,6 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxlm import sharding
 from jaxlm.data import PackedTokens, eval_batches
 from jaxlm.data.records import PackedRecords
 from jaxlm.engine import Engine
@@ -68,12 +67,10 @@ def evaluate_split(engine: Engine, params, packed: PackedTokens | PackedRecords,
 
   `bytes_per_token`: UTF-8 bytes of the split's text per scored token (see corpus.pack_split).
   """
-  batch_spec = engine.batch_sharding()
-  local_batch = batch_size // jax.process_count()
+  feed = engine.eval_feed(batch_size)  # this process reads block `feed.block` of each batch
   totals = None
-  for rows in eval_batches(packed, local_batch, jax.process_index(), jax.process_count(),
-                           max_batches or None):
-    sums = engine.eval_step(params, sharding.global_batch(rows, batch_spec))
+  for rows in eval_batches(packed, feed.local_rows, feed.block, feed.blocks, max_batches or None):
+    sums = engine.eval_step(params, feed.assemble(rows))
     totals = accumulate(totals, sums)
   totals = read_totals(totals)
   tokens = totals["weight_sum"]

@@ -132,12 +132,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-  """Assembles each process's rows into one global array per field, placed by `sharding`."""
-  return {name: jax.make_array_from_process_local_data(sharding, rows)
-          for name, rows in local_batch.items()}
-
-
 def process_block(sharding: NamedSharding, rows: int, axis: int) -> tuple[int, int]:
   """(block, blocks): this process feeds block `block` of `blocks` equal, contiguous blocks of the
   `rows` rows along `axis` of an array placed by `sharding`.

@@ -52,15 +52,14 @@ def throughput(tiny: bool, steps: int) -> list[dict]:
                  max_len=1024)
   seq_len = shape["max_len"]
   mesh = sharding.make_mesh(-1, 1, 1)
-  peak, peak_source = peak_flops(jax.devices()[0])
+  peak, peak_source = peak_flops(jax.devices()[0], "bfloat16")
   results = []
   for batch, remat in TINY_SETTINGS if tiny else SETTINGS:
     cfg = ModelConfig(**shape, dtype="bfloat16", remat=remat, attention_impl="auto")
     engine = build_engine(cfg, OptimConfig(steps=1000, warmup_steps=10), mesh,
                           base_config().mesh.rules, 0, seq_len)
     state = engine.init()
-    data = jax.device_put(synthetic_batch(batch, seq_len, cfg.vocab_size, (1,)),
-                          engine.batch_sharding(leading_dims=1))
+    data = engine.train_feed(batch, 1).assemble(synthetic_batch(batch, seq_len, cfg.vocab_size))
     start = time.perf_counter()
     state, metrics = engine.train_step(state, data)
     jax.block_until_ready(metrics)
