@@ -120,6 +120,7 @@ def engine_for_config(config: ml_collections.ConfigDict, vocab_size: int) -> Eng
   batch split (an awkward eval.batch_size never changes how training is sharded).
   """
   mesh, train_axes, eval_axes = mesh_for_config(config)
-  return build_engine(ModelConfig.from_config(config.model, vocab_size=vocab_size), OptimConfig.from_config(config.train), mesh, config.mesh.rules,
+  return build_engine(ModelConfig.from_config(config.model, vocab_size=vocab_size),
+                      OptimConfig.from_config(config.train), mesh, config.mesh.rules,
                       config.train.seed, config.data.seq_len, config.train.z_loss, train_axes,
                       eval_axes, config.train.spike_sigma)

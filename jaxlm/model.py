@@ -12,7 +12,6 @@ parameters get a leading layer axis under `blocks`, see `stack_layers`/`unstack_
 logits and the loss stay float32, matmuls and activations run in bfloat16.
 """
 
-import dataclasses
 from typing import Any
 
 import flax.linen as nn

@@ -9,7 +9,7 @@ from jaxlm.config import ConfigError, section_dataclass
 
 @section_dataclass("train")
 class OptimConfig:
-  """The optimizer's options: see `jaxlm/config.py` (train.*) for each field's meaning and default."""
+  """The optimizer's options; `jaxlm/config.py` (train.*) gives each one's meaning and default."""
   optimizer: str
   lr: float
   schedule: str

@@ -41,7 +41,8 @@ class Preemption:
   def _handle(self, signum, frame) -> None:
     del frame
     if self.requested and signum == signal.SIGINT:
-      print("\ninterrupted again: exiting now; the last complete checkpoint is kept", file=sys.stderr)
+      print("\ninterrupted again: exiting now; the last complete checkpoint is kept",
+            file=sys.stderr)
       os._exit(130)
     self.requested = True
     print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step "

@@ -71,7 +71,8 @@ class Run:
   feed: sharding.BatchFeed  # training batches onto the devices
   mngr: checkpoint.Manager
   pretrained: Pretrained | None = None  # the run a finetune starts from
-  writer: MetricsWriter | None = None  # opened once the state is loaded: a failed resume writes nothing
+  # Opened once the state is loaded, so that a resume that fails writes nothing.
+  writer: MetricsWriter | None = None
   state: TrainState | None = None
   start_step: int = 0
   started: float = 0.0  # perf_counter at launch
@@ -129,8 +130,8 @@ def set_up(config: ml_collections.ConfigDict, workdir: str, overrides: dict,
                                 pretrained.tokenizer if pretrained else None)
   dataset = build_dataset(data_cfg, corpus, tokenizer)
   log(f"data: {len(corpus.train)} train / {len(corpus.val)} val {data_cfg.resolved_format} "
-      f"examples in {len(dataset.train):,} / {len(dataset.val):,} windows of {data_cfg.seq_len} "
-      f"tokens; {tokenizer.kind} tokenizer of {tokenizer.vocab_size} ids")
+      f"examples in {dataset.train.num_full_windows:,} / {len(dataset.val):,} windows of "
+      f"{data_cfg.seq_len} tokens; {tokenizer.kind} tokenizer of {tokenizer.vocab_size} ids")
   if isinstance(dataset.train, PackedRecords):
     log(f"records longer than data.seq_len: train {dataset.train.truncated} truncated / "
         f"{dataset.train.dropped} dropped, val {dataset.val.truncated} / {dataset.val.dropped}")

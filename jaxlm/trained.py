@@ -26,7 +26,8 @@ class TrainedRun:
   step: int
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: dict) -> ml_collections.ConfigDict:
   """Sets `{"eval.batch_size": 8, ...}` on a copy of config, refusing architecture changes."""
   frozen = sorted(k for k in overrides if fixed_by_checkpoint(k))
   if frozen:

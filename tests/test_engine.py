@@ -13,7 +13,7 @@ from test_step import SEQ, make_batch
 from test_train import corpus_dir, tiny_config, trained_run  # noqa: F401 (fixtures)
 
 
-def test_an_awkward_eval_batch_leaves_the_training_sharding_alone(corpus_dir):
+def test_an_awkward_eval_batch_leaves_the_training_sharding_alone(corpus_dir):  # noqa: F811
   config = tiny_config(corpus_dir)
   config.mesh.data, config.mesh.fsdp = 2, 4  # 8 devices (conftest)
   config.train.batch_size, config.eval.batch_size = 16, 12  # 12 does not split over 2 x 4
@@ -37,7 +37,7 @@ def test_an_awkward_eval_batch_leaves_the_training_sharding_alone(corpus_dir):
   assert int(sums["weight_sum"]) == int(rows["weights"].sum())
 
 
-def test_a_loaded_run_never_reads_the_optimizer_state(trained_run):
+def test_a_loaded_run_never_reads_the_optimizer_state(trained_run):  # noqa: F811
   """evaluate / sample / to-hf restore parameters only: a run loaded with another optimizer, whose
   state has another structure (SGD keeps no moments), still loads, with the same parameters."""
   workdir, _ = trained_run

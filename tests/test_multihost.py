@@ -3,6 +3,7 @@ through `python -m jaxlm.train` and match one process with 4 devices on the same
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -151,3 +152,33 @@ def test_a_batch_replicated_across_processes_is_read_alike_by_both(tmp_path):
   final = {name: {k: v for k, v in last_json(logs[name]).items() if k != "wall_seconds"}
            for name in ("process0", "process1", "single")}
   assert final["process0"] == final["process1"] == pytest.approx(final["single"], rel=1e-5)
+
+
+def test_sigterm_on_one_host_stops_both_at_the_same_step_with_a_checkpoint(tmp_path):
+  """JAX's preemption service carries a SIGTERM on process 1 to process 0; both save at the step
+  they agree on, exit 0, and the checkpoint holds both processes' shards."""
+  config = tmp_path / "tiny.py"
+  config.write_text(TINY.format(path=write_corpus(tmp_path / "corpus")))
+  workdir, coordinator = tmp_path / "pair", f"127.0.0.1:{free_port()}"
+  logs = {f"process{pid}": tmp_path / f"process{pid}.log" for pid in range(2)}
+  procs = {name: start([f"--config={config}", *OVERRIDES, "--config.train.steps=100000",
+                        "--config.checkpoint.every=100000", f"--workdir={workdir}",
+                        f"--coordinator_address={coordinator}", "--num_processes=2",
+                        f"--process_id={pid}"], 2, logs[name], coordinator)
+           for pid, name in enumerate(logs)}
+  try:
+    deadline = time.monotonic() + TIMEOUT_S
+    while not (workdir / "metrics.jsonl").exists() or len(train_losses(workdir)) < 3:
+      assert time.monotonic() < deadline and all(p.poll() is None for p in procs.values()), \
+          {name: path.read_text()[-2000:] for name, path in logs.items()}
+      time.sleep(0.2)
+    procs["process1"].send_signal(signal.SIGTERM)
+    wait_all(procs, logs)
+  finally:
+    for proc in procs.values():
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+  stopped = {name: last_json(path.read_text())["stopped_at"] for name, path in logs.items()}
+  assert stopped["process0"] == stopped["process1"] >= 3
+  assert trained.load(str(workdir)).step == stopped["process0"]

@@ -117,7 +117,7 @@ def load_data(config):
   start = time.perf_counter()
   dataset = build_dataset(data_cfg, corpus, tokenizer)  # tokenize + pack, both splits
   seconds = time.perf_counter() - start
-  tokens = (len(dataset.train) + len(dataset.val)) * data_cfg.seq_len
+  tokens = (dataset.train.num_full_windows + dataset.val.num_full_windows) * data_cfg.seq_len
   return dataset, {"pipeline_tokens": tokens, "pipeline_tokens_per_sec": tokens / seconds}
 
 

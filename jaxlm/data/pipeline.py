@@ -29,12 +29,6 @@ def _check_processes(process_index: int, process_count: int) -> None:
     raise DataError(f"process_index={process_index} must be in [0, process_count={process_count})")
 
 
-def _num_train_windows(packed) -> int:
-  """Windows that training draws from: a PackedTokens' full ones (its partial last window is for
-  evaluation only), or every row of PackedRecords (rows are padded whole records)."""
-  return getattr(packed, "num_full_windows", len(packed))
-
-
 def train_batches(
   packed: PackedTokens, global_batch: int, seed: int, process_index: int, process_count: int
 ) -> grain.IterDataset:
@@ -54,7 +48,7 @@ def train_batches(
     )
   if not 0 <= seed < 2**32:
     raise DataError(f"seed={seed} must be in [0, 2**32) for shuffling")
-  num_windows = _num_train_windows(packed)
+  num_windows = packed.num_full_windows  # a partial last window is for evaluation only
   if num_windows < global_batch:
     raise DataError(
       f"the training split has {num_windows} windows, fewer than one batch of {global_batch}; "

@@ -97,6 +97,11 @@ class PackedRecords:
   def __len__(self) -> int:
     return len(self.tokens)
 
+  @property
+  def num_full_windows(self) -> int:
+    """Rows training draws from: all of them (each is whole records, padded)."""
+    return len(self.tokens)
+
   def __getitem__(self, k: int) -> dict[str, np.ndarray]:
     return {name: field[0] for name, field in self.rows(np.array([k])).items()}
 
