@@ -1,4 +1,4 @@
-"""Dropout in training: it changes the loss, its mask is fixed by (seed, step, micro-batch), it is
+"""Dropout in training: it changes the gradient, its mask is fixed by (seed, step, micro-batch), it is
 off in evaluation, and a run resumed from a checkpoint draws the same masks as one never stopped."""
 
 import dataclasses
@@ -23,16 +23,16 @@ SEQ = 16
 RATE = 0.2
 
 
-def make_batch(vocab: int, rows: int = 4, accum: int = 1, seed: int = 0) -> dict:
-  """A training batch `[accum, rows, SEQ]`, two documents per row."""
-  rng = np.random.default_rng(seed)
-  shape = (accum, rows, SEQ)
+def make_batch(vocab: int, rows: int = 4) -> dict:
+  """One micro-batch `[1, rows, SEQ]`, two documents per row."""
+  rng = np.random.default_rng(0)
+  shape = (1, rows, SEQ)
   positions = np.concatenate([np.arange(SEQ // 2)] * 2).astype(np.int32)
+  segments = np.repeat(np.array([1, 2], np.int32), SEQ // 2)
   return {"inputs": rng.integers(0, vocab, shape).astype(np.int32),
           "targets": rng.integers(0, vocab, shape).astype(np.int32),
           "positions": np.broadcast_to(positions, shape).copy(),
-          "segment_ids": np.repeat(np.array([1, 2], np.int32), SEQ // 2)[None, None]
-          .repeat(rows, 1).repeat(accum, 0),
+          "segment_ids": np.broadcast_to(segments, shape).copy(),
           "weights": np.ones(shape, np.float32)}
 
 
