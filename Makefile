@@ -11,17 +11,18 @@ TASK := pyfunc_names
 
 .PHONY: run test clean
 
-$(VENV)/installed: pyproject.toml
+# constraints.txt pins every package to the versions CI tests, so a fresh clone installs the same.
+$(VENV)/installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -c constraints.txt -e .
 	touch $@
 
-# torch only serves the Hugging Face parity tests: its CPU build is enough (2.13.0 has a local CPU
-# wheel on CI's machine), and installing it first keeps pip from pulling the multi-GB CUDA build.
+# torch only serves the Hugging Face parity tests: its CPU build is enough (constraints.txt's version
+# has a local CPU wheel on CI's machine), and installing it first keeps pip from pulling the CUDA build.
 $(VENV)/installed-test: $(VENV)/installed
-	$(PY) -m pip install -q 'torch==2.13.0'
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt torch
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
 run: $(VENV)/installed
