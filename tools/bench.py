@@ -171,6 +171,27 @@ def bench(config) -> dict:
       synthetic_batch(config.eval.batch_size, seq_len, vocab))
   eval_time = median_seconds(lambda: jax.block_until_ready(engine.eval_step(params, eval_batch)),
                              _REPEATS.value, _STEPS.value)
+  sampling = time_sampling(params, model_cfg)
+  train_tps = batch * seq_len / step_time
+  return {
+      "machine": f"{platform.processor() or platform.machine()}, {jax.device_count()} "
+                 f"{jax.devices()[0].device_kind} device(s)",
+      "params": int(sum(x.size for x in jax.tree.leaves(params))),
+      "data": "real" if dataset else "synthetic",
+      "step_time_ms": step_time * 1e3,
+      "train_tokens_per_sec": train_tps,
+      "mfu": train_tps * flops_per_token(model_cfg, seq_len, params) / (peak * jax.device_count()),
+      "peak_tflops": peak * jax.device_count() / 1e12,
+      "peak_source": peak_source,
+      "host_wait": host_wait if dataset else None,
+      **result,
+      "eval_tokens_per_sec": config.eval.batch_size * seq_len / eval_time,
+      **sampling,
+  }
+
+
+def time_sampling(params, model_cfg: ModelConfig) -> dict:
+  """Greedy sampling speed with the KV cache and without it (both no-cache loops)."""
   # Sampling runs on one device, as `python -m jaxlm.sample` does on a CPU host: one token per step
   # is far too little work to split over devices.
   params = jax.device_put(params, jax.devices()[0])
@@ -189,21 +210,7 @@ def bench(config) -> dict:
       growing_times.append(growing_context_seconds(params, model_cfg, cached_tokens))
   sample_time, no_cache_time = statistics.median(sample_times), statistics.median(no_cache_times)
   growing_time = statistics.median(growing_times)
-
-  train_tps = batch * seq_len / step_time
   return {
-      "machine": f"{platform.processor() or platform.machine()}, {jax.device_count()} "
-                 f"{jax.devices()[0].device_kind} device(s)",
-      "params": int(sum(x.size for x in jax.tree.leaves(params))),
-      "data": "real" if dataset else "synthetic",
-      "step_time_ms": step_time * 1e3,
-      "train_tokens_per_sec": train_tps,
-      "mfu": train_tps * flops_per_token(model_cfg, seq_len, params) / (peak * jax.device_count()),
-      "peak_tflops": peak * jax.device_count() / 1e12,
-      "peak_source": peak_source,
-      "host_wait": host_wait if dataset else None,
-      **result,
-      "eval_tokens_per_sec": config.eval.batch_size * seq_len / eval_time,
       "sample_new_tokens": new_tokens,
       "sample_tokens_per_sec": new_tokens / sample_time,
       "sample_no_cache_tokens_per_sec": new_tokens / no_cache_time,
