@@ -1,5 +1,5 @@
 """Hugging Face GPT-2 interop: a tiny random GPT-2 made by transformers is imported, evaluated,
-finetuned and exported, and its logits match transformers' at every stage (float32, within 1e-4).
+finetuned and exported, and its logits match transformers' at every stage (float32 rounding).
 
 torch and transformers are test-only dependencies; nothing is downloaded: the model and its
 byte-level BPE tokenizer are made here.
@@ -29,7 +29,9 @@ from jaxlm.model import GPT, ModelConfig
 from jaxlm.train import train
 
 CONTEXT = 64
-TOLERANCE = 1e-4
+# Float32 rounding of two implementations (torch, XLA) summing in other orders: 1e-5 of the largest
+# logit (logits here reach ~2.4; measured differences ~1.5e-6).
+RELATIVE_TOLERANCE = 1e-5
 CORPUS = ["def add(a, b):\n    return a + b\n", "The cat sat on the mat. The dog ran.\n",
           "for i in range(10):\n\tprint(i, 'héllo wörld')\n"] * 30
 
@@ -106,7 +108,8 @@ def jaxlm_logits(params, model_cfg: ModelConfig, ids, positions, segments) -> np
 
 def assert_same_logits(a, b, segments):
   real = segments > 0  # padded slots compute nothing anyone reads
-  np.testing.assert_allclose(a[real], b[real], atol=TOLERANCE, rtol=0)
+  np.testing.assert_allclose(a[real], b[real], rtol=0,
+                             atol=RELATIVE_TOLERANCE * np.abs(b[real]).max())
 
 
 def test_import_gives_transformers_logits(imported, hf_model):
@@ -178,7 +181,8 @@ def test_finetuned_import_exports_to_transformers_with_its_new_logits(imported, 
   batch = token_batch(run.model_cfg.vocab_size, seed=2)
   theirs = hf_logits(reloaded, *batch)
   assert_same_logits(jaxlm_logits(run.params, run.model_cfg, *batch), theirs, batch[2])
-  assert np.abs(theirs - hf_logits(hf_model, *batch)).max() > 100 * TOLERANCE  # it did train
+  moved = np.abs(theirs - hf_logits(hf_model, *batch)).max() / np.abs(theirs).max()
+  assert moved > 100 * RELATIVE_TOLERANCE  # it did train
 
 
 def native_run(workdir: str, **model_options) -> ModelConfig:
@@ -188,7 +192,7 @@ def native_run(workdir: str, **model_options) -> ModelConfig:
   config.model.update({"d_model": 32, "num_layers": 2, "num_heads": 4, "mlp_dim": 48,
                        "max_len": 32, **model_options})
   tokenizer = train_tokenizer("char", CORPUS, 0)
-  model_cfg = trained.model_config(config, tokenizer.vocab_size)
+  model_cfg = ModelConfig.from_config(config.model, vocab_size=tokenizer.vocab_size)
   tokens = np.zeros((1, 8), np.int32)
   params = nn.unbox(GPT(model_cfg).init(jax.random.key(0), tokens, tokens, tokens + 1)["params"])
   rng = np.random.default_rng(0)
