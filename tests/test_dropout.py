@@ -1,5 +1,5 @@
-"""Dropout in training: it changes the gradient, its mask is fixed by (seed, step, micro-batch), it is
-off in evaluation, and a run resumed from a checkpoint draws the same masks as one never stopped."""
+"""Dropout in training: it changes the gradient, its mask is fixed by (seed, step, micro-batch),
+it is off in evaluation, and a run resumed from a checkpoint draws the masks of an unbroken run."""
 
 import dataclasses
 import os

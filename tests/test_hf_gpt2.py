@@ -144,7 +144,8 @@ def test_greedy_sampling_matches_transformers_generate(imported, hf_model):
   assert list(ours) == theirs[0, len(prompt):].tolist()
 
 
-def test_export_of_an_import_reloads_in_transformers_unchanged(imported, hf_model, hf_dir, tmp_path):
+def test_export_of_an_import_reloads_in_transformers_unchanged(imported, hf_model, hf_dir,
+                                                               tmp_path):
   out = str(tmp_path / "exported")
   assert convert.to_hf(imported, out)["tokenizer"]
   reloaded = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
@@ -186,7 +187,8 @@ def test_finetuned_import_exports_to_transformers_with_its_new_logits(imported, 
 
 
 def native_run(workdir: str, **model_options) -> ModelConfig:
-  """A jaxlm run at step 0 with random weights (norm scales and biases perturbed), char tokenizer."""
+  """A jaxlm run at step 0 with random weights (norm scales and biases perturbed), char
+  tokenizer."""
   config = base_config()
   config.data.tokenizer, config.data.seq_len = "char", 32
   config.model.update({"d_model": 32, "num_layers": 2, "num_heads": 4, "mlp_dim": 48,
