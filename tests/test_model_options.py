@@ -38,7 +38,14 @@ WEIGHT_SCALE = 10.0
 
 
 def scaled_params(cfg):
-  return jax.tree.map(lambda x: x * WEIGHT_SCALE if x.ndim >= 2 else x, init_params(cfg))
+  """Weight matrices x WEIGHT_SCALE; norm scales and biases moved off their init (1 and 0), so a
+  missing or misplaced one shows."""
+  params = init_params(cfg)
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  return jax.tree.unflatten(tree, [
+      x * WEIGHT_SCALE if x.ndim >= 2 else x + 0.1 * jax.random.normal(k, x.shape)
+      for x, k in zip(leaves, keys)])
 
 
 def assert_float32_close(actual, expected):
@@ -62,41 +69,81 @@ def packed_inputs(vocab, seed=1):
   return jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(segments)
 
 
+def reference_dense(p, x, spec):
+  """x . p["kernel"] by an einsum `spec`, plus p["bias"] when the model has biases."""
+  y = jnp.einsum(spec, x, p["kernel"])
+  return y + p["bias"] if "bias" in p else y
+
+
+def reference_norm(p, x, cfg):
+  if cfg.norm == "rmsnorm":
+    return x / jnp.sqrt((x ** 2).mean(-1, keepdims=True) + cfg.norm_eps) * p["scale"]
+  mean = x.mean(-1, keepdims=True)
+  var = ((x - mean) ** 2).mean(-1, keepdims=True)
+  y = (x - mean) / jnp.sqrt(var + cfg.norm_eps) * p["scale"]
+  return y + p["bias"] if "bias" in p else y
+
+
+def reference_rope(x, positions):
+  """Rotates feature pair (i, i + half) of `x  # [batch, seq, heads, head_dim]` by the angle
+  position * 10000^(-i / half)."""
+  half = x.shape[-1] // 2
+  angles = positions[..., None] * 10000.0 ** (-np.arange(half) / half)  # [batch, seq, half]
+  cos, sin = jnp.cos(angles)[:, :, None], jnp.sin(angles)[:, :, None]  # [batch, seq, 1, half]
+  x1, x2 = x[..., :half], x[..., half:]
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def reference_attention(p, h, positions, allowed, cfg, score_scale):
+  qkv = reference_dense(p["qkv"], h, "bsd,dthk->bsthk")  # [batch, seq, 3, heads, head_dim]
+  query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+  if cfg.positions == "rope":
+    query, key = reference_rope(query, positions), reference_rope(key, positions)
+  scores = jnp.einsum("bqhd,bkhd->bhqk", query, key) * score_scale  # [batch, heads, q, k]
+  weights = jax.nn.softmax(jnp.where(allowed, scores, -jnp.inf), axis=-1)
+  out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)  # [batch, seq, heads, head_dim]
+  return reference_dense(p["out"], out, "bqhd,hdm->bqm")
+
+
+def reference_mlp(p, h, cfg):
+  if cfg.mlp == "swiglu":
+    gate_up = reference_dense(p["wi"], h, "bsd,dtm->bstm")  # [batch, seq, 2, mlp_dim]
+    hidden = jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]
+  else:
+    hidden = jax.nn.gelu(reference_dense(p["wi"], h, "bsd,dm->bsm"), approximate=True)
+  return reference_dense(p["wo"], hidden, "bsm,md->bsd")
+
+
 def reference_logits(params, cfg, tokens, positions, segments, score_scale=None):
-  """A plain-jnp GPT (no Flax, no fused attention) for the architecture of `nanogpt_cfg`.
+  """A plain-jnp GPT (no Flax, no fused attention) for every architecture option.
 
   Attention is an einsum with a causal and same-document mask; `score_scale` defaults to
   1/sqrt(head_dim) (another value is only for checking that the test can tell).
   """
-  def layer_norm(x, scale):
-    mean = x.mean(-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    return (x - mean) / jnp.sqrt(var + cfg.norm_eps) * scale
-
   if score_scale is None:
     score_scale = 1 / np.sqrt(cfg.head_dim)
   seq = tokens.shape[1]
-  x = params["embedding"][tokens] + params["pos_embedding"][positions]  # [batch, seq, d_model]
+  x = params["embedding"][tokens]  # [batch, seq, d_model]
+  if cfg.positions == "learned":
+    x = x + params["pos_embedding"][positions]
   causal = np.tril(np.ones((seq, seq), bool))  # [query, key]
   same_doc = segments[:, :, None] == segments[:, None, :]  # [batch, query, key]
   allowed = (causal[None] & same_doc)[:, None]  # [batch, 1, query, key]
   for i in range(cfg.num_layers):
     p = params[f"block_{i}"]
-    h = layer_norm(x, p["ln_attn"]["scale"])
-    qkv = jnp.einsum("bsd,dthk->tbhsk", h, p["attn"]["qkv"]["kernel"])  # [3, batch, heads, seq, hd]
-    scores = jnp.einsum("bhqk,bhsk->bhqs", qkv[0], qkv[1]) * score_scale  # [batch, heads, q, k]
-    weights = jax.nn.softmax(jnp.where(allowed, scores, -jnp.inf), axis=-1)
-    attn = jnp.einsum("bhqk,bhkd->bqhd", weights, qkv[2])  # [batch, seq, heads, hd]
-    x = x + jnp.einsum("bshk,hkd->bsd", attn, p["attn"]["out"]["kernel"])
-    h = layer_norm(x, p["ln_mlp"]["scale"])
-    x = x + jax.nn.gelu(h @ p["mlp"]["wi"]["kernel"], approximate=True) @ p["mlp"]["wo"]["kernel"]
-  x = layer_norm(x, params["ln_final"]["scale"])
-  return x @ params["embedding"].T  # [batch, seq, vocab]
+    h = reference_norm(p["ln_attn"], x, cfg)
+    x = x + reference_attention(p["attn"], h, positions, allowed, cfg, score_scale)
+    x = x + reference_mlp(p["mlp"], reference_norm(p["ln_mlp"], x, cfg), cfg)
+  head = params["embedding"].T if cfg.tie_embeddings else params["head"]  # [d_model, vocab]
+  return reference_norm(params["ln_final"], x, cfg) @ head  # [batch, seq, vocab]
 
 
-@pytest.mark.parametrize("attention_impl", ["auto", "xla"])
-def test_model_on_packed_documents_equals_a_plain_jnp_reference(nanogpt_cfg, attention_impl):
-  cfg = dataclasses.replace(nanogpt_cfg, attention_impl=attention_impl)
+@pytest.mark.parametrize("options", [
+    dict(attention_impl="auto"), dict(attention_impl="xla"),
+    dict(use_bias=True),  # GPT-2: biases in every dense layer and LayerNorm
+    dict(positions="rope", norm="rmsnorm", mlp="swiglu", tie_embeddings=False)])
+def test_model_on_packed_documents_equals_a_plain_jnp_reference(nanogpt_cfg, options):
+  cfg = dataclasses.replace(nanogpt_cfg, **options)
   params = scaled_params(cfg)
   tokens, positions, segments = packed_inputs(cfg.vocab_size)
   out = GPT(cfg).apply({"params": params}, tokens, positions, segments)  # [batch, seq, vocab]
