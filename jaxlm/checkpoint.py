@@ -8,7 +8,7 @@ Each step is one directory with four items:
 Orbax writes into a temporary directory and renames it when complete, so a save that dies half-way
 is never taken as the latest step. Nothing here unpickles or executes code.
 
-Failures are `CheckpointError`s with a one-line message: a save that cannot be written (a full disk,
+Failures are `UserError`s with a one-line message: a save that cannot be written (a full disk,
 say) names the step and the step a rerun resumes from, and leaves no temporary directory behind; a
 step that cannot be read back (truncated or garbled files) is named, with the advice to delete it so
 that the previous one is used.
@@ -25,11 +25,11 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from jaxlm.errors import UserError
+
 ITEMS = ("state", "config", "tokenizer", "data")
 
 
-class CheckpointError(ValueError):
-  """A checkpoint directory that cannot be used; the message says why."""
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -37,7 +37,7 @@ def checkpoint_dir(workdir: str) -> str:
 
 
 class Manager(ocp.CheckpointManager):
-  """Orbax's manager, with a failed asynchronous save reported as a `CheckpointError`.
+  """Orbax's manager, with a failed asynchronous save reported as a `UserError`.
 
   A background write that fails surfaces in `wait_until_finished`, which `close`, Orbax's own
   `save` and the next `checkpoint.save` all call first, so the error names the step being written.
@@ -48,7 +48,7 @@ class Manager(ocp.CheckpointManager):
   def wait_until_finished(self):
     try:
       super().wait_until_finished()
-    except CheckpointError:
+    except UserError:
       raise
     except Exception as e:  # only write errors are converted; others re-raise
       error = _save_error(str(self.directory), self.pending_step, e)
@@ -67,7 +67,7 @@ def save(mngr: Manager, step: int, state: Any, config: dict, tokenizer: dict,
          data_state: dict) -> None:
   """Starts an asynchronous save; `mngr.wait_until_finished()` blocks until it is on disk.
 
-  Raises CheckpointError if this save cannot be written, or if the previous one failed (Orbax's
+  Raises UserError if this save cannot be written, or if the previous one failed (Orbax's
   `save` waits for it first, through `Manager.wait_until_finished`, which names its step).
   """
   try:
@@ -76,7 +76,7 @@ def save(mngr: Manager, step: int, state: Any, config: dict, tokenizer: dict,
         config=ocp.args.JsonSave(config),
         tokenizer=ocp.args.JsonSave(tokenizer),
         data=ocp.args.JsonSave(data_state)), force=True)
-  except CheckpointError:
+  except UserError:
     raise
   except Exception as e:  # only write errors are converted; others re-raise
     error = _save_error(str(mngr.directory), step, e)
@@ -101,7 +101,7 @@ def latest_step(workdir: str) -> int | None:
 def restore_metadata(workdir: str, step: int | None = None) -> tuple[int, dict, dict]:
   """(step, config dict, tokenizer dict) of a checkpoint, without touching any array."""
   if not os.path.isdir(checkpoint_dir(workdir)):
-    raise CheckpointError(f"no checkpoint in {checkpoint_dir(workdir)}; train first with "
+    raise UserError(f"no checkpoint in {checkpoint_dir(workdir)}; train first with "
                           f"`python -m jaxlm.train --workdir={workdir}`")
   with manager(workdir, read_only=True) as mngr:
     step = _resolve_step(mngr, workdir, step)
@@ -135,12 +135,12 @@ def restore_params(workdir: str, step: int, abstract_params: Any) -> Any:
 def _resolve_step(mngr: ocp.CheckpointManager, workdir: str, step: int | None) -> int:
   steps = mngr.all_steps()
   if not steps:
-    raise CheckpointError(f"no checkpoint in {checkpoint_dir(workdir)}; train first with "
+    raise UserError(f"no checkpoint in {checkpoint_dir(workdir)}; train first with "
                           f"`python -m jaxlm.train --workdir={workdir}`")
   if step is None:
     return max(steps)
   if step not in steps:
-    raise CheckpointError(f"no checkpoint for step {step} in {checkpoint_dir(workdir)}; "
+    raise UserError(f"no checkpoint for step {step} in {checkpoint_dir(workdir)}; "
                           f"choose one of the steps there: {sorted(steps)}")
   return step
 
@@ -190,7 +190,7 @@ def _cause(e: BaseException) -> BaseException | None:
   return e.__cause__ or (None if e.__suppress_context__ else e.__context__)
 
 
-def _save_error(directory: str, step: int | None, e: BaseException) -> CheckpointError | None:
+def _save_error(directory: str, step: int | None, e: BaseException) -> UserError | None:
   """A one-line error for a checkpoint write that failed for an OS reason (None for any other
   failure, a bug to be shown with its traceback). The half-written step is removed."""
   code = _os_errno(e)
@@ -207,28 +207,28 @@ def _save_error(directory: str, step: int | None, e: BaseException) -> Checkpoin
     what, fix = "disk full", "free space"
   elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
     fix = f"make {directory} writable"
-  return CheckpointError(f"{what} while writing checkpoint {step} in {directory}: "
+  return UserError(f"{what} while writing checkpoint {step} in {directory}: "
                          f"{os.strerror(code)}; {fix} and rerun to {resume}")
 
 
 @contextlib.contextmanager
 def _reading(mngr: ocp.CheckpointManager, step: int):
-  """Turns a failure to read checkpoint `step` into a one-line CheckpointError."""
+  """Turns a failure to read checkpoint `step` into a one-line UserError."""
   try:
     yield
-  except (CheckpointError, MemoryError):
+  except (UserError, MemoryError):
     raise
   except Exception as e:  # Orbax and tensorstore raise plain Exception, too
     step_dir = os.path.join(str(mngr.directory), str(step))
     if "tree structures do not match" in str(e):
       fields = re.findall(r"^(\S[^\n]*):$", str(e), re.MULTILINE)[1:]
-      raise CheckpointError(
+      raise UserError(
           f"checkpoint {step_dir} holds a train state with other fields than this version of "
           f"jaxlm ({', '.join(fields) or 'structure differs'}); use the jaxlm version that wrote "
           "it, or a new --workdir") from e
     earlier = [s for s in mngr.all_steps() if s < step]
     fallback = (f"to fall back to the previous checkpoint (step {max(earlier)})" if earlier else
                 "and train again (there is no earlier checkpoint)")
-    raise CheckpointError(f"checkpoint {step_dir} is damaged or incomplete "
+    raise UserError(f"checkpoint {step_dir} is damaged or incomplete "
                           f"({_first_line(e, within=step_dir)}); "
                           f"delete that directory {fallback}") from e

@@ -18,17 +18,10 @@ import ml_collections
 from absl import flags, logging
 
 from jaxlm import distributed, sharding
-from jaxlm.checkpoint import CheckpointError
-from jaxlm.config import ConfigError, base_config
-from jaxlm.data import DataError
-from jaxlm.decode import PromptError
-from jaxlm.sharding import ShardingError
+from jaxlm.config import base_config
+from jaxlm.errors import UserError
 
 flags.DEFINE_bool("verbose", False, "Print the full traceback of errors.")
-
-USER_ERRORS = (ConfigError, DataError, ShardingError, CheckpointError, PromptError,
-               PermissionError, FloatingPointError)
-
 
 def fail(message: str) -> None:
   """The one-line user error and exit status 2."""
@@ -99,7 +92,7 @@ def run(fn: Callable[[], object], multihost: bool = True, cpu_devices: int = 0) 
     if multihost:
       distributed.initialize_from_flags()
     fn()
-  except USER_ERRORS as e:
+  except UserError as e:
     if flags.FLAGS.verbose:
       traceback.print_exc()
     _remove_empty_workdirs()
@@ -114,7 +107,7 @@ def _hide_orbax(record) -> bool:
 
 def require_workdir(workdir: str | None) -> str:
   if not workdir:
-    raise ConfigError("--workdir is required: the directory for checkpoints, tokenizer and logs")
+    raise UserError("--workdir is required: the directory for checkpoints, tokenizer and logs")
   return workdir
 
 
@@ -139,15 +132,15 @@ def ensure_writable(workdir: str) -> None:
     top = os.path.dirname(top)
   parent = os.path.dirname(top)
   if os.path.lexists(path) and not os.path.isdir(path):
-    raise PermissionError(f"workdir {workdir} is a file, not a directory; choose another --workdir")
+    raise UserError(f"workdir {workdir} is a file, not a directory; choose another --workdir")
   if not os.path.lexists(path) and not os.path.isdir(parent):
-    raise PermissionError(f"cannot create workdir {workdir}: {parent} is a file, not a directory; "
+    raise UserError(f"cannot create workdir {workdir}: {parent} is a file, not a directory; "
                           "choose another --workdir")
   existed = os.path.lexists(path)
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:
-    raise PermissionError(f"cannot create workdir {workdir}: {e.strerror}; choose a writable "
+    raise UserError(f"cannot create workdir {workdir}: {e.strerror}; choose a writable "
                           "--workdir") from None
   if not existed:
     _created_workdirs.append(top)
@@ -155,7 +148,7 @@ def ensure_writable(workdir: str) -> None:
     with tempfile.TemporaryFile(dir=path):
       pass
   except OSError as e:
-    raise PermissionError(f"workdir {workdir} is not writable: {e.strerror}; choose a writable "
+    raise UserError(f"workdir {workdir} is not writable: {e.strerror}; choose a writable "
                           "--workdir") from None
 
 

@@ -9,11 +9,6 @@ import dataclasses
 
 import ml_collections
 
-
-class ConfigError(ValueError):
-  """An option value that cannot work; the message names the option and what to use instead."""
-
-
 # Model options that change how a model runs, not what its parameters mean: a trained run may be
 # evaluated, sampled, exported or finetuned with other values. Every other model.* option, and the
 # tokenizer's data options, are fixed by the checkpoint.

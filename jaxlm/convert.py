@@ -26,11 +26,12 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jaxlm import checkpoint, cli, hf_gpt2, trained
-from jaxlm.config import ConfigError, base_config, fixed_by_checkpoint
+from jaxlm.config import base_config, fixed_by_checkpoint
 from jaxlm.corpus import TOKENIZER_FILE
 from jaxlm.data import pack_documents, save_tokenizer, train_batches
 from jaxlm.data.gpt2_tokenizer import Gpt2BpeTokenizer
 from jaxlm.engine import engine_for_config
+from jaxlm.errors import UserError
 from jaxlm.model import ModelConfig
 
 COMMANDS = ("from-hf", "to-hf")
@@ -51,10 +52,10 @@ def _read_json(path: str) -> dict:
     with open(path, encoding="utf-8") as f:
       return json.load(f)
   except FileNotFoundError:
-    raise ConfigError(f"{path} does not exist; --model must be a Hugging Face model directory "
+    raise UserError(f"{path} does not exist; --model must be a Hugging Face model directory "
                       "(config.json, model.safetensors, tokenizer files)") from None
   except json.JSONDecodeError as e:
-    raise ConfigError(f"{path} is not valid JSON ({e.msg}); download it again") from None
+    raise UserError(f"{path} is not valid JSON ({e.msg}); download it again") from None
 
 
 def read_hf_weights(model_dir: str) -> dict[str, np.ndarray]:
@@ -65,7 +66,7 @@ def read_hf_weights(model_dir: str) -> dict[str, np.ndarray]:
   elif os.path.exists(index):
     files = sorted(set(_read_json(index)["weight_map"].values()))
   else:
-    raise ConfigError(f"{model_dir} has no {WEIGHTS}; jaxlm reads safetensors only (never pickled "
+    raise UserError(f"{model_dir} has no {WEIGHTS}; jaxlm reads safetensors only (never pickled "
                       "pytorch_model.bin): download the model's model.safetensors")
   tensors = {}
   for name in files:
@@ -82,7 +83,7 @@ def imported_config(config: ml_collections.ConfigDict, overridden: set[str], mod
   fixed = sorted(key for key in overridden
                  if key.startswith("model.") and fixed_by_checkpoint(key))
   if fixed:
-    raise ConfigError(f"the architecture comes from the model's config.json, so drop these "
+    raise UserError(f"the architecture comes from the model's config.json, so drop these "
                       f"overrides: {', '.join(fixed)}")
   config = ml_collections.ConfigDict(config.to_dict())
   config.model.update(model_fields)
@@ -90,7 +91,7 @@ def imported_config(config: ml_collections.ConfigDict, overridden: set[str], mod
   if "data.seq_len" not in overridden:
     config.data.seq_len = config.model.max_len
   if config.data.seq_len > config.model.max_len:
-    raise ConfigError(f"data.seq_len={config.data.seq_len} is longer than the model's context "
+    raise UserError(f"data.seq_len={config.data.seq_len} is longer than the model's context "
                       f"({config.model.max_len} positions); lower --config.data.seq_len")
   return config
 
@@ -106,7 +107,7 @@ def write_run(workdir: str, config: ml_collections.ConfigDict, tokenizer, params
   """Saves `params` as step 0 of a new run in `workdir`; returns the parameter count."""
   cli.ensure_writable(workdir)
   if checkpoint.latest_step(workdir) is not None:
-    raise ConfigError(f"{workdir} already holds a run; import into a new --workdir")
+    raise UserError(f"{workdir} already holds a run; import into a new --workdir")
   engine = engine_for_config(config, tokenizer.vocab_size)
   state = engine.from_params(params)  # step 0 and a fresh optimizer state, placed on the mesh
   save_tokenizer(tokenizer, os.path.join(workdir, TOKENIZER_FILE))
@@ -138,7 +139,7 @@ def to_hf(workdir: str, out: str, step: int | None = None) -> dict:
   run = trained.load(workdir, step)
   problems = hf_gpt2.inexpressible(run.model_cfg)
   if problems:
-    raise ConfigError("GPT-2 cannot express this model: " + "; ".join(problems) +
+    raise UserError("GPT-2 cannot express this model: " + "; ".join(problems) +
                       "; only GPT-2-style runs can be exported")
   cli.ensure_writable(out)
   tensors = hf_gpt2.params_to_hf(jax.device_get(run.params), run.model_cfg)
@@ -160,17 +161,17 @@ def main(argv):
   def run():
     command = argv[1] if len(argv) == 2 else None
     if command not in COMMANDS:
-      raise ConfigError("convert needs one command: `python -m jaxlm.convert from-hf --model=DIR "
+      raise UserError("convert needs one command: `python -m jaxlm.convert from-hf --model=DIR "
                         "--workdir=OUT` or `python -m jaxlm.convert to-hf --workdir=W --out=DIR` "
                         f"(got {' '.join(argv[1:]) or 'none'})")
     if command == "from-hf":
       if not f.model:
-        raise ConfigError("--model is required: the Hugging Face GPT-2 directory to import")
+        raise UserError("--model is required: the Hugging Face GPT-2 directory to import")
       result = from_hf(f.model, cli.require_workdir(f.workdir), f.config,
                        set(f["config"].override_values))
     else:
       if not f.out:
-        raise ConfigError("--out is required: the directory to write the Hugging Face model into")
+        raise UserError("--out is required: the directory to write the Hugging Face model into")
       result = to_hf(cli.require_workdir(f.workdir), f.out, f.step)
     cli.emit_json(result)
 

@@ -14,10 +14,27 @@ import jax
 from jax.experimental import multihost_utils
 
 from jaxlm.config import section_dataclass
-from jaxlm.data import (Corpus, DataError, PackedTokens, Tokenizer, load_corpus, load_tokenizer,
-                        pack_documents, save_tokenizer, tokenize_corpus, train_tokenizer)
-from jaxlm.data.records import (PackedRecords, Record, fit_record, is_record_file, pack_records,
-                                read_records, split_records)
+from jaxlm.data import (
+  Corpus,
+  PackedTokens,
+  Tokenizer,
+  load_corpus,
+  load_tokenizer,
+  pack_documents,
+  save_tokenizer,
+  tokenize_corpus,
+  train_tokenizer,
+)
+from jaxlm.data.records import (
+  PackedRecords,
+  Record,
+  fit_record,
+  is_record_file,
+  pack_records,
+  read_records,
+  split_records,
+)
+from jaxlm.errors import UserError
 from jaxlm.tasks import load_task
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -43,7 +60,7 @@ class DataConfig:
   def resolved_format(self) -> str:
     """"text" or "prompt_completion" (data.format, with "auto" decided from the data)."""
     if self.format not in ("auto", "text", "prompt_completion"):
-      raise DataError(f"data.format={self.format!r} is not one of auto, text, prompt_completion")
+      raise UserError(f"data.format={self.format!r} is not one of auto, text, prompt_completion")
     if self.format != "auto":
       return self.format
     if self.source == "task" or (self.source == "files" and is_record_file(self.path)):
@@ -66,7 +83,7 @@ def read_corpus(c: DataConfig) -> Corpus:
   if c.source == "task":
     return Corpus(train=load_task(c.path, "train"), val=load_task(c.path, "val"))
   if c.source != "files":
-    raise DataError(f"prompt/completion data comes from data.source=files or task, not {c.source!r}")
+    raise UserError(f"prompt/completion data comes from data.source=files or task, not {c.source!r}")
   if c.val_path:
     return Corpus(train=read_records(c.path), val=read_records(c.val_path))
   train, val = split_records(read_records(c.path), c.val_fraction)
@@ -97,7 +114,7 @@ def workdir_tokenizer(c: DataConfig, corpus: Corpus, workdir: str,
   if tokenizer is not None:
     return tokenizer
   if not os.path.exists(path):
-    raise DataError(f"process {jax.process_index()} cannot see {path}, which process 0 saved; put "
+    raise UserError(f"process {jax.process_index()} cannot see {path}, which process 0 saved; put "
                     "--workdir on a filesystem that every host shares")
   return load_tokenizer(path)
 

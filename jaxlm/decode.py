@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlm.errors import UserError
 from jaxlm.model import GPT, ModelConfig
 
 
@@ -25,8 +26,6 @@ class SamplingConfig:
   top_p: float = 1.0  # 1 = no nucleus filter
 
 
-class PromptError(ValueError):
-  """A prompt that cannot be sampled from: empty, or too long for the context."""
 
 
 def left_pad(prompts: Sequence[Sequence[int]],
@@ -98,9 +97,9 @@ def generate(params: Any, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
   """New tokens for each prompt, cut after the first EOS (which is dropped)."""
   longest = max(len(p) for p in prompts)
   if min(len(p) for p in prompts) == 0:
-    raise PromptError("a prompt is empty; give at least one token (or start from EOS)")
+    raise UserError("a prompt is empty; give at least one token (or start from EOS)")
   if longest + sampling.max_new_tokens > cfg.max_len:
-    raise PromptError(
+    raise UserError(
         f"prompt of {longest} tokens + max_new_tokens={sampling.max_new_tokens} exceeds the "
         f"model's context of {cfg.max_len} tokens; shorten the prompt or lower --max_new_tokens")
   # Rounding the padded length up lets batches of similar prompts share one compiled shape.
@@ -116,23 +115,3 @@ def generate(params: Any, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     results.append(row)
   return results
 
-
-def greedy_no_cache(params: Any, cfg: ModelConfig, prompt: Sequence[int],
-                    max_new_tokens: int) -> list[int]:
-  """Reference decoder: reruns the whole context for every new token (no KV cache)."""
-  model = GPT(cfg)
-  forward = jax.jit(lambda p, t, pos, seg: model.apply({"params": p}, t, pos, seg))
-  context = np.zeros((1, cfg.max_len), np.int32)
-  context[0, :len(prompt)] = prompt
-  positions = np.arange(cfg.max_len, dtype=np.int32)[None]
-  segments = np.ones_like(context)
-  length = len(prompt)
-  new_tokens = []
-  for _ in range(max_new_tokens):
-    # The whole buffer runs each time; causality makes positions >= length irrelevant.
-    logits = forward(params, context, positions, segments)
-    token = int(jnp.argmax(logits[0, length - 1]))
-    new_tokens.append(token)
-    context[0, length] = token
-    length += 1
-  return new_tokens

@@ -14,7 +14,7 @@ import os
 import jax
 from absl import flags
 
-from jaxlm.config import ConfigError
+from jaxlm.errors import UserError
 
 flags.DEFINE_string("coordinator_address", None,
                     "HOST:PORT of process 0's coordinator, for multi-host runs "
@@ -44,14 +44,14 @@ def settings(coordinator_address: str | None, num_processes: int | None,
     return None
   missing = [f"--{name}" for name, value in given.items() if value is None]
   if missing:
-    raise ConfigError(f"multi-host start-up needs {', '.join(missing)} as well (or "
+    raise UserError(f"multi-host start-up needs {', '.join(missing)} as well (or "
                       f"{', '.join(ENV[m[2:]] for m in missing)}); give all of --coordinator_address, "
                       "--num_processes and --process_id, or none of them for a single process")
   if given["num_processes"] < 1 or not 0 <= given["process_id"] < given["num_processes"]:
-    raise ConfigError(f"--process_id={given['process_id']} must be in [0, --num_processes="
+    raise UserError(f"--process_id={given['process_id']} must be in [0, --num_processes="
                       f"{given['num_processes']}); number the processes 0 .. num_processes - 1")
   if ":" not in given["coordinator_address"]:
-    raise ConfigError(f"--coordinator_address={given['coordinator_address']!r} needs a port: "
+    raise UserError(f"--coordinator_address={given['coordinator_address']!r} needs a port: "
                       "HOST:PORT of process 0, e.g. 10.0.0.1:1234")
   return given
 
@@ -60,7 +60,7 @@ def _env_int(var: str, value: str) -> int:
   try:
     return int(value)
   except ValueError:
-    raise ConfigError(f"{var}={value!r} is not an integer; set it to a whole number") from None
+    raise UserError(f"{var}={value!r} is not an integer; set it to a whole number") from None
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,

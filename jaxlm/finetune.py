@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from jaxlm import checkpoint
-from jaxlm.checkpoint import CheckpointError
-from jaxlm.config import RUNTIME_MODEL_OPTIONS, TOKENIZER_OPTIONS, ConfigError, from_saved
+from jaxlm.config import RUNTIME_MODEL_OPTIONS, TOKENIZER_OPTIONS, from_saved
 from jaxlm.data import Tokenizer, tokenizer_from_json
+from jaxlm.errors import UserError
 
 # Model options a finetune run may change, each reported in the log: the runtime options, and a
 # longer context (a learned position table grows, see restore_params).
@@ -51,9 +51,9 @@ def resolve_source(init_from: str, init_step: int) -> tuple[str, int | None]:
       and os.path.isdir(parent)):  # a step that is not there is reported with those that are
     return os.path.dirname(parent), int(os.path.basename(path))
   if not os.path.exists(path):
-    raise CheckpointError(f"config.init_from={init_from} does not exist; give the pretrain run's "
+    raise UserError(f"config.init_from={init_from} does not exist; give the pretrain run's "
                           "--workdir or one of its checkpoints/STEP directories")
-  raise CheckpointError(f"config.init_from={init_from} is not a jaxlm workdir or checkpoint (no "
+  raise UserError(f"config.init_from={init_from} is not a jaxlm workdir or checkpoint (no "
                         "checkpoints/ inside); give the pretrain run's --workdir")
 
 
@@ -78,10 +78,10 @@ def inherit(config: ml_collections.ConfigDict, pretrained: dict,
     else:
       config[section][name] = value
   if refused:
-    raise ConfigError("init_from fixes the architecture and tokenizer, but these overrides differ: "
+    raise UserError("init_from fixes the architecture and tokenizer, but these overrides differ: "
                       + "; ".join(refused) + "; drop them")
   if config.model.max_len < pretrained["model"]["max_len"]:
-    raise ConfigError(f"model.max_len={config.model.max_len} is shorter than the pretrained "
+    raise UserError(f"model.max_len={config.model.max_len} is shorter than the pretrained "
                       f"{pretrained['model']['max_len']}; it may only grow")
   return config, notes
 

@@ -14,7 +14,7 @@ import dataclasses
 
 import numpy as np
 
-from jaxlm.config import ConfigError
+from jaxlm.errors import UserError
 from jaxlm.model import ModelConfig
 
 # GELU with the tanh approximation, under the names transformers gives it.
@@ -76,7 +76,7 @@ def model_fields(hf_settings: dict) -> dict:
     if hf_settings.get(key, supported) != supported:
       problems.append(f"{key}={hf_settings[key]!r} (jaxlm supports {supported})")
   if problems:
-    raise ConfigError("this Hugging Face model is not a GPT-2 jaxlm can express: " +
+    raise UserError("this Hugging Face model is not a GPT-2 jaxlm can express: " +
                       "; ".join(problems))
   d_model = hf_settings["n_embd"]
   return {"d_model": d_model, "num_layers": hf_settings["n_layer"], "num_heads": hf_settings["n_head"],
@@ -133,7 +133,7 @@ def params_from_hf(tensors: dict[str, np.ndarray], cfg: ModelConfig) -> dict:
       node = node.setdefault(key, {})
     node[t.path[-1]] = (value.T if t.transpose else value).reshape(t.shape)
   if wrong or by_name:
-    raise ConfigError("the weights do not match config.json: " + "; ".join(
+    raise UserError("the weights do not match config.json: " + "; ".join(
         wrong + [f"unexpected {name}" for name in sorted(by_name)]))
   return params
 

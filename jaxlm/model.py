@@ -18,8 +18,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxlm.config import ConfigError, section_dataclass
+from jaxlm.config import section_dataclass
 from jaxlm.dense import project
+from jaxlm.errors import UserError
 
 Array = jax.Array
 AXES_NORM = ("norm",)
@@ -52,14 +53,14 @@ class ModelConfig:
 
   def __post_init__(self):
     if self.d_model % self.num_heads:
-      raise ConfigError(f"model.d_model={self.d_model} is not divisible by model.num_heads="
+      raise UserError(f"model.d_model={self.d_model} is not divisible by model.num_heads="
                        f"{self.num_heads}; choose a head count that divides it")
     for field, allowed in (("positions", ("learned", "rope")), ("norm", ("layernorm", "rmsnorm")),
                            ("mlp", ("gelu", "swiglu")), ("dtype", ("float32", "bfloat16")),
                            ("remat", tuple(REMAT_POLICIES)),
                            ("attention_impl", ("auto", "xla", "cudnn"))):
       if getattr(self, field) not in allowed:
-        raise ConfigError(f"model.{field}={getattr(self, field)!r} is not one of {allowed}")
+        raise UserError(f"model.{field}={getattr(self, field)!r} is not one of {allowed}")
 
   @property
   def head_dim(self) -> int:
@@ -129,7 +130,7 @@ def attention_implementation(cfg: ModelConfig, decode: bool) -> str:
   on_gpu = jax.default_backend() == "gpu"
   if cfg.attention_impl == "cudnn":
     if not on_gpu:
-      raise ConfigError(f"model.attention_impl='cudnn' needs a GPU (the backend is "
+      raise UserError(f"model.attention_impl='cudnn' needs a GPU (the backend is "
                         f"{jax.default_backend()!r}); use 'auto' or 'xla'")
     return "xla" if decode else "cudnn"
   if cfg.attention_impl == "auto" and on_gpu and not decode and cfg.dtype == "bfloat16" and (

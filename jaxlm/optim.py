@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlm.config import ConfigError, section_dataclass
+from jaxlm.config import section_dataclass
+from jaxlm.errors import UserError
 
 
 @section_dataclass("train")
@@ -44,7 +45,7 @@ def make_schedule(c: OptimConfig) -> optax.Schedule:
       decay = c.lr * jnp.sqrt(max(warmup, 1) / jnp.maximum(step, 1.0))
       return jnp.where(step < warmup, ramp, decay)
     return rsqrt
-  raise ConfigError(f"train.schedule={c.schedule!r} is not one of warmup_cosine, warmup_linear, "
+  raise UserError(f"train.schedule={c.schedule!r} is not one of warmup_cosine, warmup_linear, "
                    "constant, rsqrt")
 
 
@@ -85,5 +86,5 @@ def make_optimizer(c: OptimConfig) -> tuple[optax.GradientTransformation, optax.
     core = [optax.add_decayed_weights(c.weight_decay, mask=mask),
             optax.sgd(schedule, momentum=c.momentum or None, nesterov=c.nesterov)]
   else:
-    raise ConfigError(f"train.optimizer={c.optimizer!r} is not one of adamw, adam, sgd")
+    raise UserError(f"train.optimizer={c.optimizer!r} is not one of adamw, adam, sgd")
   return optax.chain(*clip, *core), schedule

@@ -26,8 +26,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jaxlm import cli
-from jaxlm.config import ConfigError
 from jaxlm.engine import engine_for_config
+from jaxlm.errors import UserError
 from jaxlm.metrics import param_count
 from jaxlm.train import check_config
 
@@ -49,7 +49,7 @@ def parse_bytes(text: str) -> int:
   """'80GB' -> 80e9, '16GiB' -> 16 * 2**30, '1024' -> 1024."""
   match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
   if not match or match.group(2).upper() not in UNITS:
-    raise ConfigError(f"--device_memory={text!r} is not a size; write e.g. 80GB, 16GiB or 512MB")
+    raise UserError(f"--device_memory={text!r} is not a size; write e.g. 80GB, 16GiB or 512MB")
   return int(float(match.group(1)) * UNITS[match.group(2).upper()])
 
 
@@ -138,7 +138,7 @@ def main(argv):
 
   def run():
     if f.devices < 1:
-      raise ConfigError(f"--devices={f.devices} must be at least 1")
+      raise UserError(f"--devices={f.devices} must be at least 1")
     device_memory = parse_bytes(f.device_memory) if f.device_memory else None
     # Simulated CPU devices, set before anything initialises a backend.
     jax.config.update("jax_platforms", "cpu")

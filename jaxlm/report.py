@@ -19,7 +19,7 @@ from absl import app, flags
 from matplotlib.figure import Figure
 
 from jaxlm import cli
-from jaxlm.config import ConfigError
+from jaxlm.errors import UserError
 
 REPORT_FILE = "report.png"
 METRICS_FILE = "metrics.jsonl"
@@ -38,7 +38,7 @@ def read_metrics(workdir: str) -> dict[str, list[dict]]:
   """Records of metrics.jsonl by split ("train", "val"), one per step (the last), by step."""
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
-    raise ConfigError(f"{path} does not exist; --workdir must be a training run "
+    raise UserError(f"{path} does not exist; --workdir must be a training run "
                       "(`python -m jaxlm.train` writes it)")
   by_key = {}
   with open(path, encoding="utf-8") as f:

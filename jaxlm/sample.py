@@ -13,7 +13,6 @@ from jaxlm import cli, trained
 from jaxlm.decode import SamplingConfig, generate
 
 
-
 def define_flags() -> None:
   flags.DEFINE_string("workdir", None, "The training run's directory.")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")

@@ -16,27 +16,27 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxlm.errors import UserError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 Rules = Sequence[tuple[str, Any]]
 
 
-class ShardingError(ValueError):
-  """A mesh or batch that does not fit the devices; the message says how to fix it."""
 
 
 def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int, int, int]:
   """Resolves one -1 entry to the devices left over and checks the product."""
   sizes = [data, fsdp, tensor]
   if sizes.count(-1) > 1:
-    raise ShardingError("at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
+    raise UserError("at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
   known = int(np.prod([s for s in sizes if s != -1]))
   if any(s == 0 or s < -1 for s in sizes) or num_devices % known:
-    raise ShardingError(f"mesh data={data} fsdp={fsdp} tensor={tensor} does not fit {num_devices} "
+    raise UserError(f"mesh data={data} fsdp={fsdp} tensor={tensor} does not fit {num_devices} "
                         f"devices; make mesh.data * mesh.fsdp * mesh.tensor = {num_devices}")
   sizes = [num_devices // known if s == -1 else s for s in sizes]
   if int(np.prod(sizes)) != num_devices:
-    raise ShardingError(f"mesh data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]} uses "
+    raise UserError(f"mesh data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]} uses "
                         f"{int(np.prod(sizes))} devices but there are {num_devices}; make "
                         f"mesh.data * mesh.fsdp * mesh.tensor = {num_devices} (or set one to -1)")
   return tuple(sizes)
@@ -49,7 +49,7 @@ def split_cpu_host(devices: int) -> None:
   a test) keeps its devices, with a warning if their number differs.
   """
   if devices < 0:
-    raise ShardingError(f"mesh.cpu_devices={devices}; set it to the number of CPU devices wanted "
+    raise UserError(f"mesh.cpu_devices={devices}; set it to the number of CPU devices wanted "
                         "(0 keeps JAX's default)")
   if devices == 0:
     return
@@ -82,12 +82,12 @@ def check_batch(global_batch: int, grad_accum_steps: int, mesh: Mesh, name: str)
   of 12 on fsdp=8, say) it still shards parameters, and the batch is split over `data` alone.
   """
   if global_batch % grad_accum_steps:
-    raise ShardingError(f"{name}={global_batch} is not divisible by train.grad_accum_steps="
+    raise UserError(f"{name}={global_batch} is not divisible by train.grad_accum_steps="
                         f"{grad_accum_steps}")
   micro = global_batch // grad_accum_steps
   data = mesh.shape["data"]
   if micro % data:
-    raise ShardingError(f"{name}={global_batch} (micro-batch {micro}) is not divisible by the "
+    raise UserError(f"{name}={global_batch} (micro-batch {micro}) is not divisible by the "
                         f"{data} data-parallel devices (mesh.data); use a multiple of "
                         f"{data * grad_accum_steps}")
   if micro % batch_parallelism(mesh):
@@ -150,7 +150,7 @@ def process_block(sharding: NamedSharding, rows: int, axis: int) -> tuple[int, i
   size = rows // max(len(distinct), 1)
   if None in blocks.values() or distinct != [(i * size, (i + 1) * size)
                                              for i in range(len(distinct))]:
-    raise ShardingError(f"the batch of {rows} rows does not split into one contiguous block per "
+    raise UserError(f"the batch of {rows} rows does not split into one contiguous block per "
                         f"process over mesh {dict(sharding.mesh.shape)}; give each host whole "
                         "data/fsdp slices (mesh.data a multiple of the host count) or a batch "
                         "that mesh.data * mesh.fsdp divides")

@@ -14,10 +14,10 @@ import functools
 import re
 import textwrap
 
-from jaxlm.data.errors import DataError
 from jaxlm.data.records import Record
 from jaxlm.data.splits import stable_hash
 from jaxlm.data.stdlib_source import read_stdlib
+from jaxlm.errors import UserError
 
 TASKS = ("pyfunc_names",)
 # Completions are single identifiers, so BLEU is scored over characters (see task_eval.py).
@@ -90,7 +90,7 @@ def _held_out_records() -> tuple[Record, ...]:
 def pyfunc_names(split: str) -> list[Record]:
   """One split of the task: the same whatever data.val_fraction pretraining used."""
   if split not in SPLITS:
-    raise DataError(f"unknown split {split!r}; one of {SPLITS}")
+    raise UserError(f"unknown split {split!r}; one of {SPLITS}")
   if split == "train":
     return list(_train_records())
   # Validation and test: halves of the held-out functions, by a hash of the record (so a function
@@ -102,5 +102,5 @@ def pyfunc_names(split: str) -> list[Record]:
 
 def load_task(name: str, split: str) -> list[Record]:
   if name != "pyfunc_names":
-    raise DataError(f"unknown task {name!r}; built-in tasks: {', '.join(TASKS)}")
+    raise UserError(f"unknown task {name!r}; built-in tasks: {', '.join(TASKS)}")
   return pyfunc_names(split)

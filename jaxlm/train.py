@@ -19,12 +19,13 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jaxlm import checkpoint, cli, finetune, report, sharding
-from jaxlm.config import ConfigError, from_saved
+from jaxlm.config import from_saved
 from jaxlm.corpus import DataConfig, Dataset, build_dataset, read_corpus, workdir_tokenizer
 from jaxlm.data import train_batches
 from jaxlm.data.records import PackedRecords
 from jaxlm.decode import SamplingConfig, generate
 from jaxlm.engine import Engine, engine_for_config, mesh_for_config
+from jaxlm.errors import UserError
 from jaxlm.finetune import Pretrained
 from jaxlm.metrics import MetricsWriter, flops_per_token, param_count, peak_flops
 from jaxlm.preemption import Preemption
@@ -40,12 +41,12 @@ def define_flags() -> None:
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   if config.data.seq_len > config.model.max_len:
-    raise ConfigError(f"data.seq_len={config.data.seq_len} is longer than model.max_len="
+    raise UserError(f"data.seq_len={config.data.seq_len} is longer than model.max_len="
                       f"{config.model.max_len}; raise model.max_len or lower data.seq_len")
   if config.train.steps <= 0:
-    raise ConfigError(f"train.steps={config.train.steps} must be positive")
+    raise UserError(f"train.steps={config.train.steps} must be positive")
   if config.train.on_nonfinite not in ("skip", "stop"):
-    raise ConfigError(f"train.on_nonfinite={config.train.on_nonfinite!r} is not one of skip, stop")
+    raise UserError(f"train.on_nonfinite={config.train.on_nonfinite!r} is not one of skip, stop")
 
 
 def check_resume(saved: dict, config: ml_collections.ConfigDict) -> None:
@@ -55,7 +56,7 @@ def check_resume(saved: dict, config: ml_collections.ConfigDict) -> None:
                for section in ("model", "data") for key, value in now[section].items()
                if saved[section].get(key) != value]
   if differing:
-    raise ConfigError("the workdir holds a run with other settings (" + "; ".join(differing) +
+    raise UserError("the workdir holds a run with other settings (" + "; ".join(differing) +
                       "); use a new --workdir or the original settings")
 
 
@@ -246,7 +247,7 @@ def check_guard(metrics: dict, on_nonfinite: str) -> None:
   """With train.on_nonfinite=stop, ends the run at the first non-finite step (never applied)."""
   first = int(metrics["first_nonfinite"])
   if on_nonfinite == "stop" and first >= 0:
-    raise FloatingPointError(
+    raise UserError(
         f"non-finite loss or gradient at step {first + 1}; that update was not applied and no "
         "checkpoint holds it; lower train.lr, raise train.warmup_steps, or set "
         "train.on_nonfinite=skip")

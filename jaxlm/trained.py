@@ -10,9 +10,10 @@ import dataclasses
 import ml_collections
 
 from jaxlm import checkpoint
-from jaxlm.config import ConfigError, fixed_by_checkpoint, from_saved
+from jaxlm.config import fixed_by_checkpoint, from_saved
 from jaxlm.data import Tokenizer, tokenizer_from_json
 from jaxlm.engine import Engine, engine_for_config
+from jaxlm.errors import UserError
 from jaxlm.model import ModelConfig
 
 
@@ -31,7 +32,7 @@ def apply_overrides(config: ml_collections.ConfigDict,
   """Sets `{"eval.batch_size": 8, ...}` on a copy of config, refusing architecture changes."""
   frozen = sorted(k for k in overrides if fixed_by_checkpoint(k))
   if frozen:
-    raise ConfigError(f"{', '.join(frozen)} cannot change after training (the checkpoint fixes "
+    raise UserError(f"{', '.join(frozen)} cannot change after training (the checkpoint fixes "
                       "the architecture and tokenizer); drop these overrides")
   config = ml_collections.ConfigDict(config.to_dict())
   for key, value in overrides.items():

@@ -7,6 +7,7 @@ import pytest
 from jaxlm import checkpoint, sharding
 from jaxlm.config import base_config
 from jaxlm.engine import build_engine
+from jaxlm.errors import UserError
 from jaxlm.optim import OptimConfig
 
 RULES = base_config().mesh.rules
@@ -41,5 +42,5 @@ def test_restore_onto_another_mesh_gives_the_same_values(tmp_path, tiny_model_cf
 
 
 def test_a_missing_checkpoint_is_a_clear_error(tmp_path):
-  with pytest.raises(checkpoint.CheckpointError, match="no checkpoint in"):
+  with pytest.raises(UserError, match="no checkpoint in"):
     checkpoint.restore_metadata(str(tmp_path))

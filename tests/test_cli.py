@@ -11,6 +11,7 @@ from conftest import REPO, subprocess_env
 from test_train import write_corpus
 
 TINY = """
+from jaxlm import checkpoint
 from jaxlm.config import base_config
 
 def get_config():
@@ -121,7 +122,9 @@ def test_finetune_cli_on_user_jsonl_then_task_evaluation(cli_run, tmp_path):
   workdir = tmp_path / "ft"
   result = jaxlm("train", *finetune, f"--workdir={workdir}")
   assert result.returncode == 0, result.stderr[-2000:]
-  assert "finetuning from step 9 of" in result.stderr + result.stdout
+  # Its latest step: 6, or 9 once the resume test above has extended the run.
+  latest = checkpoint.latest_step(str(pretrained))
+  assert f"finetuning from step {latest} of" in result.stderr + result.stdout
   result = jaxlm("evaluate", f"--workdir={workdir}", f"--task={data}", "--max_new_tokens=4")
   assert result.returncode == 0, result.stderr[-2000:]
   metrics = last_json(result.stdout)

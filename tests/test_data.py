@@ -10,18 +10,8 @@ import shutil
 import numpy as np
 import pytest
 
-from jaxlm.data import (
-  DataError,
-  PackedTokens,
-  clean_documents,
-  eval_batches,
-  load_corpus,
-  pack_documents,
-  tfds_source,
-  tokenize_corpus,
-  train_batches,
-  train_tokenizer,
-)
+from jaxlm.errors import UserError
+from jaxlm.data import (PackedTokens, clean_documents, eval_batches, load_corpus, pack_documents, tfds_source, tokenize_corpus, train_batches, train_tokenizer)
 from jaxlm.data.stdlib_source import stdlib_files
 
 FIELDS = ("inputs", "targets", "segment_ids", "positions", "weights")
@@ -29,8 +19,8 @@ FIELDS = ("inputs", "targets", "segment_ids", "positions", "weights")
 
 @contextlib.contextmanager
 def _raises_one_line(match: str):
-  """pytest.raises(DataError) whose message must also be a single line."""
-  with pytest.raises(DataError, match=match) as info:
+  """pytest.raises(UserError) whose message must also be a single line."""
+  with pytest.raises(UserError, match=match) as info:
     yield info
   assert "\n" not in str(info.value), str(info.value)
 
@@ -417,6 +407,10 @@ class _CountingWindows:
 
   def __len__(self):
     return len(self.packed)
+
+  @property
+  def num_full_windows(self):
+    return self.packed.num_full_windows
 
   def rows(self, ks):
     self.read.update(int(k) for k in ks)

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlm.decode import PromptError, SamplingConfig, filter_logits, generate, left_pad
+from jaxlm.errors import UserError
+from jaxlm.decode import SamplingConfig, filter_logits, generate, left_pad
 from jaxlm.model import GPT
 
 
@@ -88,5 +89,5 @@ def test_sampling_is_reproducible_by_seed_and_varies_across_seeds(sharp_model):
 
 def test_prompt_longer_than_the_context_is_refused(sharp_model):
   cfg, params = sharp_model
-  with pytest.raises(PromptError, match="context of 32 tokens"):
+  with pytest.raises(UserError, match="context of 32 tokens"):
     generate(params, cfg, [[1] * 30], SamplingConfig(max_new_tokens=5))

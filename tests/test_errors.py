@@ -19,6 +19,7 @@ import sys
 import pytest
 
 from conftest import REPO, subprocess_env
+from jaxlm.errors import UserError
 from test_cli import TINY, jaxlm
 from test_train import write_corpus
 
@@ -273,11 +274,10 @@ def test_damaged_checkpoint_in_sample(root, damaged):
 @pytest.mark.parametrize("damaged", ["truncated_config", "missing_state"], indirect=True)
 def test_damaged_checkpoint_files_are_named_in_process(root, damaged):
   from jaxlm import trained
-  from jaxlm.checkpoint import CheckpointError
 
   workdir, how = damaged
   before = tree_hash(workdir)
-  with pytest.raises(CheckpointError) as error:
+  with pytest.raises(UserError) as error:
     trained.load(workdir)
   message = str(error.value)
   assert "\n" not in message
@@ -301,7 +301,7 @@ def test_checkpoint_of_another_train_state_is_not_called_damaged(root, pretraine
   last = list(fields)[-1]
   del fields[last]  # as if this version had one field fewer
   with (checkpoint.manager(workdir, read_only=True) as mngr,
-        pytest.raises(checkpoint.CheckpointError) as error):
+        pytest.raises(UserError) as error):
     checkpoint.restore(mngr, 6, fields)
   message = str(error.value)
   assert message == (f"checkpoint {workdir}/checkpoints/6 holds a train state with other fields "
@@ -349,7 +349,7 @@ def test_verbose_adds_the_traceback(root, tiny):
   result = jaxlm("train", f"--config={tiny}", f"--workdir={root / 'verbose'}",
                  f"--config.data.path={root / 'nowhere.txt'}", "--verbose")
   assert result.returncode == 2
-  assert "Traceback (most recent call last)" in result.stderr and "DataError" in result.stderr
+  assert "Traceback (most recent call last)" in result.stderr and "UserError" in result.stderr
   assert result.stderr.strip().splitlines()[-1].startswith("error: data.path ")
 
 
@@ -360,7 +360,7 @@ ENOSPC_FROM_TENSORSTORE = (
 
 @pytest.mark.parametrize("where", ["at_once", "in_the_background", "seen_by_the_next_save"])
 def test_disk_full_during_a_save(root, tiny_model_cfg, monkeypatch, where):
-  """The disk fills up while step 6 is written: a one-line CheckpointError naming step 6 and the
+  """The disk fills up while step 6 is written: a one-line UserError naming step 6 and the
   step to resume from, step 3 intact, and no half-written step 6 left."""
   import jax
   import orbax.checkpoint as ocp
@@ -394,7 +394,7 @@ def test_disk_full_during_a_save(root, tiny_model_cfg, monkeypatch, where):
     monkeypatch.setattr(serialization, "async_serialize_from_host", full_tensorstore)
   expected = (f"disk full while writing checkpoint 6 in {directory}: No space left on device; "
               "free space and rerun to resume from step 3")
-  with pytest.raises(checkpoint.CheckpointError) as error:
+  with pytest.raises(UserError) as error:
     checkpoint.save(mngr, 6, state, {"step": 6}, {"kind": "byte"}, {"next_index": 6})
     if where == "seen_by_the_next_save":
       checkpoint.save(mngr, 9, state, {"step": 9}, {"kind": "byte"}, {"next_index": 9})

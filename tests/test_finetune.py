@@ -10,8 +10,8 @@ import jax
 import numpy as np
 import pytest
 
+from jaxlm.errors import UserError
 from jaxlm import checkpoint, finetune, trained
-from jaxlm.config import ConfigError
 from jaxlm.data.records import Record, pack_records
 from jaxlm.model import GPT
 from jaxlm.step import loss_fn
@@ -93,7 +93,7 @@ def test_a_longer_learned_position_table_keeps_the_pretrained_rows(pretrained):
 
 def test_overrides_that_change_the_architecture_are_refused_and_listed(pretrained, tmp_path):
   config = finetune_config(pretrained, tmp_path, steps=4)
-  with pytest.raises(ConfigError) as error:
+  with pytest.raises(UserError) as error:
     train(config, str(tmp_path / "ft"), {"model.d_model": 64, "model.num_layers": 3,
                                          "data.tokenizer": "byte"})
   message = str(error.value)

@@ -6,13 +6,8 @@ import pytest
 import tokenizers
 from tokenizers import models
 
-from jaxlm.data import (
-  DataError,
-  load_tokenizer,
-  save_tokenizer,
-  tokenizer_from_json,
-  train_tokenizer,
-)
+from jaxlm.errors import UserError
+from jaxlm.data import load_tokenizer, save_tokenizer, tokenizer_from_json, train_tokenizer
 from jaxlm.data.gpt2_tokenizer import EOS_TOKEN, Gpt2BpeTokenizer
 
 TEXTS = ["def f(x):\n    return x + 1\n", "the cat sat on the mat\n\n", "\ttabs and  spaces  \r\n"] * 40
@@ -60,7 +55,7 @@ def test_json_round_trip_is_self_contained(tok, tmp_path):
 def test_a_padded_model_vocabulary_is_kept(tok):
   padded = tokenizer_from_json({**tok.to_json(), "vocab_size": 300})
   assert padded.vocab_size == 300 and padded.decode(tok.encode("cat") + [299]) == "cat"
-  with pytest.raises(DataError, match="smaller than the tokenizer's 280 ids"):
+  with pytest.raises(UserError, match="smaller than the tokenizer's 280 ids"):
     Gpt2BpeTokenizer(tok.definition, 200)
 
 
@@ -74,12 +69,12 @@ def test_gpt2_file_pair_gives_the_same_tokenizer(tok, tmp_path):
 
 
 def test_bad_inputs_are_data_errors(tmp_path):
-  with pytest.raises(DataError, match="too small for byte-level BPE"):
+  with pytest.raises(UserError, match="too small for byte-level BPE"):
     train_tokenizer("gpt2_bpe", TEXTS, 100)
   no_eos = tokenizers.Tokenizer(models.BPE()).to_str()
-  with pytest.raises(DataError, match="no <\\|endoftext\\|> token"):
+  with pytest.raises(UserError, match="no <\\|endoftext\\|> token"):
     Gpt2BpeTokenizer(no_eos)
-  with pytest.raises(DataError, match="not a valid tokenizers definition"):
+  with pytest.raises(UserError, match="not a valid tokenizers definition"):
     Gpt2BpeTokenizer("{not json")
-  with pytest.raises(DataError, match="no tokenizer.json nor vocab.json"):
+  with pytest.raises(UserError, match="no tokenizer.json nor vocab.json"):
     Gpt2BpeTokenizer.from_hf_dir(str(tmp_path))

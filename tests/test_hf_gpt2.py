@@ -20,8 +20,9 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 from tokenizers.implementations import ByteLevelBPETokenizer
 
+from jaxlm.errors import UserError
 from jaxlm import convert, hf_gpt2, trained
-from jaxlm.config import ConfigError, base_config
+from jaxlm.config import base_config
 from jaxlm.data import train_tokenizer
 from jaxlm.data.gpt2_tokenizer import EOS_TOKEN
 from jaxlm.decode import SamplingConfig, generate, left_pad
@@ -250,19 +251,19 @@ def test_hub_style_names_and_buffers_import_the_same(hf_dir):
 def test_import_refuses_non_gpt2_models_and_pickled_weights(hf_dir, tmp_path):
   with open(os.path.join(hf_dir, "config.json")) as f:
     hf_settings = json.load(f)
-  with pytest.raises(ConfigError, match="activation_function='relu'"):
+  with pytest.raises(UserError, match="activation_function='relu'"):
     hf_gpt2.model_fields({**hf_settings, "activation_function": "relu"})
-  with pytest.raises(ConfigError, match="config.json, so drop these overrides: model.d_model$"):
+  with pytest.raises(UserError, match="config.json, so drop these overrides: model.d_model$"):
     convert.imported_config(base_config(), {"model.d_model", "model.dropout"},
                             hf_gpt2.model_fields(hf_settings), None)
   pickled = tmp_path / "pickled"
   pickled.mkdir()
   (pickled / "config.json").write_text(json.dumps(hf_settings))
   (pickled / "pytorch_model.bin").write_bytes(b"not read")
-  with pytest.raises(ConfigError, match="safetensors only"):
+  with pytest.raises(UserError, match="safetensors only"):
     convert.read_hf_weights(str(pickled))
   tensors = convert.read_hf_weights(hf_dir)
   model_cfg = ModelConfig(vocab_size=hf_settings["vocab_size"], **hf_gpt2.model_fields(hf_settings))
   del tensors["transformer.h.1.mlp.c_fc.bias"]
-  with pytest.raises(ConfigError, match=r"transformer.h.1.mlp.c_fc.bias missing"):
+  with pytest.raises(UserError, match=r"transformer.h.1.mlp.c_fc.bias missing"):
     hf_gpt2.params_from_hf(tensors, model_cfg)

@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxlm.errors import UserError
 from jaxlm import sharding
-from jaxlm.config import ConfigError, base_config
+from jaxlm.config import base_config
 from jaxlm.decode import SamplingConfig, generate
 from jaxlm.engine import build_engine
 from jaxlm.model import GPT, ModelConfig, stack_layers, unstack_layers
@@ -256,11 +257,11 @@ def test_bfloat16_is_mixed_precision_with_float32_params_logits_and_grads(nanogp
 
 
 def test_attention_impl_is_checked(nanogpt_cfg):
-  with pytest.raises(ConfigError, match="attention_impl"):
+  with pytest.raises(UserError, match="attention_impl"):
     dataclasses.replace(nanogpt_cfg, attention_impl="flash")
-  with pytest.raises(ConfigError, match="remat"):
+  with pytest.raises(UserError, match="remat"):
     dataclasses.replace(nanogpt_cfg, remat="some")
   if jax.default_backend() != "gpu":
     cfg = dataclasses.replace(nanogpt_cfg, attention_impl="cudnn")
-    with pytest.raises(ConfigError, match="needs a GPU"):
+    with pytest.raises(UserError, match="needs a GPU"):
       init_params(cfg)

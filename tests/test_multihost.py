@@ -17,8 +17,8 @@ from conftest import REPO, subprocess_env
 from test_cli import TINY, last_json
 from test_train import read_metrics, write_corpus
 
+from jaxlm.errors import UserError
 from jaxlm import distributed, trained
-from jaxlm.config import ConfigError
 
 STEPS = 20
 # fsdp over all 4 devices: parameters are split across both processes, so a checkpoint is only
@@ -126,13 +126,13 @@ def test_multihost_settings_come_from_flags_or_environment_and_must_be_complete(
              "JAX_PROCESS_ID": "3"}
   assert distributed.settings(None, None, None, environ=environ) == explicit
   assert distributed.settings(None, None, 1, environ=environ)["process_id"] == 1  # flags win
-  with pytest.raises(ConfigError, match="needs --coordinator_address as well"):
+  with pytest.raises(UserError, match="needs --coordinator_address as well"):
     distributed.settings(None, 2, 0, environ={})
-  with pytest.raises(ConfigError, match="must be in \\[0, --num_processes=2\\)"):
+  with pytest.raises(UserError, match="must be in \\[0, --num_processes=2\\)"):
     distributed.settings("h:1", 2, 2, environ={})
-  with pytest.raises(ConfigError, match="needs a port"):
+  with pytest.raises(UserError, match="needs a port"):
     distributed.settings("10.0.0.1", 2, 0, environ={})
-  with pytest.raises(ConfigError, match="JAX_NUM_PROCESSES='two' is not an integer"):
+  with pytest.raises(UserError, match="JAX_NUM_PROCESSES='two' is not an integer"):
     distributed.settings("h:1", None, 0, environ={"JAX_NUM_PROCESSES": "two"})
 
 

@@ -8,7 +8,8 @@ import pytest
 from conftest import REPO, subprocess_env
 from test_cli import TINY, last_json
 
-from jaxlm.config import ConfigError, base_config
+from jaxlm.errors import UserError
+from jaxlm.config import base_config
 from jaxlm.plan import format_plan, memory_plan, parse_bytes
 
 
@@ -62,7 +63,7 @@ def test_device_memory_sizes():
   assert parse_bytes("1.5 gb") == 1_500_000_000
   assert parse_bytes("4096") == 4096
   for bad in ("eighty", "80XB", "-1GB"):
-    with pytest.raises(ConfigError, match="is not a size"):
+    with pytest.raises(UserError, match="is not a size"):
       parse_bytes(bad)
 
 

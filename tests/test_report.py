@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from jaxlm.errors import UserError
 from jaxlm import report
-from jaxlm.config import ConfigError
 
 
 def write_metrics(workdir, steps=100):
@@ -49,5 +49,5 @@ def test_report_is_a_png_with_curves_and_the_final_metrics(tmp_path):
 
 
 def test_a_workdir_without_metrics_is_a_user_error(tmp_path):
-  with pytest.raises(ConfigError, match="metrics.jsonl does not exist"):
+  with pytest.raises(UserError, match="metrics.jsonl does not exist"):
     report.write_report(str(tmp_path))

@@ -9,13 +9,8 @@ import sysconfig
 
 import pytest
 
-from jaxlm.data import (
-  DataError,
-  load_tokenizer,
-  save_tokenizer,
-  tokenizer_from_json,
-  train_tokenizer,
-)
+from jaxlm.errors import UserError
+from jaxlm.data import load_tokenizer, save_tokenizer, tokenizer_from_json, train_tokenizer
 from jaxlm.data.sp_tokenizer import _escape, _unescape
 
 # Text that breaks naive tokenizers of source code: newlines, tabs, runs of
@@ -217,30 +212,30 @@ def test_sp_training_is_deterministic(train_texts, sp_tok, sp_model_type):
 
 def test_sp_vocab_too_large_is_a_one_line_data_error():
   with pytest.raises(
-    DataError, match=r"data.vocab_size=5000 is larger than this corpus supports \(max \d+\)"
+    UserError, match=r"data.vocab_size=5000 is larger than this corpus supports \(max \d+\)"
   ) as e:
     train_tokenizer("sentencepiece", ["def f(x):\n    return x\n"] * 20, vocab_size=5000)
   assert "\n" not in str(e.value)
 
 
 def test_sp_vocab_too_small_is_a_data_error(train_texts):
-  with pytest.raises(DataError, match=r"data.vocab_size=100 is smaller than this corpus needs"):
+  with pytest.raises(UserError, match=r"data.vocab_size=100 is smaller than this corpus needs"):
     train_tokenizer("sentencepiece", train_texts, vocab_size=100)
 
 
 def test_unknown_kind_and_model_type():
-  with pytest.raises(DataError, match="unknown data.tokenizer='wordpiece'"):
+  with pytest.raises(UserError, match="unknown data.tokenizer='wordpiece'"):
     train_tokenizer("wordpiece", ["a"], 10)
-  with pytest.raises(DataError, match="sp_model_type='word'"):
+  with pytest.raises(UserError, match="sp_model_type='word'"):
     train_tokenizer("sentencepiece", ["a"], 10, sp_model_type="word")
-  with pytest.raises(DataError, match="unknown tokenizer kind"):
+  with pytest.raises(UserError, match="unknown tokenizer kind"):
     tokenizer_from_json({"kind": "nope"})
 
 
 def test_load_missing_or_corrupt_tokenizer(tmp_path):
-  with pytest.raises(DataError, match="does not exist"):
+  with pytest.raises(UserError, match="does not exist"):
     load_tokenizer(str(tmp_path / "missing.json"))
   bad = tmp_path / "bad.json"
   bad.write_text("{not json")
-  with pytest.raises(DataError, match="not valid JSON"):
+  with pytest.raises(UserError, match="not valid JSON"):
     load_tokenizer(str(bad))

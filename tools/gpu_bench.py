@@ -38,6 +38,7 @@ TINY_TARGET = 2.0
 def throughput(tiny: bool, steps: int) -> list[dict]:
   import jax
   from bench import synthetic_batch
+
   from jaxlm import sharding
   from jaxlm.config import base_config
   from jaxlm.engine import build_engine

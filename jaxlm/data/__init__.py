@@ -1,7 +1,6 @@
 """Data for jaxlm: corpora, tokenizers, packing into windows, and batches."""
 
 from jaxlm.data.clean import clean_documents, read_utf8
-from jaxlm.data.errors import DataError
 from jaxlm.data.packing import PackedTokens, pack_documents
 from jaxlm.data.pipeline import eval_batches, tokenize_corpus, train_batches
 from jaxlm.data.sources import Corpus, load_corpus
@@ -12,10 +11,11 @@ from jaxlm.data.tokenizer import (
   tokenizer_from_json,
   train_tokenizer,
 )
+from jaxlm.errors import UserError
 
 __all__ = [
   "Corpus",
-  "DataError",
+  "UserError",
   "PackedTokens",
   "Tokenizer",
   "clean_documents",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Iterable
 
-from jaxlm.data.errors import DataError
+from jaxlm.errors import UserError
 
 
 def read_utf8(path: str) -> str:
@@ -16,11 +16,11 @@ def read_utf8(path: str) -> str:
     text = raw.decode("utf-8")
   except UnicodeDecodeError as e:
     if b"\0" in raw:
-      raise DataError(
+      raise UserError(
         f"{path} is a binary file, not text (NUL byte at offset {raw.index(0)}); "
         "point data.path at UTF-8 text (.txt or .jsonl) files"
       ) from None
-    raise DataError(
+    raise UserError(
       f"{path} is not valid UTF-8 (bad byte at offset {e.start}); "
       "re-encode it as UTF-8, e.g. `iconv -f latin1 -t utf-8 IN > OUT`"
     ) from None

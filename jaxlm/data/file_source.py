@@ -7,8 +7,8 @@ import json
 import os
 
 from jaxlm.data.clean import read_utf8
-from jaxlm.data.errors import DataError
 from jaxlm.data.splits import split_by_hash, split_tail, split_text
+from jaxlm.errors import UserError
 
 _DIR_SUFFIXES = (".txt", ".jsonl")
 
@@ -17,7 +17,7 @@ def resolve_files(path: str) -> tuple[list[str], str]:
   """Expands data.path (a file, a directory or a glob) to sorted files and
   the root that their split keys are relative to."""
   if not path:
-    raise DataError("data.path is empty; set --config.data.path to a file, directory or glob")
+    raise UserError("data.path is empty; set --config.data.path to a file, directory or glob")
   if os.path.isfile(path):
     return [path], os.path.dirname(path)
   if os.path.isdir(path):
@@ -28,16 +28,16 @@ def resolve_files(path: str) -> tuple[list[str], str]:
       if name.endswith(_DIR_SUFFIXES)
     )
     if not files:
-      raise DataError(
+      raise UserError(
         f"directory {path} holds no .txt or .jsonl files; point data.path at your data"
       )
     return files, path
   if glob.has_magic(path):
     files = sorted(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))
     if not files:
-      raise DataError(f"data.path glob {path!r} matches no files; check the pattern")
+      raise UserError(f"data.path glob {path!r} matches no files; check the pattern")
     return files, os.path.commonpath([os.path.dirname(f) for f in files])
-  raise DataError(f"data.path {path!r} does not exist; give a file, a directory or a glob")
+  raise UserError(f"data.path {path!r} does not exist; give a file, a directory or a glob")
 
 
 def iter_jsonl(path: str):
@@ -49,11 +49,11 @@ def iter_jsonl(path: str):
     try:
       record = json.loads(line)
     except json.JSONDecodeError as e:
-      raise DataError(
+      raise UserError(
         f"{path}:{lineno}: malformed JSON ({e.msg}); each line of a .jsonl file must be one JSON object"
       ) from None
     if not isinstance(record, dict):
-      raise DataError(
+      raise UserError(
         f"{path}:{lineno}: a JSON {type(record).__name__}, not an object; "
         "each line of a .jsonl file must be one JSON object"
       )
@@ -66,7 +66,7 @@ def read_jsonl(path: str, text_field: str) -> list[str]:
   for lineno, record in iter_jsonl(path):
     text = record.get(text_field)
     if not isinstance(text, str):
-      raise DataError(
+      raise UserError(
         f"{path}:{lineno}: record has no string field {text_field!r}; "
         "set --config.data.text_field to the field that holds the text"
       )

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
-from jaxlm.data.errors import DataError
+from jaxlm.errors import UserError
 
 EOS_TOKEN = "<|endoftext|>"
 
@@ -45,14 +45,14 @@ class Gpt2BpeTokenizer:
     try:
       self._tok = tokenizers.Tokenizer.from_str(definition)
     except Exception as e:  # noqa: BLE001 (tokenizers raises a plain Exception)
-      raise DataError(
+      raise UserError(
         f"not a valid tokenizers definition ({str(e).splitlines()[0]}); "
         "use the tokenizer.json of a Hugging Face GPT-2 model"
       ) from None
     self.definition = definition
     eos_id = self._tok.token_to_id(EOS_TOKEN)
     if eos_id is None:
-      raise DataError(
+      raise UserError(
         f"the tokenizer has no {EOS_TOKEN} token, which jaxlm uses as EOS; use a "
         "GPT-2 byte-level BPE tokenizer"
       )
@@ -60,7 +60,7 @@ class Gpt2BpeTokenizer:
     own_size = self._tok.get_vocab_size(with_added_tokens=True)
     self.vocab_size = own_size if vocab_size is None else vocab_size
     if self.vocab_size < own_size:
-      raise DataError(f"vocab_size={vocab_size} is smaller than the tokenizer's {own_size} ids")
+      raise UserError(f"vocab_size={vocab_size} is smaller than the tokenizer's {own_size} ids")
     # Documents are text: "<|endoftext|>" written in them stays text rather than becoming EOS.
     self._tok.encode_special_tokens = True
 
@@ -69,7 +69,7 @@ class Gpt2BpeTokenizer:
     """A new byte-level BPE of `vocab_size` ids (EOS and the 256 byte symbols included)."""
     min_size = len(pre_tokenizers.ByteLevel.alphabet()) + 1
     if vocab_size < min_size:
-      raise DataError(
+      raise UserError(
         f"data.vocab_size={vocab_size} is too small for byte-level BPE (min "
         f"{min_size}: the 256 bytes and EOS); raise --config.data.vocab_size"
       )
@@ -93,7 +93,7 @@ class Gpt2BpeTokenizer:
         return cls(f.read(), vocab_size)
     if os.path.exists(vocab) and os.path.exists(merges):
       return cls(_byte_level(models.BPE.from_file(vocab, merges)).to_str(), vocab_size)
-    raise DataError(
+    raise UserError(
       f"{directory} has no tokenizer.json nor vocab.json + merges.txt; copy the "
       "model's tokenizer files there"
     )

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from jaxlm.data.errors import DataError
+from jaxlm.errors import UserError
 
 
 def segment_positions(segment_ids: np.ndarray) -> np.ndarray:
@@ -92,7 +92,7 @@ def pack_documents(
   """Concatenates `[eos_id] + doc` for each document; `split_name` only names
   the split in the error raised when there is not a single full window."""
   if seq_len < 1:
-    raise DataError(f"data.seq_len={seq_len} must be at least 1")
+    raise UserError(f"data.seq_len={seq_len} must be at least 1")
   pieces, lengths = [], []
   for doc in token_docs:
     tokens = np.asarray(doc, dtype=np.int32)  # [doc_len]
@@ -102,7 +102,7 @@ def pack_documents(
   doc_ids = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)  # [num_tokens]
   packed = PackedTokens(stream=stream, doc_ids=doc_ids, seq_len=seq_len)
   if packed.num_full_windows == 0:
-    raise DataError(
+    raise UserError(
       f"{split_name} split has {len(stream)} tokens, fewer than seq_len+1={seq_len + 1}; "
       "use a smaller data.seq_len or more data"
     )

@@ -9,9 +9,9 @@ from collections.abc import Iterator, Sequence
 import grain
 import numpy as np
 
-from jaxlm.data.errors import DataError
 from jaxlm.data.packing import PackedTokens
 from jaxlm.data.tokenizer import Tokenizer
+from jaxlm.errors import UserError
 
 # Batches are cheap to build (slices of one array), so a few threads and a
 # short buffer suffice; grain's defaults (16 threads, 500 elements) would hold
@@ -26,7 +26,7 @@ def tokenize_corpus(corpus_docs: Sequence[str], tok: Tokenizer) -> list[list[int
 
 def _check_processes(process_index: int, process_count: int) -> None:
   if not 0 <= process_index < process_count:
-    raise DataError(f"process_index={process_index} must be in [0, process_count={process_count})")
+    raise UserError(f"process_index={process_index} must be in [0, process_count={process_count})")
 
 
 def train_batches(
@@ -42,15 +42,15 @@ def train_batches(
   `iter(ds)` has get_state()/set_state() for checkpoints."""
   _check_processes(process_index, process_count)
   if global_batch < 1 or global_batch % process_count:
-    raise DataError(
+    raise UserError(
       f"global batch size {global_batch} must be a positive multiple of the process count {process_count}; "
       "change the batch size"
     )
   if not 0 <= seed < 2**32:
-    raise DataError(f"seed={seed} must be in [0, 2**32) for shuffling")
+    raise UserError(f"seed={seed} must be in [0, 2**32) for shuffling")
   num_windows = packed.num_full_windows  # a partial last window is for evaluation only
   if num_windows < global_batch:
-    raise DataError(
+    raise UserError(
       f"the training split has {num_windows} windows, fewer than one batch of {global_batch}; "
       "use a smaller batch size or data.seq_len, or more data"
     )
@@ -103,7 +103,7 @@ def eval_batches(
   lockstep."""
   _check_processes(process_index, process_count)
   if batch_size < 1:
-    raise DataError(f"eval batch size {batch_size} must be at least 1")
+    raise UserError(f"eval batch size {batch_size} must be at least 1")
   share = range(process_index, len(packed), process_count)
   num_batches = math.ceil(math.ceil(len(packed) / process_count) / batch_size)
   if max_batches is not None:

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from jaxlm.data.clean import normalize_text
-from jaxlm.data.errors import DataError
 from jaxlm.data.file_source import iter_jsonl, resolve_files
 from jaxlm.data.splits import split_by_hash
+from jaxlm.errors import UserError
 
 PROMPT, COMPLETION = "prompt", "completion"
 TRUNCATE_MODES = ("left", "drop")
@@ -32,7 +32,7 @@ def is_record_file(path: str) -> bool:
   """True when data.path names JSONL whose first record has prompt and completion fields."""
   try:
     files, _ = resolve_files(path)
-  except DataError:
+  except UserError:
     return False
   first = files[0]
   if not first.endswith(".jsonl"):
@@ -50,13 +50,13 @@ def read_records(path: str) -> list[Record]:
     for lineno, record in iter_jsonl(file):
       values = [record.get(PROMPT), record.get(COMPLETION)]
       if not all(isinstance(v, str) for v in values):
-        raise DataError(
+        raise UserError(
           f"{file}:{lineno}: a finetuning record needs string fields "
           f"{PROMPT!r} and {COMPLETION!r}; fix the record or drop the line"
         )
       records.append(Record(normalize_text(values[0]), normalize_text(values[1])))
   if not records:
-    raise DataError(f"{path} holds no prompt/completion records")
+    raise UserError(f"{path} holds no prompt/completion records")
   return records
 
 
@@ -129,7 +129,7 @@ def pack_records(
 ) -> PackedRecords:
   """Packs tokenized (prompt, completion) pairs greedily, in order, into rows."""
   if truncate not in TRUNCATE_MODES:
-    raise DataError(f"data.truncate={truncate!r} is not one of {TRUNCATE_MODES}")
+    raise UserError(f"data.truncate={truncate!r} is not one of {TRUNCATE_MODES}")
   width = seq_len + 1
   rows: list[list[tuple[list[int], int]]] = [[]]
   used, truncated, dropped = 0, 0, 0
@@ -146,7 +146,7 @@ def pack_records(
     used += len(fitted[0])
   rows = [row for row in rows if row]
   if not rows:
-    raise DataError(
+    raise UserError(
       f"no {split_name} record fits data.seq_len={seq_len} ({dropped} dropped); "
       "raise data.seq_len or use data.truncate=left"
     )

@@ -6,11 +6,11 @@ import dataclasses
 from collections.abc import Callable
 
 from jaxlm.data.clean import clean_documents
-from jaxlm.data.errors import DataError
 from jaxlm.data.file_source import load_files
 from jaxlm.data.splits import check_val_fraction
 from jaxlm.data.stdlib_source import load_stdlib
 from jaxlm.data.tfds_source import load_tfds
+from jaxlm.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,7 +22,7 @@ class Corpus:
 def _read_stdlib(path: str, text_field: str, val_fraction: float) -> tuple[list[str], list[str]]:
   del text_field  # stdlib files are plain text
   if path:
-    raise DataError(
+    raise UserError(
       f"data.path={path!r} is only for data.source=files or tfds; leave it empty for data.source=stdlib"
     )
   return load_stdlib(val_fraction)
@@ -41,7 +41,7 @@ def load_corpus(
   """Reads `source` ("stdlib", "files" or "tfds"), splits it deterministically
   and cleans both splits (see clean.clean_documents)."""
   if source not in _READERS:
-    raise DataError(f"unknown data.source={source!r}; choose one of {', '.join(sorted(_READERS))}")
+    raise UserError(f"unknown data.source={source!r}; choose one of {', '.join(sorted(_READERS))}")
   check_val_fraction(val_fraction)
   raw_train, raw_val = _READERS[source](path, text_field, val_fraction)
   train = clean_documents(raw_train, dedup)
@@ -52,12 +52,12 @@ def load_corpus(
     in_train = set(train)
     val = [doc for doc in val if doc not in in_train]
   if not train:
-    raise DataError(
+    raise UserError(
       f"the corpus is empty after cleaning: {source} {path!r} has no non-blank training documents; "
       "check data.source, data.path and data.text_field"
     )
   if not val:
-    raise DataError(
+    raise UserError(
       f"the validation split of {source} {path!r} is empty after cleaning; "
       "use a larger data.val_fraction or more files"
     )

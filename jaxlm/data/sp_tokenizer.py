@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import sentencepiece as spm
 
-from jaxlm.data.errors import DataError
+from jaxlm.errors import UserError
 
 # U+FDD0 is a Unicode noncharacter, reserved for process-internal use, so it
 # is (almost) never in real text; it escapes itself and U+2581.
@@ -76,22 +76,22 @@ def _sample_lines(texts: Sequence[str], max_chars: int, seed: int) -> Iterator[s
     yield from (line for line, k in zip(lines, keep, strict=True) if k)
 
 
-def _vocab_error(err: RuntimeError, vocab_size: int) -> DataError:
-  """Turns SentencePiece's vocabulary-size failures into a one-line DataError."""
+def _vocab_error(err: RuntimeError, vocab_size: int) -> UserError:
+  """Turns SentencePiece's vocabulary-size failures into a one-line UserError."""
   msg = str(err)
   too_high = re.search(r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)", msg)
   if too_high:
-    return DataError(
+    return UserError(
       f"data.vocab_size={vocab_size} is larger than this corpus supports (max {too_high.group(1)}); "
       "lower --config.data.vocab_size"
     )
   too_low = re.search(r"smaller than required_chars\. \d+ vs (\d+)", msg)
   if too_low:
-    return DataError(
+    return UserError(
       f"data.vocab_size={vocab_size} is smaller than this corpus needs (min {too_low.group(1)}); "
       "raise --config.data.vocab_size"
     )
-  return DataError(f"SentencePiece training failed: {msg.splitlines()[0]}; check data.vocab_size")
+  return UserError(f"SentencePiece training failed: {msg.splitlines()[0]}; check data.vocab_size")
 
 
 class SentencePieceTokenizer:
@@ -109,7 +109,7 @@ class SentencePieceTokenizer:
   @classmethod
   def train(cls, texts: Sequence[str], vocab_size: int, model_type: str) -> SentencePieceTokenizer:
     if model_type not in ("bpe", "unigram"):
-      raise DataError(f"data.sp_model_type={model_type!r} is not supported; use bpe or unigram")
+      raise UserError(f"data.sp_model_type={model_type!r} is not supported; use bpe or unigram")
     model = io.BytesIO()
     try:
       spm.SentencePieceTrainer.train(

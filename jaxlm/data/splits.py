@@ -10,14 +10,14 @@ import hashlib
 from collections.abc import Sequence
 from typing import TypeVar
 
-from jaxlm.data.errors import DataError
+from jaxlm.errors import UserError
 
 T = TypeVar("T")
 
 
 def check_val_fraction(val_fraction: float) -> None:
   if not 0.0 < val_fraction < 1.0:
-    raise DataError(
+    raise UserError(
       f"data.val_fraction={val_fraction} must be between 0 and 1 (exclusive); e.g. --config.data.val_fraction=0.1"
     )
 

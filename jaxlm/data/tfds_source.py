@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from jaxlm.data.errors import DataError
 from jaxlm.data.splits import split_tail
+from jaxlm.errors import UserError
 
 _VAL_SPLITS = ("validation", "test")
 
@@ -20,7 +20,7 @@ def _import_tfds() -> Any:
   try:
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   except ImportError:
-    raise DataError(
+    raise UserError(
       "data.source=tfds needs tensorflow-datasets; pip install tensorflow-datasets"
     ) from None
   return tfds
@@ -32,14 +32,14 @@ def _text_of(record: Any, text_field: str, name: str) -> str:
     try:
       return value.decode("utf-8")
     except UnicodeDecodeError as e:
-      raise DataError(
+      raise UserError(
         f"TFDS dataset {name!r} field {text_field!r} is not valid UTF-8 (byte offset {e.start}); "
         "use a text field or dataset that is UTF-8"
       ) from None
   if isinstance(value, str):
     return value
   fields = sorted(record) if isinstance(record, dict) else []
-  raise DataError(
+  raise UserError(
     f"TFDS dataset {name!r} has no text field {text_field!r} (fields: {fields}); set --config.data.text_field"
   )
 
@@ -70,7 +70,7 @@ def load_tfds(name: str, text_field: str, val_fraction: float) -> tuple[list[str
   "name:version"). Validation is the dataset's validation (or test) split,
   else the last val_fraction of the train documents."""
   if not name:
-    raise DataError(
+    raise UserError(
       "data.source=tfds needs a dataset name in data.path, e.g. --config.data.path=tiny_shakespeare"
     )
   tfds = _import_tfds()
@@ -78,7 +78,7 @@ def load_tfds(name: str, text_field: str, val_fraction: float) -> tuple[list[str
     train = _read_texts(tfds.data_source(name, split="train"), text_field, name)
     val_split = _val_split_name(tfds, name)
   except tfds.core.registered.DatasetNotFoundError:
-    raise DataError(
+    raise UserError(
       f"unknown TFDS dataset {name!r}; see https://www.tensorflow.org/datasets/catalog for names"
     ) from None
   if val_split is None:

@@ -8,10 +8,10 @@ import tempfile
 from collections.abc import Sequence
 from typing import Protocol
 
-from jaxlm.data.errors import DataError
 from jaxlm.data.gpt2_tokenizer import Gpt2BpeTokenizer
 from jaxlm.data.simple_tokenizers import ByteTokenizer, CharTokenizer
 from jaxlm.data.sp_tokenizer import SentencePieceTokenizer
+from jaxlm.errors import UserError
 
 KINDS = ("sentencepiece", "char", "byte", "gpt2_bpe")
 
@@ -47,7 +47,7 @@ def train_tokenizer(
     return SentencePieceTokenizer.train(texts, vocab_size, sp_model_type)
   if kind == "gpt2_bpe":
     return Gpt2BpeTokenizer.train(texts, vocab_size)
-  raise DataError(f"unknown data.tokenizer={kind!r}; choose one of {', '.join(KINDS)}")
+  raise UserError(f"unknown data.tokenizer={kind!r}; choose one of {', '.join(KINDS)}")
 
 
 def tokenizer_from_json(state: dict) -> Tokenizer:
@@ -61,7 +61,7 @@ def tokenizer_from_json(state: dict) -> Tokenizer:
     return SentencePieceTokenizer.from_json(state)
   if kind == "gpt2_bpe":
     return Gpt2BpeTokenizer.from_json(state)
-  raise DataError(
+  raise UserError(
     f"unknown tokenizer kind {kind!r} in saved tokenizer; expected one of {', '.join(KINDS)}"
   )
 
@@ -86,11 +86,11 @@ def load_tokenizer(path: str) -> Tokenizer:
     with open(path, encoding="utf-8") as f:
       state = json.load(f)
   except FileNotFoundError:
-    raise DataError(
+    raise UserError(
       f"tokenizer file {path} does not exist; train one first or fix the path"
     ) from None
   except json.JSONDecodeError as e:
-    raise DataError(
+    raise UserError(
       f"tokenizer file {path} is not valid JSON ({e.msg}); delete it and retrain"
     ) from None
   return tokenizer_from_json(state)
