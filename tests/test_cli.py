@@ -8,10 +8,10 @@ import sys
 import pytest
 
 from conftest import REPO, subprocess_env
+from jaxlm import checkpoint
 from test_train import write_corpus
 
 TINY = """
-from jaxlm import checkpoint
 from jaxlm.config import base_config
 
 def get_config():
