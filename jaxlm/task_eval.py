@@ -22,7 +22,7 @@ from jaxlm.corpus import pack_record_split
 from jaxlm.data.records import Record, read_records
 from jaxlm.decode import SamplingConfig, generate
 from jaxlm.scoring import evaluate_split
-from jaxlm.tasks import TASK_BLEU_TOKENIZE, TASKS, load_task
+from jaxlm.tasks import TASKS, load_task
 from jaxlm.trained import TrainedRun
 
 # Prompts are padded up to a multiple of this many tokens, to bound the number of compilations.
@@ -37,8 +37,8 @@ def task_records(task: str) -> tuple[str, list[Record]]:
 
 
 def bleu_tokenizer(task: str, requested: str) -> str:
-  """The requested BLEU tokenization, else the built-in task's own ("char"), else "13a"."""
-  return requested or (TASK_BLEU_TOKENIZE.get(task, "13a"))
+  """The requested BLEU tokenization, else the built-in task's own, else "13a"."""
+  return requested or (TASKS[task].bleu_tokenize if task in TASKS else "13a")
 
 
 def score(predictions: list[str], references: list[str],
