@@ -1,13 +1,13 @@
 # Two commands for a fresh machine (only Python >= 3.11 and the package index needed):
 #   make run    pretrain on the built-in corpus, evaluate, sample, then finetune on the built-in
-#               task and compare task metrics before and after
+#               task and compare task metrics before and after, with examples and what to try next
 #   make test   the test suite
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 RUN_DIR ?= runs/default
 FT_DIR ?= runs/finetune
-TASK := pyfunc_names
+TASK ?= pyfunc_params
 
 .PHONY: run test clean
 
@@ -30,10 +30,10 @@ run: $(VENV)/installed
 	$(PY) -m jaxlm.evaluate --workdir=$(RUN_DIR)
 	$(PY) -m jaxlm.sample --workdir=$(RUN_DIR) --prompt="def " --max_new_tokens=120 --num_samples=2
 	$(PY) -m jaxlm.evaluate --workdir=$(RUN_DIR) --task=$(TASK)
-	$(PY) -m jaxlm.train --config=configs/finetune.py --config.init_from=$(RUN_DIR) --workdir=$(FT_DIR)
+	$(PY) -m jaxlm.train --config=configs/finetune.py --config.init_from=$(RUN_DIR) \
+	    --config.data.path=$(TASK) --workdir=$(FT_DIR)
 	$(PY) -m jaxlm.evaluate --workdir=$(FT_DIR) --task=$(TASK)
-	$(PY) tools/before_after.py $$(ls -t $(RUN_DIR)/predictions/$(TASK)_step*.json | head -1) \
-	    $$(ls -t $(FT_DIR)/predictions/$(TASK)_step*.json | head -1)
+	$(PY) tools/before_after.py --task=$(TASK) --before=$(RUN_DIR) --after=$(FT_DIR)
 
 test: $(VENV)/installed-test
 	$(PY) -m pytest -q -n 2 --dist loadfile

@@ -2,10 +2,12 @@
 
     python -m jaxlm.train --config=configs/finetune.py --config.init_from=runs/default \
         --workdir=runs/finetune
-    python -m jaxlm.evaluate --workdir=runs/finetune --task=pyfunc_names
+    python -m jaxlm.evaluate --workdir=runs/finetune --task=pyfunc_params
 
-The built-in task `pyfunc_names` asks for a standard-library function's name from its (masked)
-source. For your own data, give JSONL records {"prompt": ..., "completion": ...}:
+The built-in task `pyfunc_params` asks for the parameter names of a standard-library function from
+its def header; `pyfunc_call` (the call with the required arguments) and `pyfunc_names` (the name
+from the masked body, harder) are there too: --config.data.path=pyfunc_names. For your own data,
+give JSONL records {"prompt": ..., "completion": ...}:
     --config.data.source=files --config.data.path=train.jsonl [--config.data.val_path=val.jsonl]
 The architecture and tokenizer come from init_from; only optimization and data are set here.
 """
@@ -17,7 +19,7 @@ def get_config():
   c = base_config()
   c.init_from = ""  # give the pretrain workdir on the command line
   c.data.source = "task"
-  c.data.path = "pyfunc_names"
+  c.data.path = "pyfunc_params"
   c.data.format = "prompt_completion"
   c.data.truncate = "left"
   c.data.seq_len = 128

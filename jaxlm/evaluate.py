@@ -1,7 +1,7 @@
 """Evaluate a trained run: language-model metrics on its validation split, or a task's metrics.
 
     python -m jaxlm.evaluate --workdir=DIR [--step=N] [--config.eval.max_batches=0] [--config.data.path=...]
-    python -m jaxlm.evaluate --workdir=DIR --task=pyfunc_names|PATH.jsonl [--max_new_tokens=32] [--stop='\n']
+    python -m jaxlm.evaluate --workdir=DIR --task=pyfunc_params|PATH.jsonl [--max_new_tokens=N] [--stop='\n']
 
 Without --task: loss, perplexity = exp(mean token NLL) over every validation token (all windows,
 unless eval.max_batches limits it), bits per byte = NLL in bits / UTF-8 bytes of the text those
@@ -26,7 +26,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
   flags.DEFINE_string("task", None, "A built-in task's name or a prompt/completion JSONL file: "
                       "evaluate generation on it instead of the validation split.")
-  flags.DEFINE_integer("max_new_tokens", 32, "With --task: the longest completion generated.")
+  flags.DEFINE_integer("max_new_tokens", None, "With --task: the longest completion generated "
+                       "(default: the built-in task's own, else 32).")
   flags.DEFINE_string("stop", "\n", "With --task: a completion ends before this string (or at EOS).")
   flags.DEFINE_string("bleu_tokenize", "", "With --task: sacrebleu tokenization ('13a' words, "
                       "'char', ...); default: the built-in task's own, else '13a'.")
@@ -45,8 +46,9 @@ def evaluate(workdir: str, step: int | None, overrides: dict) -> dict[str, float
 
 
 def evaluate_on_task(workdir: str, step: int | None, overrides: dict, task: str,
-                     max_new_tokens: int, stop: str, bleu_tokenize: str) -> dict:
+                     max_new_tokens: int | None, stop: str, bleu_tokenize: str) -> dict:
   run = trained.load(workdir, step, overrides)
+  max_new_tokens = max_new_tokens or task_eval.default_max_new_tokens(task)
   metrics, rows = task_eval.evaluate_task(run, task, max_new_tokens, stop,
                                           run.config.eval.batch_size, bleu_tokenize)
   path = task_eval.write_predictions(workdir, metrics, rows)

@@ -36,6 +36,11 @@ def task_records(task: str) -> tuple[str, list[Record]]:
   return os.path.splitext(os.path.basename(task))[0], read_records(task)
 
 
+def default_max_new_tokens(task: str) -> int:
+  """The built-in task's generation budget, else 32 tokens."""
+  return TASKS[task].max_new_tokens if task in TASKS else 32
+
+
 def bleu_tokenizer(task: str, requested: str) -> str:
   """The requested BLEU tokenization, else the built-in task's own, else "13a"."""
   return requested or (TASKS[task].bleu_tokenize if task in TASKS else "13a")

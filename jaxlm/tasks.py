@@ -49,6 +49,7 @@ class Task:
   make: Callable[[Function], tuple[str, str] | None]
   suffix: str  # what ends every prompt: the question
   bleu_tokenize: str  # sacrebleu tokenization of the completions (see task_eval.py)
+  max_new_tokens: int  # generation budget of `evaluate --task`: room for the longest answers
 
 
 def _names(function: Function) -> tuple[str, str] | None:
@@ -101,10 +102,10 @@ def _call(function: Function) -> tuple[str, str] | None:
 
 
 TASKS = {
-    "pyfunc_params": Task(_params, "\n# parameters: ", "13a"),
-    "pyfunc_call": Task(_call, "\n# call with the required arguments: ", "13a"),
+    "pyfunc_params": Task(_params, "\n# parameters: ", "13a", 48),
+    "pyfunc_call": Task(_call, "\n# call with the required arguments: ", "13a", 48),
     # Completions are single identifiers, so BLEU is scored over characters.
-    "pyfunc_names": Task(_names, "\n# name of ___: ", "char"),
+    "pyfunc_names": Task(_names, "\n# name of ___: ", "char", 32),
 }
 
 
