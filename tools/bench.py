@@ -21,6 +21,7 @@ and, last, one JSON line.
 """
 
 import json
+import math
 import platform
 import statistics
 import time
@@ -122,6 +123,54 @@ def growing_context_loop(params, cfg: ModelConfig, tokens: list[int]):
   return run
 
 
+def cpu_model() -> str:
+  """The CPU's model name, as `lscpu` prints it (from /proc/cpuinfo), or the platform's."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def matmul_rates(cfg: ModelConfig, rows: int, repeats: int = 20) -> dict:
+  """GFLOP/s of the model's projection matmuls ([rows, in] x [in, out]) through `jax.jit` on one
+  device, and through PyTorch when it is installed (a test dependency), best of `repeats` each:
+  where XLA:CPU's small GEMMs fall behind the BLAS that PyTorch calls, this shows it."""
+  shapes = [(cfg.d_model, 3 * cfg.d_model), (cfg.d_model, cfg.d_model), (cfg.d_model, cfg.mlp_dim),
+            (cfg.mlp_dim, cfg.d_model)]
+  flops = sum(2.0 * rows * k * n for k, n in shapes)
+  device = jax.devices()[0]
+  pairs = [(jax.device_put(jnp.ones((rows, k), jnp.float32), device),
+            jax.device_put(jnp.ones((k, n), jnp.float32), device)) for k, n in shapes]
+  matmul = jax.jit(lambda a, b: a @ b)
+  jax_seconds = best_seconds(lambda: [matmul(a, b).block_until_ready() for a, b in pairs],
+                             repeats)
+  rates = {"matmul_shapes": [[rows, k, n] for k, n in shapes],
+           "jax_matmul_gflops": flops / jax_seconds / 1e9}
+  try:
+    import torch
+  except ImportError:
+    return rates
+  tensors = [(torch.ones(rows, k), torch.ones(k, n)) for k, n in shapes]
+  torch_seconds = best_seconds(lambda: [a @ b for a, b in tensors], repeats)
+  rates["torch_matmul_gflops"] = flops / torch_seconds / 1e9
+  rates["torch_over_jax_matmul"] = jax_seconds / torch_seconds
+  return rates
+
+
+def best_seconds(fn, repeats: int) -> float:
+  fn()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - start)
+  return best
+
+
 def synthetic_batch(rows: int, seq_len: int, vocab: int, leading: tuple[int, ...] = ()):
   rng = np.random.default_rng(0)
   shape = (*leading, rows, seq_len)
@@ -174,9 +223,9 @@ def bench(config) -> dict:
                              _REPEATS.value, _STEPS.value)
   sampling = time_sampling(params, model_cfg)
   train_tps = batch * seq_len / step_time
+  split = math.prod(engine.mesh.shape[axis] for axis in engine.train_batch_axes)
   return {
-      "machine": f"{platform.processor() or platform.machine()}, {jax.device_count()} "
-                 f"{jax.devices()[0].device_kind} device(s)",
+      "machine": f"{cpu_model()}, {jax.device_count()} {jax.devices()[0].device_kind} device(s)",
       "params": int(sum(x.size for x in jax.tree.leaves(params))),
       "data": "real" if dataset else "synthetic",
       "step_time_ms": step_time * 1e3,
@@ -188,6 +237,8 @@ def bench(config) -> dict:
       **result,
       "eval_tokens_per_sec": config.eval.batch_size * seq_len / eval_time,
       **sampling,
+      # The projections' matmuls at one device's share of a micro-batch.
+      **matmul_rates(model_cfg, batch // accum // split * seq_len),
   }
 
 
