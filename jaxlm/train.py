@@ -123,7 +123,7 @@ def set_up(config: ml_collections.ConfigDict, workdir: str, overrides: dict,
   check_config(config)
   mesh_for_config(config)  # a mesh or batch that does not fit fails before the data is read
   if checkpoint.latest_step(workdir) is not None:
-    _, saved_config, _ = checkpoint.restore_metadata(workdir, checkpoint.latest_step(workdir))
+    _, saved_config, _ = checkpoint.restore_metadata(workdir)  # the latest step's
     check_resume(cli.config_to_json(from_saved(saved_config)), config)
   data_cfg = DataConfig.from_config(config.data)
   corpus = read_corpus(data_cfg)
