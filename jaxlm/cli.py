@@ -17,9 +17,9 @@ import jax
 import ml_collections
 from absl import flags, logging
 
-from jaxlm import distributed, sharding
 from jaxlm.config import base_config
 from jaxlm.errors import UserError
+from jaxlm.parallel import distributed, sharding
 
 flags.DEFINE_bool("verbose", False, "Print the full traceback of errors.")
 

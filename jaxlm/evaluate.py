@@ -6,17 +6,19 @@
 Without --task: loss, perplexity = exp(mean token NLL) over every validation token (all windows,
 unless eval.max_batches limits it), bits per byte = NLL in bits / UTF-8 bytes of the text those
 tokens cover, and token accuracy. With --task: completion perplexity, exact match, BLEU and ROUGE-L
-on the task's test records (see task_eval.py), predictions saved under WORKDIR/predictions/. Either
+on the task's test records (see generation.py), predictions saved under WORKDIR/predictions/. Either
 way the last line of stdout is one JSON object with the metrics.
 """
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxlm import cli, task_eval, trained
+from jaxlm import cli
 from jaxlm.config import base_config
-from jaxlm.corpus import DataConfig, pack_any, read_corpus
-from jaxlm.scoring import evaluate_split
+from jaxlm.data.dataset import DataConfig, pack_any, read_corpus
+from jaxlm.eval import generation
+from jaxlm.eval.scoring import evaluate_split
+from jaxlm.inference import trained
 
 
 def define_flags() -> None:
@@ -48,10 +50,10 @@ def evaluate(workdir: str, step: int | None, overrides: dict) -> dict[str, float
 def evaluate_on_task(workdir: str, step: int | None, overrides: dict, task: str,
                      max_new_tokens: int | None, stop: str, bleu_tokenize: str) -> dict:
   run = trained.load(workdir, step, overrides)
-  max_new_tokens = max_new_tokens or task_eval.default_max_new_tokens(task)
-  metrics, rows = task_eval.evaluate_task(run, task, max_new_tokens, stop,
+  max_new_tokens = max_new_tokens or generation.default_max_new_tokens(task)
+  metrics, rows = generation.evaluate_task(run, task, max_new_tokens, stop,
                                           run.config.eval.batch_size, bleu_tokenize)
-  path = task_eval.write_predictions(workdir, metrics, rows)
+  path = generation.write_predictions(workdir, metrics, rows)
   print(f"{metrics['task']} at step {run.step}: exact match {metrics['exact_match']:.3f}  BLEU "
         f"{metrics['bleu']:.2f}  ROUGE-L {metrics['rougeL']:.3f}  completion perplexity "
         f"{metrics['completion_perplexity']:.3f}  over {metrics['examples']} examples; "

@@ -9,8 +9,9 @@ printed after a separator line; the last line of stdout is a JSON list of the sa
 
 from absl import app, flags
 
-from jaxlm import cli, trained
-from jaxlm.decode import SamplingConfig, generate
+from jaxlm import cli
+from jaxlm.inference import trained
+from jaxlm.inference.decode import SamplingConfig, generate
 
 
 def define_flags() -> None:

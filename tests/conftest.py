@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
-from jaxlm.model import ModelConfig  # noqa: E402
+from jaxlm.models import ModelConfig  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

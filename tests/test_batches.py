@@ -6,11 +6,16 @@ import json
 
 import numpy as np
 import pytest
-
-from jaxlm.data import (PackedTokens, eval_batches, pack_documents, tokenize_corpus, train_batches,
-                        train_tokenizer)
 from test_data import FIELDS, _files, _raises_one_line
 
+from jaxlm.data import (
+  PackedTokens,
+  eval_batches,
+  pack_documents,
+  tokenize_corpus,
+  train_batches,
+  train_tokenizer,
+)
 
 # --- packing --------------------------------------------------------------------
 

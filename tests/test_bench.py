@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO, subprocess_env
 from test_train import write_corpus
 
-from jaxlm import metrics
+from jaxlm.training import metrics
 
 TINY = ["--config=configs/shakespeare_char.py", "--config.data.seq_len=32",
         "--config.model.max_len=32", "--config.model.d_model=32", "--config.model.num_layers=2",

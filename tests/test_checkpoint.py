@@ -4,11 +4,12 @@ import jax
 import numpy as np
 import pytest
 
-from jaxlm import checkpoint, sharding
 from jaxlm.config import base_config
-from jaxlm.engine import build_engine
 from jaxlm.errors import UserError
-from jaxlm.optim import OptimConfig
+from jaxlm.parallel import sharding
+from jaxlm.training import checkpoint
+from jaxlm.training.engine import build_engine
+from jaxlm.training.optim import OptimConfig
 
 RULES = base_config().mesh.rules
 

@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, subprocess_env
-from jaxlm import checkpoint
 from test_train import write_corpus
+
+from jaxlm.training import checkpoint
 
 TINY = """
 from jaxlm.config import base_config
@@ -136,7 +136,8 @@ def test_finetune_cli_on_user_jsonl_then_task_evaluation(cli_run, tmp_path):
 
 def test_cpu_devices_leaves_an_already_started_backend_alone(caplog):
   import jax
-  from jaxlm import sharding
+
+  from jaxlm.parallel import sharding
   sharding.split_cpu_host(0)
   sharding.split_cpu_host(jax.device_count())  # what it already has: nothing to say
   assert "ignored" not in caplog.text

@@ -9,9 +9,9 @@ import shutil
 
 import pytest
 
-from jaxlm.errors import UserError
 from jaxlm.data import clean_documents, load_corpus, tfds_source
 from jaxlm.data.stdlib_source import stdlib_files
+from jaxlm.errors import UserError
 
 FIELDS = ("inputs", "targets", "segment_ids", "positions", "weights")
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from jaxlm.errors import UserError
-from jaxlm.decode import SamplingConfig, filter_logits, generate, left_pad
-from jaxlm.model import GPT
+from jaxlm.inference.decode import SamplingConfig, filter_logits, generate, left_pad
+from jaxlm.models import GPT
 
 
 @pytest.fixture(scope="module", params=["learned", "rope"])

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlm.dense import project
+from jaxlm.models.dense import project
 
 
 def reference(x, kernel, cotangent, in_dims):

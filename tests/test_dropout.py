@@ -11,12 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlm import checkpoint, sharding, trained
 from jaxlm.config import base_config
-from jaxlm.engine import build_engine
-from jaxlm.model import GPT
-from jaxlm.optim import OptimConfig
-from jaxlm.train import train
+from jaxlm.inference import trained
+from jaxlm.models import GPT
+from jaxlm.parallel import sharding
+from jaxlm.training import checkpoint
+from jaxlm.training.engine import build_engine
+from jaxlm.training.loop import train
+from jaxlm.training.optim import OptimConfig
 
 RULES = base_config().mesh.rules
 SEQ = 16

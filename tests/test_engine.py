@@ -4,13 +4,13 @@ run loaded for use with its parameters only."""
 import jax
 import numpy as np
 import pytest
-
-from jaxlm import trained
-from jaxlm.engine import engine_for_config
-from jaxlm.evaluate import evaluate
-from jaxlm.step import loss_fn
 from test_step import SEQ, make_batch
 from test_train import corpus_dir, tiny_config, trained_run  # noqa: F401 (fixtures)
+
+from jaxlm.evaluate import evaluate
+from jaxlm.inference import trained
+from jaxlm.training.engine import engine_for_config
+from jaxlm.training.step import loss_fn
 
 
 def test_an_awkward_eval_batch_leaves_the_training_sharding_alone(corpus_dir):  # noqa: F811

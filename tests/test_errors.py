@@ -17,11 +17,11 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, subprocess_env
-from jaxlm.errors import UserError
 from test_cli import TINY, jaxlm
 from test_train import write_corpus
+
+from jaxlm.errors import UserError
 
 DOC = os.path.join(REPO, "docs", "errors.md")
 
@@ -273,7 +273,7 @@ def test_damaged_checkpoint_in_sample(root, damaged):
 
 @pytest.mark.parametrize("damaged", ["truncated_config", "missing_state"], indirect=True)
 def test_damaged_checkpoint_files_are_named_in_process(root, damaged):
-  from jaxlm import trained
+  from jaxlm.inference import trained
 
   workdir, how = damaged
   before = tree_hash(workdir)
@@ -292,7 +292,8 @@ def test_checkpoint_of_another_train_state_is_not_called_damaged(root, pretraine
   """A state with other fields (written by another jaxlm version) is not called damaged."""
   import dataclasses
 
-  from jaxlm import checkpoint, trained
+  from jaxlm.inference import trained
+  from jaxlm.training import checkpoint
 
   workdir, before = pretrained
   run = trained.load(workdir, 3)
@@ -366,10 +367,11 @@ def test_disk_full_during_a_save(root, tiny_model_cfg, monkeypatch, where):
   import orbax.checkpoint as ocp
   from orbax.checkpoint._src.serialization import serialization
 
-  from jaxlm import checkpoint, sharding
   from jaxlm.config import base_config
-  from jaxlm.engine import build_engine
-  from jaxlm.optim import OptimConfig
+  from jaxlm.parallel import sharding
+  from jaxlm.training import checkpoint
+  from jaxlm.training.engine import build_engine
+  from jaxlm.training.optim import OptimConfig
 
   mesh = sharding.make_mesh(1, 1, 1, jax.devices()[:1])
   engine = build_engine(tiny_model_cfg, OptimConfig(), mesh, base_config().mesh.rules, seed=0,

@@ -9,15 +9,16 @@ import shutil
 import jax
 import numpy as np
 import pytest
-
-from jaxlm.errors import UserError
-from jaxlm import checkpoint, finetune, trained
-from jaxlm.data.records import Record, pack_records
-from jaxlm.model import GPT
-from jaxlm.step import loss_fn
-from jaxlm.task_eval import evaluate_task, score
-from jaxlm.train import train
 from test_train import WORDS, tiny_config, write_corpus
+
+from jaxlm.data.records import Record, pack_records
+from jaxlm.errors import UserError
+from jaxlm.eval.generation import evaluate_task, score
+from jaxlm.inference import trained
+from jaxlm.models import GPT
+from jaxlm.training import checkpoint, finetune
+from jaxlm.training.loop import train
+from jaxlm.training.step import loss_fn
 
 LETTERS = sorted(set("".join(WORDS)))  # characters the pretrained char tokenizer knows
 
@@ -60,9 +61,9 @@ def test_restored_parameters_give_exactly_the_pretrained_logits_on_another_mesh(
   source = trained.load(pretrained)  # all 8 devices, data parallel
   ft_config, _ = finetune.inherit(source.config, json.loads(source.config.to_json()), {})
   ft_config.mesh.data, ft_config.mesh.fsdp = 1, 8
-  from jaxlm import sharding
-  from jaxlm.engine import build_engine
-  from jaxlm.optim import OptimConfig
+  from jaxlm.parallel import sharding
+  from jaxlm.training.engine import build_engine
+  from jaxlm.training.optim import OptimConfig
   mesh = sharding.make_mesh(1, 8, 1)
   engine = build_engine(source.model_cfg, OptimConfig(), mesh, ft_config.mesh.rules, 1, 32)
   params = finetune.restore_params(pretrained, source.step, engine.abstract_state.params,
@@ -78,9 +79,9 @@ def test_restored_parameters_give_exactly_the_pretrained_logits_on_another_mesh(
 
 def test_a_longer_learned_position_table_keeps_the_pretrained_rows(pretrained):
   source = trained.load(pretrained)
-  from jaxlm import sharding
-  from jaxlm.engine import build_engine
-  from jaxlm.optim import OptimConfig
+  from jaxlm.parallel import sharding
+  from jaxlm.training.engine import build_engine
+  from jaxlm.training.optim import OptimConfig
   longer = dataclasses.replace(source.model_cfg, max_len=48)
   engine = build_engine(longer, OptimConfig(), sharding.make_mesh(8, 1, 1),
                         source.config.mesh.rules, 1, 32)

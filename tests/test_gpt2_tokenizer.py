@@ -6,9 +6,14 @@ import pytest
 import tokenizers
 from tokenizers import models
 
-from jaxlm.errors import UserError
-from jaxlm.data import load_tokenizer, save_tokenizer, tokenizer_from_json, train_tokenizer
+from jaxlm.data import (
+  load_tokenizer,
+  save_tokenizer,
+  tokenizer_from_json,
+  train_tokenizer,
+)
 from jaxlm.data.gpt2_tokenizer import EOS_TOKEN, Gpt2BpeTokenizer
+from jaxlm.errors import UserError
 
 TEXTS = ["def f(x):\n    return x + 1\n", "the cat sat on the mat\n\n", "\ttabs and  spaces  \r\n"] * 40
 HARD = ["héllo wörld 日本語 🙂", "a literal <|endoftext|> stays text", "\x00\x7f\u2581\ufdd0 ", ""]

@@ -7,7 +7,6 @@ import os
 import subprocess
 
 import pytest
-
 from conftest import REPO, subprocess_env
 
 LINE = "First Citizen:\nBefore we proceed any further, hear me speak.\n\n"

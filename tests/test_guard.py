@@ -10,16 +10,18 @@ import time
 import jax
 import numpy as np
 import pytest
-
 from conftest import REPO, subprocess_env
-from jaxlm import checkpoint, sharding, trained
-from jaxlm.config import base_config
-from jaxlm.engine import build_engine
-from jaxlm.errors import UserError
-from jaxlm.optim import OptimConfig
-from jaxlm.train import train
 from test_step import SEQ, make_batch
 from test_train import tiny_config, write_corpus
+
+from jaxlm.config import base_config
+from jaxlm.errors import UserError
+from jaxlm.inference import trained
+from jaxlm.parallel import sharding
+from jaxlm.training import checkpoint
+from jaxlm.training.engine import build_engine
+from jaxlm.training.loop import train
+from jaxlm.training.optim import OptimConfig
 
 RULES = base_config().mesh.rules
 
@@ -143,7 +145,7 @@ def test_sigterm_saves_a_checkpoint_exits_0_and_the_rerun_resumes(tmp_path):
 def test_a_first_ctrl_c_asks_to_stop_and_a_second_quits_at_once():
   # A loop that would run for a minute, standing in for a long training step.
   code = ("import time, sys\n"
-          "from jaxlm.preemption import Preemption\n"
+          "from jaxlm.training.preemption import Preemption\n"
           "with Preemption() as p:\n"
           "  print('ready', flush=True)\n"
           "  for _ in range(6000):\n"

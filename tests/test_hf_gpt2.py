@@ -20,14 +20,16 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 from tokenizers.implementations import ByteLevelBPETokenizer
 
-from jaxlm.errors import UserError
-from jaxlm import convert, hf_gpt2, trained
+from jaxlm import convert
 from jaxlm.config import base_config
 from jaxlm.data import train_tokenizer
 from jaxlm.data.gpt2_tokenizer import EOS_TOKEN
-from jaxlm.decode import SamplingConfig, generate, left_pad
-from jaxlm.model import GPT, ModelConfig
-from jaxlm.train import train
+from jaxlm.errors import UserError
+from jaxlm.inference import trained
+from jaxlm.inference.decode import SamplingConfig, generate, left_pad
+from jaxlm.interop import hf_gpt2
+from jaxlm.models import GPT, ModelConfig
+from jaxlm.training.loop import train
 
 CONTEXT = 64
 # Float32 rounding of two implementations (torch, XLA) summing in other orders: 1e-5 of the largest

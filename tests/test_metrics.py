@@ -7,11 +7,11 @@ import os
 import jax
 import jax.numpy as jnp
 import pytest
-
-from jaxlm import metrics
-from jaxlm.model import GPT
-from jaxlm.train import train
 from test_train import corpus_dir, tiny_config  # noqa: F401 (fixture)
+
+from jaxlm.models import GPT
+from jaxlm.training import metrics
+from jaxlm.training.loop import train
 
 
 def params_of(cfg):

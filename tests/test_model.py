@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlm.model import GPT, ModelConfig, apply_rope
+from jaxlm.models import GPT, ModelConfig, apply_rope
 
 VARIANTS = {
     "gpt2": {},

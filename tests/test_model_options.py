@@ -7,15 +7,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from jaxlm.errors import UserError
-from jaxlm import sharding
-from jaxlm.config import base_config
-from jaxlm.decode import SamplingConfig, generate
-from jaxlm.engine import build_engine
-from jaxlm.model import GPT, ModelConfig, stack_layers, unstack_layers
-from jaxlm.optim import OptimConfig, decay_mask
 from test_model import assert_bfloat16_close
+
+from jaxlm.config import base_config
+from jaxlm.errors import UserError
+from jaxlm.inference.decode import SamplingConfig, generate
+from jaxlm.models import GPT, ModelConfig, stack_layers, unstack_layers
+from jaxlm.parallel import sharding
+from jaxlm.training.engine import build_engine
+from jaxlm.training.optim import OptimConfig, decay_mask
 
 SEQ = 16
 

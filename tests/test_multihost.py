@@ -12,13 +12,13 @@ import time
 import jax
 import numpy as np
 import pytest
-
 from conftest import REPO, subprocess_env
 from test_cli import TINY, last_json
 from test_train import read_metrics, write_corpus
 
 from jaxlm.errors import UserError
-from jaxlm import distributed, trained
+from jaxlm.inference import trained
+from jaxlm.parallel import distributed
 
 STEPS = 20
 # fsdp over all 4 devices: parameters are split across both processes, so a checkpoint is only

@@ -7,14 +7,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from jaxlm import sharding
-from jaxlm.config import base_config
-from jaxlm.engine import build_engine
-from jaxlm.model import GPT
-from jaxlm.optim import OptimConfig, decay_mask, make_schedule
-from jaxlm.step import loss_fn
 from test_step import SEQ, make_batch
+
+from jaxlm.config import base_config
+from jaxlm.models import GPT
+from jaxlm.parallel import sharding
+from jaxlm.training.engine import build_engine
+from jaxlm.training.optim import OptimConfig, decay_mask, make_schedule
+from jaxlm.training.step import loss_fn
 
 # What each kind of leaf is, by its own name, written out here rather than derived from the code
 # under test: projection kernels (and an untied output head, a projection too) are decayed; biases

@@ -4,13 +4,12 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, subprocess_env
 from test_cli import TINY, last_json
 
-from jaxlm.errors import UserError
 from jaxlm.config import base_config
-from jaxlm.plan import format_plan, memory_plan, parse_bytes
+from jaxlm.errors import UserError
+from jaxlm.parallel.memory import format_plan, memory_plan, parse_bytes
 
 
 def tiny_config(data: int, fsdp: int, batch_size: int = 16):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from jaxlm.data import pack_documents, train_batches
-from jaxlm.prefetch import Prefetch
+from jaxlm.training.prefetch import Prefetch
 
 
 def windows():

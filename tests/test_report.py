@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxlm.errors import UserError
 from jaxlm import report
+from jaxlm.errors import UserError
 
 
 def write_metrics(workdir, steps=100):

@@ -9,14 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlm import scoring, sharding
 from jaxlm.config import base_config
-from jaxlm.corpus import pack_record_split, pack_split
 from jaxlm.data import train_tokenizer
+from jaxlm.data.dataset import pack_record_split, pack_split
 from jaxlm.data.records import Record
-from jaxlm.engine import build_engine
-from jaxlm.model import GPT
-from jaxlm.optim import OptimConfig
+from jaxlm.eval import scoring
+from jaxlm.models import GPT
+from jaxlm.parallel import sharding
+from jaxlm.training.engine import build_engine
+from jaxlm.training.optim import OptimConfig
 
 SEQ = 16
 BATCH = 8  # one row per simulated device: a batch has padding rows whenever windows run out

@@ -6,13 +6,13 @@ import jax
 import numpy as np
 import pytest
 
-from jaxlm import sharding
 from jaxlm.config import base_config
-from jaxlm.engine import build_engine
 from jaxlm.errors import UserError
-from jaxlm.model import GPT
-from jaxlm.optim import OptimConfig, decay_mask, make_schedule
-from jaxlm.step import loss_fn
+from jaxlm.models import GPT
+from jaxlm.parallel import sharding
+from jaxlm.training.engine import build_engine
+from jaxlm.training.optim import OptimConfig, decay_mask, make_schedule
+from jaxlm.training.step import loss_fn
 
 RULES = base_config().mesh.rules
 SEQ = 16

@@ -5,9 +5,7 @@ import itertools
 
 import pytest
 
-from jaxlm import tasks
-from jaxlm.data import load_corpus
-from jaxlm.data import stdlib_source
+from jaxlm.data import load_corpus, stdlib_source, tasks
 
 VAL_FRACTIONS = (0.01, 0.1, 0.5, 0.9)
 

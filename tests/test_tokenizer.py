@@ -9,9 +9,14 @@ import sysconfig
 
 import pytest
 
-from jaxlm.errors import UserError
-from jaxlm.data import load_tokenizer, save_tokenizer, tokenizer_from_json, train_tokenizer
+from jaxlm.data import (
+  load_tokenizer,
+  save_tokenizer,
+  tokenizer_from_json,
+  train_tokenizer,
+)
 from jaxlm.data.sp_tokenizer import _escape, _unescape
+from jaxlm.errors import UserError
 
 # Text that breaks naive tokenizers of source code: newlines, tabs, runs of
 # spaces, leading/trailing whitespace, non-NFC and non-BMP unicode, control

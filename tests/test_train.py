@@ -9,12 +9,13 @@ import jax
 import numpy as np
 import pytest
 
-from jaxlm import checkpoint, trained
 from jaxlm.config import base_config
-from jaxlm.corpus import DataConfig, pack_split, read_corpus
+from jaxlm.data.dataset import DataConfig, pack_split, read_corpus
 from jaxlm.evaluate import evaluate
-from jaxlm.model import GPT
-from jaxlm.train import train
+from jaxlm.inference import trained
+from jaxlm.models import GPT
+from jaxlm.training import checkpoint
+from jaxlm.training.loop import train
 
 WORDS = "the a cat dog sat ran on under mat log and then quickly slowly".split()
 

@@ -63,7 +63,7 @@ def print_report(task: str, before_dir: str, after_dir: str) -> dict:
   print(f"reports:     {before_dir}/report.png, {after_dir}/report.png")
   print(f"predictions: {before_base}.jsonl, {after_base}.jsonl")
   print("next:")
-  print(f"  . .venv/bin/activate")
+  print("  . .venv/bin/activate")
   print(f"  python -m jaxlm.sample --workdir={before_dir} --prompt='def parse(' --num_samples=2")
   print(f"  python -m jaxlm.evaluate --workdir={after_dir} --task={task}")
   print(f"  python -m jaxlm.evaluate --workdir={after_dir}   # perplexity on its validation split")

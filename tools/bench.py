@@ -32,14 +32,14 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxlm import sharding
-from jaxlm.corpus import DataConfig, build_dataset, read_corpus, texts_of
 from jaxlm.data import train_batches, train_tokenizer
-from jaxlm.decode import SamplingConfig, generate
-from jaxlm.engine import engine_for_config
-from jaxlm.metrics import flops_per_token, peak_flops
-from jaxlm.model import GPT, ModelConfig
-from jaxlm.prefetch import Prefetch
+from jaxlm.data.dataset import DataConfig, build_dataset, read_corpus, texts_of
+from jaxlm.inference.decode import SamplingConfig, generate
+from jaxlm.models import GPT, ModelConfig
+from jaxlm.parallel import sharding
+from jaxlm.training.engine import engine_for_config
+from jaxlm.training.metrics import flops_per_token, peak_flops
+from jaxlm.training.prefetch import Prefetch
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/shakespeare_char.py", "Config file.")
 _VOCAB = flags.DEFINE_integer("vocab_size", 65, "Vocabulary size of the model without data.")

@@ -173,7 +173,8 @@ def run(kills: int, steps: int, every: int, seed: int, root: str) -> dict:
 def verify_checkpoints(workdir: str) -> int:
   """How many kept checkpoints fail to restore completely (params, optimizer state, data)."""
   sys.path.insert(0, REPO)
-  from jaxlm import checkpoint, trained  # imported late: only this check needs jax here
+  from jaxlm.inference import trained  # imported late: only this check needs jax here
+  from jaxlm.training import checkpoint
   bad = 0
   for step in checkpoint_steps(workdir):
     try:
@@ -189,7 +190,7 @@ def compare(reference: str, faulty: str) -> dict:
   import jax
   import numpy as np
 
-  from jaxlm import trained
+  from jaxlm.inference import trained
   ref_params, new_params = trained.load(reference).params, trained.load(faulty).params
   equal = all(np.array_equal(np.asarray(a), np.asarray(b))
               for a, b in zip(jax.tree.leaves(ref_params), jax.tree.leaves(new_params)))

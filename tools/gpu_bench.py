@@ -39,12 +39,12 @@ def throughput(tiny: bool, steps: int) -> list[dict]:
   import jax
   from bench import synthetic_batch
 
-  from jaxlm import sharding
   from jaxlm.config import base_config
-  from jaxlm.engine import build_engine
-  from jaxlm.metrics import flops_per_token, peak_flops
-  from jaxlm.model import ModelConfig
-  from jaxlm.optim import OptimConfig
+  from jaxlm.models import ModelConfig
+  from jaxlm.parallel import sharding
+  from jaxlm.training.engine import build_engine
+  from jaxlm.training.metrics import flops_per_token, peak_flops
+  from jaxlm.training.optim import OptimConfig
 
   if tiny:
     shape = dict(vocab_size=256, d_model=64, num_layers=2, num_heads=2, mlp_dim=256, max_len=64)

@@ -34,8 +34,8 @@ from jaxlm.data.records import (
   read_records,
   split_records,
 )
+from jaxlm.data.tasks import load_task
 from jaxlm.errors import UserError
-from jaxlm.tasks import load_task
 
 TOKENIZER_FILE = "tokenizer.json"
 

@@ -15,7 +15,7 @@ import dataclasses
 import numpy as np
 
 from jaxlm.errors import UserError
-from jaxlm.model import ModelConfig
+from jaxlm.models import ModelConfig
 
 # GELU with the tanh approximation, under the names transformers gives it.
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")

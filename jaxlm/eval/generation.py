@@ -18,12 +18,12 @@ import jax
 import sacrebleu
 from rouge_score import rouge_scorer
 
-from jaxlm.corpus import pack_record_split
+from jaxlm.data.dataset import pack_record_split
 from jaxlm.data.records import Record, read_records
-from jaxlm.decode import SamplingConfig, generate
-from jaxlm.scoring import evaluate_split
-from jaxlm.tasks import TASKS, load_task
-from jaxlm.trained import TrainedRun
+from jaxlm.data.tasks import TASKS, load_task
+from jaxlm.eval.scoring import evaluate_split
+from jaxlm.inference.decode import SamplingConfig, generate
+from jaxlm.inference.trained import TrainedRun
 
 # Prompts are padded up to a multiple of this many tokens, to bound the number of compilations.
 LENGTH_MULTIPLE = 16

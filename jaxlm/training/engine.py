@@ -16,10 +16,10 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from jaxlm import sharding
-from jaxlm.model import GPT, ModelConfig
-from jaxlm.optim import OptimConfig, make_optimizer
-from jaxlm.step import TrainState, eval_step, init_state, train_step
+from jaxlm.models import GPT, ModelConfig
+from jaxlm.parallel import sharding
+from jaxlm.training.optim import OptimConfig, make_optimizer
+from jaxlm.training.step import TrainState, eval_step, init_state, train_step
 
 
 @dataclasses.dataclass(frozen=True)

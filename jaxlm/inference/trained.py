@@ -9,12 +9,12 @@ import dataclasses
 
 import ml_collections
 
-from jaxlm import checkpoint
 from jaxlm.config import fixed_by_checkpoint, from_saved
 from jaxlm.data import Tokenizer, tokenizer_from_json
-from jaxlm.engine import Engine, engine_for_config
 from jaxlm.errors import UserError
-from jaxlm.model import ModelConfig
+from jaxlm.models import ModelConfig
+from jaxlm.training import checkpoint
+from jaxlm.training.engine import Engine, engine_for_config
 
 
 @dataclasses.dataclass(frozen=True)

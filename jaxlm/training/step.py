@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlm.guard import Guard, select
-from jaxlm.model import GPT
-from jaxlm.optim import applied_lr
+from jaxlm.models import GPT
+from jaxlm.training.guard import Guard, select
+from jaxlm.training.optim import applied_lr
 
 Batch = dict[str, jax.Array]  # inputs, targets, positions, segment_ids: [..., batch, seq]; weights
 

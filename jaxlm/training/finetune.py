@@ -12,10 +12,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxlm import checkpoint
 from jaxlm.config import RUNTIME_MODEL_OPTIONS, TOKENIZER_OPTIONS, from_saved
 from jaxlm.data import Tokenizer, tokenizer_from_json
 from jaxlm.errors import UserError
+from jaxlm.training import checkpoint
 
 # Model options a finetune run may change, each reported in the log: the runtime options, and a
 # longer context (a learned position table grows, see restore_params).

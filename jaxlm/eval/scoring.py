@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from jaxlm.data import PackedTokens, eval_batches
 from jaxlm.data.records import PackedRecords
-from jaxlm.engine import Engine
+from jaxlm.training.engine import Engine
 
 Totals = dict[str, jax.Array]
 COUNTS = ("weight_sum", "correct_sum")

@@ -1,15 +1,9 @@
-"""A decoder-only Transformer (GPT) in Flax Linen.
+"""The layers every model family is built from, each parameter named by its logical axes.
 
 Every parameter carries logical axis names (`vocab`, `embed`, `heads`, `kv`, `mlp`, `pos`, `norm`) and
-activations are constrained with `act_*` names; `sharding.py` maps both onto the device mesh. The model
-is pure: `GPT(cfg).apply({"params": params}, ...)`. With `decode=True` it keeps a KV cache in the
-"cache" collection, so a prompt is prefilled in one call and then extended a token at a time.
-
-Speed/memory options that leave the numbers unchanged (up to float rounding): `remat` (recompute
-activations in the backward pass), `scan_layers` (one `nn.scan` over stacked layers: faster compiles;
-parameters get a leading layer axis under `blocks`, see `stack_layers`/`unstack_layers`) and
-`attention_impl` (XLA or cuDNN flash attention). `dtype="bfloat16"` is mixed precision: parameters,
-logits and the loss stay float32, matmuls and activations run in bfloat16.
+activations are constrained with `act_*` names; `parallel/sharding.py` maps both onto the device mesh.
+With `decode=True` attention keeps a KV cache in the "cache" collection, so a prompt is prefilled in
+one call and then extended a token at a time.
 """
 
 from typing import Any
@@ -18,75 +12,30 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxlm.config import section_dataclass
-from jaxlm.dense import project
 from jaxlm.errors import UserError
+from jaxlm.models.config import ModelConfig
+from jaxlm.models.dense import project
 
 Array = jax.Array
 AXES_NORM = ("norm",)
-# model.remat -> what the backward pass may keep from the forward (None: keep nothing, recompute all).
-REMAT_POLICIES = {"none": None, "full": None,
-                  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
-@section_dataclass("model")
-class ModelConfig:
-  """The architecture: see `jaxlm/config.py` (model.*) for each field's meaning and default;
-  `vocab_size` is the tokenizer's."""
-  vocab_size: int
-  d_model: int
-  num_layers: int
-  num_heads: int
-  mlp_dim: int
-  max_len: int
-  dropout: float
-  positions: str
-  norm: str
-  mlp: str
-  tie_embeddings: bool
-  use_bias: bool
-  norm_eps: float
-  dtype: str
-  remat: str
-  scan_layers: bool
-  attention_impl: str
-
-  def __post_init__(self):
-    if self.d_model % self.num_heads:
-      raise UserError(f"model.d_model={self.d_model} is not divisible by model.num_heads="
-                       f"{self.num_heads}; choose a head count that divides it")
-    for field, allowed in (("positions", ("learned", "rope")), ("norm", ("layernorm", "rmsnorm")),
-                           ("mlp", ("gelu", "swiglu")), ("dtype", ("float32", "bfloat16")),
-                           ("remat", tuple(REMAT_POLICIES)),
-                           ("attention_impl", ("auto", "xla", "cudnn"))):
-      if getattr(self, field) not in allowed:
-        raise UserError(f"model.{field}={getattr(self, field)!r} is not one of {allowed}")
-
-  @property
-  def head_dim(self) -> int:
-    return self.d_model // self.num_heads
-
-  @property
-  def compute_dtype(self) -> Any:
-    return jnp.dtype(self.dtype)
-
-
-def _init(stddev: float, axes: tuple[str | None, ...]):
+def param_init(stddev: float, axes: tuple[str | None, ...]):
   return nn.with_logical_partitioning(nn.initializers.normal(stddev), axes)
 
 
-def _zeros(axes: tuple[str | None, ...]):
+def zeros_init(axes: tuple[str | None, ...]):
   return nn.with_logical_partitioning(nn.initializers.zeros, axes)
 
 
-def _norm(cfg: ModelConfig, name: str) -> nn.Module:
+def norm_layer(cfg: ModelConfig, name: str) -> nn.Module:
   scale_init = nn.with_logical_partitioning(nn.initializers.ones, AXES_NORM)
   if cfg.norm == "rmsnorm":
     return nn.RMSNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, scale_init=scale_init,
                       name=name)
   return nn.LayerNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, use_bias=cfg.use_bias,
                       scale_init=scale_init,
-                      bias_init=_zeros(AXES_NORM), name=name)
+                      bias_init=zeros_init(AXES_NORM), name=name)
 
 
 class Linear(nn.Module):
@@ -101,10 +50,10 @@ class Linear(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     in_shape = x.shape[-self.in_dims:]
-    kernel = self.param("kernel", _init(self.stddev, self.axes), (*in_shape, *self.features))
+    kernel = self.param("kernel", param_init(self.stddev, self.axes), (*in_shape, *self.features))
     y = project(x.astype(self.dtype), kernel.astype(self.dtype), self.in_dims)
     if self.use_bias:
-      bias = self.param("bias", _zeros(self.axes[self.in_dims:]), self.features)
+      bias = self.param("bias", zeros_init(self.axes[self.in_dims:]), self.features)
       y = y + bias.astype(self.dtype)
     return y
 
@@ -220,56 +169,11 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x: Array, positions: Array, segment_ids: Array, deterministic: bool) -> Array:
     drop = nn.Dropout(self.cfg.dropout, deterministic=deterministic)
-    attn_in = _norm(self.cfg, "ln_attn")(x)
+    attn_in = norm_layer(self.cfg, "ln_attn")(x)
     x = x + drop(Attention(self.cfg, self.decode, name="attn")(attn_in, positions, segment_ids))
-    x = x + drop(Mlp(self.cfg, name="mlp")(_norm(self.cfg, "ln_mlp")(x)))
+    x = x + drop(Mlp(self.cfg, name="mlp")(norm_layer(self.cfg, "ln_mlp")(x)))
     x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
     return (x, None) if self.scanned else x
-
-
-class GPT(nn.Module):
-  """Maps token ids to next-token logits (float32)."""
-  cfg: ModelConfig
-  decode: bool = False
-
-  @nn.compact
-  def __call__(self, inputs: Array, positions: Array, segment_ids: Array,
-               deterministic: bool = True) -> Array:
-    """inputs, positions, segment_ids: [batch, seq] int. Returns logits [batch, seq, vocab]."""
-    cfg = self.cfg
-    embedding = self.param("embedding", _init(0.02, ("vocab", "embed")),
-                           (cfg.vocab_size, cfg.d_model))  # [vocab, d_model]
-    x = jnp.take(embedding, inputs, axis=0)  # [batch, seq, d_model]
-    if cfg.positions == "learned":
-      pos_embedding = self.param("pos_embedding", _init(0.01, ("pos", "embed")),
-                                 (cfg.max_len, cfg.d_model))  # [max_len, d_model]
-      x = x + jnp.take(pos_embedding, positions, axis=0)
-    x = x.astype(cfg.compute_dtype)
-    x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
-    x = nn.Dropout(cfg.dropout, deterministic=deterministic)(x)
-    block = Block
-    if cfg.remat != "none":
-      # Arguments counted with self = 0: `deterministic` (4) is a Python bool.
-      block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers,
-                       static_argnums=(4,))
-    if cfg.scan_layers:
-      scanned = nn.scan(block, variable_axes={"params": 0, "cache": 0},
-                        split_rngs={"params": True, "dropout": True},
-                        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
-                        length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-      x, _ = scanned(cfg, self.decode, scanned=True, name="blocks")(x, positions, segment_ids,
-                                                                     deterministic)
-    else:
-      for layer in range(cfg.num_layers):
-        x = block(cfg, self.decode, name=f"block_{layer}")(x, positions, segment_ids, deterministic)
-    x = _norm(cfg, "ln_final")(x)
-    if cfg.tie_embeddings:
-      head = embedding.T
-    else:
-      head = self.param("head", _init(0.02, ("embed", "vocab")), (cfg.d_model, cfg.vocab_size))
-    logits = jnp.einsum("bsd,dv->bsv", x, head.astype(cfg.compute_dtype),
-                        preferred_element_type=jnp.float32)  # [batch, seq, vocab]
-    return nn.with_logical_constraint(logits, ("act_batch", "act_len", "act_vocab"))
 
 
 def stack_layers(params: dict, num_layers: int) -> dict:

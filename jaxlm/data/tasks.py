@@ -48,7 +48,7 @@ class Task:
   # (the text the prompt shows, uncut; completion) of a function, or None when the task skips it.
   make: Callable[[Function], tuple[str, str] | None]
   suffix: str  # what ends every prompt: the question
-  bleu_tokenize: str  # sacrebleu tokenization of the completions (see task_eval.py)
+  bleu_tokenize: str  # sacrebleu tokenization of the completions (see eval/generation.py)
   max_new_tokens: int  # generation budget of `evaluate --task`: room for the longest answers
 
 

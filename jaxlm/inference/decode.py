@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlm.errors import UserError
-from jaxlm.model import GPT, ModelConfig
+from jaxlm.models import GPT, ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlm.model import ModelConfig
+from jaxlm.models import ModelConfig
 
 # Dense peak FLOP/s per chip from the vendors' datasheets (no sparsity): (bfloat16, float32 at
 # JAX's default precision). float32: TF32 on A100/A10/L4/H100/H200; plain FP32 on V100 and T4 (no
@@ -105,7 +105,9 @@ class MetricsWriter:
     self._jsonl = None
     self._tb = None
     if enabled:
-      from tensorboardX import SummaryWriter  # imported here: only the writing process needs it
+      from tensorboardX import (
+        SummaryWriter,  # imported here: only the writing process needs it
+      )
       os.makedirs(workdir, exist_ok=True)
       path = os.path.join(workdir, "metrics.jsonl")
       drop_partial_line(path)

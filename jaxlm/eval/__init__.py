@@ -1,0 +1,1 @@
+"""Evaluation: token-level scoring of packed data and generation metrics on tasks."""

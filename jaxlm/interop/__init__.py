@@ -1,0 +1,1 @@
+"""Interoperability: Hugging Face model files in and out."""

@@ -1,0 +1,56 @@
+"""An imported model written as step 0 of a jaxlm run, so every verb takes it like a trained run."""
+
+import os
+
+import jax
+import ml_collections
+
+from jaxlm import cli
+from jaxlm.config import fixed_by_checkpoint
+from jaxlm.data import pack_documents, save_tokenizer, train_batches
+from jaxlm.data.dataset import TOKENIZER_FILE
+from jaxlm.errors import UserError
+from jaxlm.training import checkpoint
+from jaxlm.training.engine import engine_for_config
+
+
+def imported_config(config: ml_collections.ConfigDict, overridden: set[str], model_fields: dict,
+                    tokenizer) -> ml_collections.ConfigDict:
+  """`config` with the architecture and tokenizer of the imported model."""
+  fixed = sorted(key for key in overridden
+                 if key.startswith("model.") and fixed_by_checkpoint(key))
+  if fixed:
+    raise UserError(f"the architecture comes from the model's config.json, so drop these "
+                      f"overrides: {', '.join(fixed)}")
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model.update(model_fields)
+  config.data.tokenizer, config.data.vocab_size = tokenizer.kind, tokenizer.vocab_size
+  if "data.seq_len" not in overridden:
+    config.data.seq_len = config.model.max_len
+  if config.data.seq_len > config.model.max_len:
+    raise UserError(f"data.seq_len={config.data.seq_len} is longer than the model's context "
+                      f"({config.model.max_len} positions); lower --config.data.seq_len")
+  return config
+
+
+def fresh_data_state() -> dict:
+  """The position of a training iterator that has read nothing (the same for any data), so that
+  `train` on the imported workdir starts its data from the beginning."""
+  two_windows = pack_documents([[0, 0]], eos_id=0, seq_len=1)
+  return iter(train_batches(two_windows, 2, 0, 0, 1)).get_state()
+
+
+def write_run(workdir: str, config: ml_collections.ConfigDict, tokenizer, params: dict) -> int:
+  """Saves `params` as step 0 of a new run in `workdir`; returns the parameter count."""
+  cli.ensure_writable(workdir)
+  if checkpoint.latest_step(workdir) is not None:
+    raise UserError(f"{workdir} already holds a run; import into a new --workdir")
+  engine = engine_for_config(config, tokenizer.vocab_size)
+  state = engine.from_params(params)  # step 0 and a fresh optimizer state, placed on the mesh
+  save_tokenizer(tokenizer, os.path.join(workdir, TOKENIZER_FILE))
+  mngr = checkpoint.manager(workdir, keep=config.checkpoint.keep)
+  checkpoint.save(mngr, 0, state, cli.config_to_json(config), tokenizer.to_json(), fresh_data_state())
+  mngr.wait_until_finished()
+  mngr.close()
+  return sum(x.size for x in jax.tree.leaves(params))
+

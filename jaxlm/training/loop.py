@@ -1,0 +1,295 @@
+"""The training loop: config -> data -> sharded jitted step -> checkpoints, metrics and samples.
+
+`python -m jaxlm.train` calls `train`. Rerunning the same command on the same workdir resumes from its latest checkpoint: parameters,
+optimizer state, step and the data iterator's position all come back.
+"""
+
+import contextlib
+import dataclasses
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import tqdm
+
+from jaxlm import cli, report
+from jaxlm.config import from_saved
+from jaxlm.data import train_batches
+from jaxlm.data.dataset import (
+  DataConfig,
+  Dataset,
+  build_dataset,
+  read_corpus,
+  workdir_tokenizer,
+)
+from jaxlm.data.records import PackedRecords
+from jaxlm.errors import UserError
+from jaxlm.eval.scoring import evaluate_split
+from jaxlm.inference.decode import SamplingConfig, generate
+from jaxlm.parallel import sharding
+from jaxlm.training import checkpoint, finetune
+from jaxlm.training.engine import Engine, engine_for_config, mesh_for_config
+from jaxlm.training.finetune import Pretrained
+from jaxlm.training.metrics import (
+  MetricsWriter,
+  flops_per_token,
+  param_count,
+  peak_flops,
+)
+from jaxlm.training.preemption import Preemption
+from jaxlm.training.prefetch import Prefetch
+from jaxlm.training.step import TrainState
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  if config.data.seq_len > config.model.max_len:
+    raise UserError(f"data.seq_len={config.data.seq_len} is longer than model.max_len="
+                      f"{config.model.max_len}; raise model.max_len or lower data.seq_len")
+  if config.train.steps <= 0:
+    raise UserError(f"train.steps={config.train.steps} must be positive")
+  if config.train.on_nonfinite not in ("skip", "stop"):
+    raise UserError(f"train.on_nonfinite={config.train.on_nonfinite!r} is not one of skip, stop")
+
+
+def check_resume(saved: dict, config: ml_collections.ConfigDict) -> None:
+  """A resumed run must keep the architecture and data it was started with."""
+  now = cli.config_to_json(config)
+  differing = [f"{section}.{key}: {saved[section].get(key)!r} -> {value!r}"
+               for section in ("model", "data") for key, value in now[section].items()
+               if saved[section].get(key) != value]
+  if differing:
+    raise UserError("the workdir holds a run with other settings (" + "; ".join(differing) +
+                      "); use a new --workdir or the original settings")
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything one training run holds; built by `set_up`, advanced by `train_loop`."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  log: Callable[[str], None]
+  dataset: Dataset
+  engine: Engine
+  iterator: Any  # grain iterator with get_state / set_state: this process's rows of each batch
+  feed: sharding.BatchFeed  # training batches onto the devices
+  mngr: checkpoint.Manager
+  pretrained: Pretrained | None = None  # the run a finetune starts from
+  # Opened once the state is loaded, so that a resume that fails writes nothing.
+  writer: MetricsWriter | None = None
+  state: TrainState | None = None
+  start_step: int = 0
+  started: float = 0.0  # perf_counter at launch
+
+
+def train(config: ml_collections.ConfigDict, workdir: str,
+          overrides: dict | None = None) -> dict[str, float]:
+  """Runs (or resumes) training; returns the final validation metrics.
+
+  `overrides` are the command-line `--config.*` values; with config.init_from they are checked
+  against the pretrained architecture (see finetune.py).
+  """
+  started = time.perf_counter()
+  cli.ensure_writable(workdir)
+  is_main = jax.process_index() == 0
+  # Logs go to stderr beside the progress bar; stdout carries only the final JSON line.
+  log = (lambda text: tqdm.tqdm.write(text, file=sys.stderr)) if is_main else (lambda *_: None)
+  run = set_up(config, workdir, overrides or {}, log)
+  run.started = started
+  start_or_resume(run)
+  run.writer = MetricsWriter(workdir, enabled=is_main)
+  with contextlib.closing(run.mngr), contextlib.closing(run.writer):
+    val_metrics, done, stopping = train_loop(run)
+    if not val_metrics and not stopping:  # resumed a run that had already finished
+      val_metrics = evaluate(run)
+    run.mngr.wait_until_finished()
+  if stopping:
+    log(f"stopped at step {done}: checkpoint saved in {checkpoint.checkpoint_dir(workdir)}; "
+        "rerun the same command to resume")
+    return {"stopped_at": done}
+  if is_main:
+    log(f"report: {report.write_report(workdir)}")
+  wall_seconds = time.perf_counter() - started
+  log(f"done: {run.config.train.steps} steps in {wall_seconds:.1f} s (start-up, compilation and "
+      f"evaluation included); checkpoints in {checkpoint.checkpoint_dir(workdir)}")
+  return {**val_metrics, "wall_seconds": wall_seconds}
+
+
+def set_up(config: ml_collections.ConfigDict, workdir: str, overrides: dict,
+           log: Callable[[str], None]) -> Run:
+  """Config (with a pretrained run's architecture when finetuning), data, tokenizer and engine."""
+  pretrained = None
+  if config.init_from:
+    config, pretrained, notes = finetune.prepare(config, overrides)
+    log(f"finetuning from step {pretrained.step} of {pretrained.workdir}" +
+        "".join(f"\n  changed: {note}" for note in notes))
+  check_config(config)
+  mesh_for_config(config)  # a mesh or batch that does not fit fails before the data is read
+  if checkpoint.latest_step(workdir) is not None:
+    _, saved_config, _ = checkpoint.restore_metadata(workdir)  # the latest step's
+    check_resume(cli.config_to_json(from_saved(saved_config)), config)
+  data_cfg = DataConfig.from_config(config.data)
+  corpus = read_corpus(data_cfg)
+  tokenizer = workdir_tokenizer(data_cfg, corpus, workdir,
+                                pretrained.tokenizer if pretrained else None)
+  dataset = build_dataset(data_cfg, corpus, tokenizer)
+  log(f"data: {len(corpus.train)} train / {len(corpus.val)} val {data_cfg.resolved_format} "
+      f"examples in {dataset.train.num_full_windows:,} / {len(dataset.val):,} windows of "
+      f"{data_cfg.seq_len} tokens; {tokenizer.kind} tokenizer of {tokenizer.vocab_size} ids")
+  if isinstance(dataset.train, PackedRecords):
+    log(f"records longer than data.seq_len: train {dataset.train.truncated} truncated / "
+        f"{dataset.train.dropped} dropped, val {dataset.val.truncated} / {dataset.val.dropped}")
+  engine = engine_for_config(config, tokenizer.vocab_size)
+  feed = engine.train_feed(config.train.batch_size, config.train.grad_accum_steps)
+  iterator = iter(train_batches(dataset.train, config.train.batch_size, config.train.seed,
+                                feed.block, feed.blocks))
+  return Run(config, workdir, log, dataset, engine, iterator, feed,
+             checkpoint.manager(workdir, keep=config.checkpoint.keep), pretrained)
+
+
+def start_or_resume(run: Run) -> None:
+  """The state to train from: this run's latest checkpoint (finetune or not), else the pretrained
+  parameters with a fresh optimizer, else a fresh initialisation."""
+  start_step, pretrained, engine = checkpoint.latest_step(run.workdir), run.pretrained, run.engine
+  if start_step is not None:
+    run.state, data_state = checkpoint.restore(run.mngr, start_step, engine.abstract_state)
+    run.iterator.set_state(data_state)
+    run.start_step = start_step
+    run.log(f"resumed from step {start_step} in {checkpoint.checkpoint_dir(run.workdir)}")
+  elif pretrained:
+    params = finetune.restore_params(pretrained.workdir, pretrained.step,
+                                     engine.abstract_state.params, engine.init().params,
+                                     pretrained.config["model"]["max_len"])
+    run.state = engine.from_params(params)
+  else:
+    run.state = engine.init()
+  axes = " x ".join(engine.train_batch_axes)
+  run.log(f"model: {param_count(run.state.params):,} parameters; mesh {dict(engine.mesh.shape)}, "
+          f"training batch split over {axes}, evaluation batch over "
+          f"{' x '.join(engine.eval_batch_axes)}")
+  run.log("parameter shardings:\n" + sharding.sharding_table(run.state.params))
+
+
+def train_loop(run: Run) -> tuple[dict, int, bool]:
+  """Steps from the start step to train.steps; (last validation metrics, steps done, stopped by a
+  preemption request)."""
+  config, engine = run.config, run.engine
+  total, log_every = config.train.steps, config.train.log_every
+  model_cfg = engine.model.cfg
+  peak, peak_source = peak_flops(jax.devices()[0], model_cfg.dtype)
+  run.log(f"MFU peak {peak / 1e12:.3g} TFLOP/s per device ({peak_source})")
+  speed = Throughput(config.train.batch_size * config.data.seq_len,
+                     flops_per_token(model_cfg, config.data.seq_len, run.state.params),
+                     peak * jax.device_count())
+  prefetched = Prefetch(run.iterator, run.feed.assemble)
+  progress = tqdm.tqdm(total=total, initial=run.start_step, disable=jax.process_index() != 0,
+                       desc="train", dynamic_ncols=True)
+  val_metrics, done, stopping = {}, run.start_step, False
+  with Preemption() as preemption, contextlib.closing(prefetched), contextlib.closing(progress):
+    for step in range(run.start_step, total):
+      with speed.waiting():  # time the loop waits for the next batch on the devices
+        batch = next(prefetched)
+      run.state, metrics = engine.train_step(run.state, batch)
+      done = step + 1
+      if step == run.start_step:  # compilation is not training throughput
+        jax.block_until_ready(metrics)
+        speed.restart()
+      else:
+        speed.steps += 1
+      progress.update(1)
+      stopping = preemption.agreed(done)
+      if done % log_every == 0 or done == total or stopping:
+        log_train(run, done, metrics, speed, progress)
+      if not stopping and ((config.eval.every and done % config.eval.every == 0) or done == total):
+        val_metrics = evaluate(run, done)
+        speed.restart()  # evaluation time is not training throughput
+      if done % config.checkpoint.every == 0 or done == total or stopping:
+        check_guard(jax.device_get({"first_nonfinite": run.state.guard.first_nonfinite}),
+                    config.train.on_nonfinite)
+        checkpoint.save(run.mngr, done, run.state, cli.config_to_json(config),
+                        run.dataset.tokenizer.to_json(), prefetched.state())
+      if stopping:
+        break
+  return val_metrics, done, stopping
+
+
+def log_train(run: Run, step: int, metrics: dict, speed: "Throughput", progress) -> None:
+  """One train line: the step's metrics (a device sync) and the window's speed."""
+  metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  del metrics["tokens"]
+  check_guard(metrics, run.config.train.on_nonfinite)
+  metrics.update(speed.read())
+  run.writer.write(step, metrics)
+  progress.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.2e}")
+
+
+def evaluate(run: Run, step: int | None = None) -> dict[str, float]:
+  """Validation metrics of the current parameters; during training also logged and written."""
+  eval_start = time.perf_counter()
+  config, dataset = run.config, run.dataset
+  val_metrics = evaluate_split(run.engine, run.state.params, dataset.val, config.eval.batch_size,
+                               config.eval.max_batches, dataset.val_bytes_per_token)
+  if step is None:
+    return val_metrics
+  now = time.perf_counter()
+  # Timings for time-to-quality accounting (tools/ablate.py): seconds since start, and of this
+  # evaluation.
+  run.writer.write(step, {**val_metrics, "wall_seconds": now - run.started,
+                          "eval_seconds": now - eval_start}, prefix="val")
+  run.log(f"step {step}: val loss {val_metrics['loss']:.4f} perplexity "
+          f"{val_metrics['perplexity']:.3f} bits/byte {val_metrics['bits_per_byte']:.4f}")
+  if config.eval.sample_tokens:
+    text = sample_text(run.state.params, run.engine.model.cfg, dataset.tokenizer,
+                       config.eval.sample_tokens, step)
+    run.writer.text(step, "sample", text)
+    run.log(f"sample at step {step}:\n{text}\n")
+  return val_metrics
+
+
+def check_guard(metrics: dict, on_nonfinite: str) -> None:
+  """With train.on_nonfinite=stop, ends the run at the first non-finite step (never applied)."""
+  first = int(metrics["first_nonfinite"])
+  if on_nonfinite == "stop" and first >= 0:
+    raise UserError(
+        f"non-finite loss or gradient at step {first + 1}; that update was not applied and no "
+        "checkpoint holds it; lower train.lr, raise train.warmup_steps, or set "
+        "train.on_nonfinite=skip")
+
+
+class Throughput:
+  """Tokens/s, step time, MFU and the share of time spent waiting for data, per log window."""
+
+  def __init__(self, tokens_per_step: int, flops_per_token: float, peak_flops: float):
+    self.tokens_per_step, self.flops_per_token, self.peak = (tokens_per_step, flops_per_token,
+                                                             peak_flops)
+    self.restart()
+
+  def restart(self) -> None:
+    self.start, self.steps, self.wait = time.perf_counter(), 0, 0.0
+
+  @contextlib.contextmanager
+  def waiting(self):
+    start = time.perf_counter()
+    yield
+    self.wait += time.perf_counter() - start
+
+  def read(self) -> dict[str, float]:
+    """The window's numbers (callers read after a device sync); starts the next window."""
+    elapsed = max(time.perf_counter() - self.start, 1e-9)
+    tokens_per_sec = self.steps * self.tokens_per_step / elapsed
+    numbers = {"tokens_per_sec": tokens_per_sec, "step_time": elapsed / max(self.steps, 1),
+               "host_wait": self.wait / elapsed,
+               "mfu": tokens_per_sec * self.flops_per_token / self.peak}
+    self.restart()
+    return numbers
+
+
+def sample_text(params, model_cfg, tokenizer, num_tokens: int, seed: int) -> str:
+  """A short unconditional sample (from the start-of-document token) for the log."""
+  num_tokens = min(num_tokens, model_cfg.max_len - 1)
+  tokens = generate(params, model_cfg, [[tokenizer.eos_id]],
+                    SamplingConfig(max_new_tokens=num_tokens, temperature=0.8, top_k=40),
+                    seed=seed, eos_id=tokenizer.eos_id)[0]
+  return tokenizer.decode(tokens)
+
