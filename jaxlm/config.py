@@ -38,9 +38,13 @@ def base_config() -> ml_collections.ConfigDict:
   # File, directory or glob for source="files"; dataset or task name for "tfds"/"task"; "" for "stdlib".
   c.data.path = ""
   # "text" (documents), "prompt_completion" (JSONL records {"prompt", "completion"}; the loss covers
-  # the completion only) or "auto": prompt_completion for source="task" or when the first JSONL
-  # record has both fields, else text.
+  # the completion only), "classification" (JSONL {"text", "label"}, optionally "text_pair"; a
+  # label is a string or an integer), "tagging" (JSONL {"tokens": [words], "tags": [BIO tags]}) or
+  # "auto": decided by the built-in task, or by the fields of the first JSONL record, else text.
   c.data.format = "auto"
+  # Label names of a classification / tagging run, in id order; () takes the sorted labels of the
+  # training split. Saved with the run: evaluation data with another label is an error.
+  c.data.labels = ()
   # Prompt/completion records longer than data.seq_len: "left" cuts the prompt from the left,
   # "drop" skips the record. Both are counted in the log.
   c.data.truncate = "left"
@@ -52,8 +56,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.val_fraction = 0.1
   # Drop exact duplicate documents after cleaning.
   c.data.dedup = False
-  # "sentencepiece" (trained on the training split), "char", "byte", or "gpt2_bpe" (GPT-2's byte-level
-  # BPE: trained on the training split, or imported with a model by `python -m jaxlm.convert from-hf`).
+  # "sentencepiece" (trained on the training split), "char", "byte", "gpt2_bpe" (GPT-2's byte-level
+  # BPE: trained on the training split, or imported with a model by `python -m jaxlm.convert from-hf`)
+  # or "wordpiece" (BERT's, with [PAD] [UNK] [CLS] [SEP] [MASK]: trained on the training split with
+  # `tokenizers`, or imported with a BERT). A BERT needs wordpiece.
   c.data.tokenizer = "sentencepiece"
   # SentencePiece algorithm: "bpe" or "unigram".
   c.data.sp_model_type = "bpe"
@@ -63,6 +69,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.seq_len = 256
 
   c.model = ml_collections.ConfigDict()
+  # "gpt" (decoder-only: causal attention, next-token loss) or "bert" (encoder-only: bidirectional
+  # attention within each document, masked-LM pretraining, classification and tagging heads).
+  c.model.family = "gpt"
+  # What the output layer predicts: "lm" (GPT: the next token; BERT: the masked tokens, through an
+  # MLM head tied to the embeddings), "classify" (one label per sequence, from a pooler over its
+  # first token, [CLS]) or "tag" (one label per token: the first piece of each word). BERT only for
+  # classify/tag. A finetune may change it: the new head starts from a fresh initialisation.
+  c.model.head = "lm"
+  # Size of the classify/tag head; set from data.labels when the run starts.
+  c.model.num_labels = 0
+  # "pre" (a norm before each sublayer and a final one: GPT-2) or "post" (a norm after each
+  # residual add, and one over the embeddings: the original Transformer and BERT).
+  c.model.norm_position = "pre"
+  # Token-type (sentence A / B) embeddings: 2 for BERT, 0 for none.
+  c.model.type_vocab_size = 0
   c.model.d_model = 256
   c.model.num_layers = 4
   c.model.num_heads = 4
@@ -75,7 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.positions = "learned"
   # "layernorm" or "rmsnorm".
   c.model.norm = "layernorm"
-  # "gelu" (tanh approximation, as GPT-2) or "swiglu".
+  # "gelu" (tanh approximation, as GPT-2), "gelu_exact" (erf, as BERT) or "swiglu".
   c.model.mlp = "gelu"
   # Use the input embedding matrix as the output projection.
   c.model.tie_embeddings = True
@@ -133,6 +154,11 @@ def base_config() -> ml_collections.ConfigDict:
   # Skip updates whose loss is more than this many standard deviations above its running mean
   # (over about the last 100 updates, after the first 20); 0 turns the spike guard off.
   c.train.spike_sigma = 0.0
+  # Masked LM (BERT with head "lm"): share of tokens chosen for the loss, drawn afresh each step
+  # from the step's key; of those 80% become [MASK], 10% a random token and 10% stay as they are.
+  c.train.mlm_probability = 0.15
+  # Masked LM: choose whole words (every WordPiece piece of a word) instead of single pieces.
+  c.train.whole_word_masking = False
   # Steps between lines in metrics.jsonl / TensorBoard.
   c.train.log_every = 10
 
