@@ -10,26 +10,16 @@ outputs into q, k, v, each viewed as [heads, head_dim]), and `c_proj.weight [D, 
 `out/kernel [heads, head_dim, D]`. Only an untied output head is transposed (nn.Linear is [out, in]).
 """
 
-import dataclasses
-
 import numpy as np
 
 from jaxlm.errors import UserError
+from jaxlm.interop.hf_files import Tensor, params_from_table, params_to_table
 from jaxlm.models import ModelConfig
 
 # GELU with the tanh approximation, under the names transformers gives it.
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 # Buffers some GPT-2 files carry (the causal mask); they are not parameters.
 BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")
-
-
-@dataclasses.dataclass(frozen=True)
-class Tensor:
-  path: tuple[str, ...]  # the jaxlm parameter, e.g. ("block_0", "attn", "qkv", "kernel")
-  hf_name: str  # the GPT2LMHeadModel state-dict name
-  shape: tuple[int, ...]  # jaxlm's shape
-  hf_shape: tuple[int, ...]
-  transpose: bool = False  # HF holds the transpose (the untied head only)
 
 
 def layout(cfg: ModelConfig) -> list[Tensor]:
@@ -120,31 +110,9 @@ def params_from_hf(tensors: dict[str, np.ndarray], cfg: ModelConfig) -> dict:
   by_name = {canonical_name(k): v for k, v in tensors.items() if not k.endswith(BUFFER_SUFFIXES)}
   if cfg.tie_embeddings:
     by_name.pop("lm_head.weight", None)  # a copy of wte where it is saved at all
-  params, wrong = {}, []
-  for t in layout(cfg):
-    value = by_name.pop(t.hf_name, None)
-    if value is None or tuple(value.shape) != t.hf_shape:
-      wrong.append(f"{t.hf_name} {'missing' if value is None else tuple(value.shape)} "
-                   f"(expected {t.hf_shape})")
-      continue
-    value = np.asarray(value, np.float32)
-    node = params
-    for key in t.path[:-1]:
-      node = node.setdefault(key, {})
-    node[t.path[-1]] = (value.T if t.transpose else value).reshape(t.shape)
-  if wrong or by_name:
-    raise UserError("the weights do not match config.json: " + "; ".join(
-        wrong + [f"unexpected {name}" for name in sorted(by_name)]))
-  return params
+  return params_from_table(by_name, layout(cfg))
 
 
 def params_to_hf(params: dict, cfg: ModelConfig) -> dict[str, np.ndarray]:
   """The GPT2LMHeadModel state dict (float32, contiguous) of jaxlm parameters."""
-  tensors = {}
-  for t in layout(cfg):
-    value = params
-    for key in t.path:
-      value = value[key]
-    value = np.asarray(value, np.float32)
-    tensors[t.hf_name] = np.ascontiguousarray((value.T if t.transpose else value).reshape(t.hf_shape))
-  return tensors
+  return params_to_table(params, layout(cfg))

@@ -15,14 +15,19 @@ from jaxlm.training.engine import engine_for_config
 
 
 def imported_config(config: ml_collections.ConfigDict, overridden: set[str], model_fields: dict,
-                    tokenizer) -> ml_collections.ConfigDict:
-  """`config` with the architecture and tokenizer of the imported model."""
-  fixed = sorted(key for key in overridden
-                 if key.startswith("model.") and fixed_by_checkpoint(key))
+                    tokenizer, labels: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+  """`config` with the architecture, labels and tokenizer of the imported model."""
+  fixed = sorted(key for key in overridden if key.startswith("model.") and (
+      fixed_by_checkpoint(key) or key.removeprefix("model.") in model_fields))
   if fixed:
     raise UserError(f"the architecture comes from the model's config.json, so drop these "
                       f"overrides: {', '.join(fixed)}")
   config = ml_collections.ConfigDict(config.to_dict())
+  if labels:
+    if "data.labels" in overridden and tuple(config.data.labels) != tuple(labels):
+      raise UserError(f"data.labels={tuple(config.data.labels)} differs from the model's "
+                      f"labels {tuple(labels)} (config.json's id2label); drop the override")
+    config.data.labels = tuple(labels)
   config.model.update(model_fields)
   config.data.tokenizer, config.data.vocab_size = tokenizer.kind, tokenizer.vocab_size
   if "data.seq_len" not in overridden:
