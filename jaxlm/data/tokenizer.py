@@ -11,15 +11,16 @@ from typing import Protocol
 from jaxlm.data.gpt2_tokenizer import Gpt2BpeTokenizer
 from jaxlm.data.simple_tokenizers import ByteTokenizer, CharTokenizer
 from jaxlm.data.sp_tokenizer import SentencePieceTokenizer
+from jaxlm.data.wordpiece_tokenizer import WordPieceTokenizer
 from jaxlm.errors import UserError
 
-KINDS = ("sentencepiece", "char", "byte", "gpt2_bpe")
+KINDS = ("sentencepiece", "char", "byte", "gpt2_bpe", "wordpiece")
 
 
 class Tokenizer(Protocol):
-  kind: str  # "sentencepiece" | "char" | "byte" | "gpt2_bpe"
+  kind: str  # "sentencepiece" | "char" | "byte" | "gpt2_bpe" | "wordpiece"
   vocab_size: int  # includes EOS (and <unk> for char)
-  eos_id: int
+  eos_id: int  # starts every packed document; [CLS] for wordpiece
 
   def encode(self, text: str) -> list[int]:
     """Token ids of `text`; no EOS is added."""
@@ -38,7 +39,8 @@ def train_tokenizer(
   kind: str, texts: Sequence[str], vocab_size: int, sp_model_type: str = "bpe"
 ) -> Tokenizer:
   """Builds a tokenizer of `kind` from training `texts`. `vocab_size` is only
-  used by sentencepiece and gpt2_bpe: byte and char vocabularies are fixed by their data."""
+  used by sentencepiece, gpt2_bpe and wordpiece: byte and char vocabularies are fixed by their
+  data."""
   if kind == "byte":
     return ByteTokenizer()
   if kind == "char":
@@ -47,6 +49,8 @@ def train_tokenizer(
     return SentencePieceTokenizer.train(texts, vocab_size, sp_model_type)
   if kind == "gpt2_bpe":
     return Gpt2BpeTokenizer.train(texts, vocab_size)
+  if kind == "wordpiece":
+    return WordPieceTokenizer.train(texts, vocab_size)
   raise UserError(f"unknown data.tokenizer={kind!r}; choose one of {', '.join(KINDS)}")
 
 
@@ -61,6 +65,8 @@ def tokenizer_from_json(state: dict) -> Tokenizer:
     return SentencePieceTokenizer.from_json(state)
   if kind == "gpt2_bpe":
     return Gpt2BpeTokenizer.from_json(state)
+  if kind == "wordpiece":
+    return WordPieceTokenizer.from_json(state)
   raise UserError(
     f"unknown tokenizer kind {kind!r} in saved tokenizer; expected one of {', '.join(KINDS)}"
   )
