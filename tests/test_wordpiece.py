@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -15,7 +16,12 @@ import transformers
 from conftest import REPO
 from test_data import _raises_one_line
 
-from jaxlm.data import load_tokenizer, save_tokenizer, tokenizer_from_json, train_tokenizer
+from jaxlm.data import (
+  load_tokenizer,
+  save_tokenizer,
+  tokenizer_from_json,
+  train_tokenizer,
+)
 from jaxlm.data.wordpiece_tokenizer import SPECIAL_TOKENS, WordPieceTokenizer
 
 # Texts with what BERT's normaliser and pre-tokenizer must handle: punctuation runs, accents,
@@ -134,7 +140,7 @@ def test_hf_auto_tokenizer_loads_saved_files_with_same_ids(wp, hf_dir):
 def test_hf_slow_path_from_vocab_txt_matches(wp, hf_dir, tmp_path):
   """vocab.txt and tokenizer_config.json alone (no tokenizer.json) give the same ids."""
   for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
-    (tmp_path / name).write_bytes(open(os.path.join(hf_dir, name), "rb").read())
+    shutil.copy(os.path.join(hf_dir, name), tmp_path / name)
   hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
   ours = WordPieceTokenizer.from_hf_dir(str(tmp_path))
   assert ours.lowercase is False
