@@ -46,9 +46,11 @@ def test_packing_hand_built_example():
       assert example[name].dtype == np.int32
     np.testing.assert_array_equal(example["weights"], [1.0, 1.0, 1.0])
     assert example["weights"].dtype == np.float32
+    np.testing.assert_array_equal(example["token_types"], [0, 0, 0])  # text: all sentence A
+    assert example["token_types"].dtype == np.int32
   # The partial window is not padded: [0, 9] -> [9, 10], all of document 2.
   expected_last = {"inputs": [0, 9], "targets": [9, 10], "segment_ids": [1, 1],
-                   "positions": [0, 1], "weights": [1.0, 1.0]}
+                   "positions": [0, 1], "weights": [1.0, 1.0], "token_types": [0, 0]}
   for name, values in expected_last.items():
     np.testing.assert_array_equal(last[name], values, err_msg=name)
   with pytest.raises(IndexError):
@@ -247,7 +249,7 @@ def test_eval_batches_cover_each_window_once_with_padding(process_count):
       real = batch["weights"][:, 0] > 0  # [batch]
       assert (batch["weights"][real] == 1).all() and (batch["weights"][~real] == 0).all()
       assert (batch["inputs"][~real] == 0).all() and (batch["targets"][~real] == 0).all()
-      assert (batch["segment_ids"][~real] == 1).all()
+      assert (batch["segment_ids"][~real] == 1).all() and (batch["token_types"] == 0).all()
       seen += _window_ids(packed, [{"inputs": batch["inputs"][real]}])
     share = list(range(process, n, process_count))
     assert seen[-len(share) :] == share  # in order
@@ -317,3 +319,16 @@ def test_batch_gather_restarts_positions_per_document_in_every_row():
     np.testing.assert_array_equal(batch["targets"][row], packed.stream[start + 1:start + 5])
   np.testing.assert_array_equal(batch["segment_ids"], [[1, 1, 1, 2], [1, 1, 1, 1]])
   np.testing.assert_array_equal(batch["positions"], [[0, 1, 2, 0], [0, 1, 2, 3]])
+
+
+def test_record_rows_have_every_field_and_token_types_zero():
+  from jaxlm.data.records import pack_records
+  packed = pack_records([([5, 6], [7]), ([8], [9, 10])], eos_id=1, seq_len=6, truncate="left")
+  rows = packed.rows(np.array([0, 0]))
+  assert {name: (v.shape, v.dtype) for name, v in rows.items()} == {
+    name: ((2, 6), np.float32 if name == "weights" else np.int32) for name in FIELDS
+  }
+  assert (rows["token_types"] == 0).all()
+  # tokens: 1 5 6 7 1 | 1 8 9 10 1 does not fit 7 with the first; the second record has its row.
+  np.testing.assert_array_equal(packed[1]["inputs"], [1, 8, 9, 10, 1, 0])
+  np.testing.assert_array_equal(packed[1]["token_types"], np.zeros(6))

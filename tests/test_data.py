@@ -13,7 +13,7 @@ from jaxlm.data import clean_documents, load_corpus, tfds_source
 from jaxlm.data.stdlib_source import stdlib_files
 from jaxlm.errors import UserError
 
-FIELDS = ("inputs", "targets", "segment_ids", "positions", "weights")
+FIELDS = ("inputs", "targets", "segment_ids", "positions", "weights", "token_types")
 
 
 @contextlib.contextmanager

@@ -50,11 +50,12 @@ class PackedTokens:
 
   def __len__(self) -> int:
     """Windows covering every target once: the full ones, then a partial one if any is left."""
-    return -(-self.num_targets // self.seq_len)
+    return (self.num_targets + self.seq_len - 1) // self.seq_len  # ceil
 
   def __getitem__(self, k: int) -> dict[str, np.ndarray]:
-    """Window k: inputs, targets, segment_ids, positions, weights, each [seq_len], or shorter for
-    the partial last window (never padded here: padding is the batcher's business)."""
+    """Window k: inputs, targets, segment_ids, positions, weights and token_types (all 0: one
+    sentence), each [seq_len], or shorter for the partial last window (never padded here: padding
+    is the batcher's business)."""
     k = int(k)
     if not 0 <= k < len(self):
       raise IndexError(f"window {k} out of range for {len(self)} windows")
@@ -83,6 +84,7 @@ class PackedTokens:
       "segment_ids": segment_ids,
       "positions": segment_positions(segment_ids),
       "weights": np.ones(segment_ids.shape, dtype=np.float32),
+      "token_types": np.zeros(segment_ids.shape, dtype=np.int32),  # text is all sentence A
     }
 
 

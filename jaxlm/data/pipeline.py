@@ -73,6 +73,7 @@ def _padding_example(seq_len: int) -> dict[str, np.ndarray]:
     "segment_ids": np.ones(seq_len, dtype=np.int32),
     "positions": np.arange(seq_len, dtype=np.int32),
     "weights": np.zeros(seq_len, dtype=np.float32),
+    "token_types": np.zeros(seq_len, dtype=np.int32),
   }
 
 

@@ -113,6 +113,8 @@ class PackedRecords:
       "segment_ids": self.segment_ids[ks, :-1],
       "positions": self.positions[ks, :-1],
       "weights": self.weights[ks],
+      # Prompt and completion are one sequence to the model: all sentence A.
+      "token_types": np.zeros((len(ks), self.seq_len), dtype=np.int32),
     }
 
   @property
