@@ -1,4 +1,4 @@
-"""The architecture options of every model family, read from `config.model` (see jaxlm/config.py)."""
+"""The architecture options of every model family, read from `config.model` (jaxlm/config.py)."""
 
 from typing import Any
 
@@ -8,9 +8,11 @@ import jax.numpy as jnp
 from jaxlm.config import section_dataclass
 from jaxlm.errors import UserError
 
-# model.remat -> what the backward pass may keep from the forward (None: keep nothing, recompute all).
+# model.remat -> what the backward pass may keep from the forward (None: keep nothing: recompute).
 REMAT_POLICIES = {"none": None, "full": None,
                   "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+FAMILY_NAMES = ("gpt", "bert")
+LABEL_HEADS = ("classify", "tag")
 
 
 @section_dataclass("model")
@@ -18,6 +20,11 @@ class ModelConfig:
   """The architecture: see `jaxlm/config.py` (model.*) for each field's meaning and default;
   `vocab_size` is the tokenizer's."""
   vocab_size: int
+  family: str
+  head: str
+  num_labels: int
+  norm_position: str
+  type_vocab_size: int
   d_model: int
   num_layers: int
   num_heads: int
@@ -39,12 +46,30 @@ class ModelConfig:
     if self.d_model % self.num_heads:
       raise UserError(f"model.d_model={self.d_model} is not divisible by model.num_heads="
                        f"{self.num_heads}; choose a head count that divides it")
-    for field, allowed in (("positions", ("learned", "rope")), ("norm", ("layernorm", "rmsnorm")),
-                           ("mlp", ("gelu", "swiglu")), ("dtype", ("float32", "bfloat16")),
+    for field, allowed in (("family", FAMILY_NAMES), ("head", ("lm", *LABEL_HEADS)),
+                           ("norm_position", ("pre", "post")),
+                           ("positions", ("learned", "rope")), ("norm", ("layernorm", "rmsnorm")),
+                           ("mlp", ("gelu", "gelu_exact", "swiglu")),
+                           ("dtype", ("float32", "bfloat16")),
                            ("remat", tuple(REMAT_POLICIES)),
                            ("attention_impl", ("auto", "xla", "cudnn"))):
       if getattr(self, field) not in allowed:
         raise UserError(f"model.{field}={getattr(self, field)!r} is not one of {allowed}")
+    self._check_family()
+
+  def _check_family(self):
+    if self.type_vocab_size < 0:
+      raise UserError(f"model.type_vocab_size={self.type_vocab_size} is negative; use 0 (no "
+                       "token types) or the number of segment types (2 for BERT)")
+    if self.head in LABEL_HEADS and self.family != "bert":
+      raise UserError(f"model.head={self.head!r} needs model.family='bert' (a {self.family} "
+                       "model predicts tokens only); set model.family=bert or model.head=lm")
+    if self.head in LABEL_HEADS and self.num_labels < 1:
+      raise UserError(f"model.head={self.head!r} needs model.num_labels >= 1 (it is "
+                       f"{self.num_labels}); give data.labels or set model.num_labels")
+    if self.family == "bert" and not self.tie_embeddings:
+      raise UserError("model.family='bert' needs model.tie_embeddings=True (its masked-LM "
+                       "decoder is the embedding matrix); set model.tie_embeddings=true")
 
   @property
   def head_dim(self) -> int:
@@ -54,3 +79,12 @@ class ModelConfig:
   def compute_dtype(self) -> Any:
     return jnp.dtype(self.dtype)
 
+  @property
+  def causal(self) -> bool:
+    """Whether a position attends only to earlier ones (a decoder) or to its whole document."""
+    return self.family == "gpt"
+
+  @property
+  def output_size(self) -> int:
+    """Width of the logits: the vocabulary, or the labels of a classify / tag head."""
+    return self.num_labels if self.head in LABEL_HEADS else self.vocab_size

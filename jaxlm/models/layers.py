@@ -1,9 +1,12 @@
 """The layers every model family is built from, each parameter named by its logical axes.
 
-Every parameter carries logical axis names (`vocab`, `embed`, `heads`, `kv`, `mlp`, `pos`, `norm`) and
-activations are constrained with `act_*` names; `parallel/sharding.py` maps both onto the device mesh.
-With `decode=True` attention keeps a KV cache in the "cache" collection, so a prompt is prefilled in
-one call and then extended a token at a time.
+Every parameter carries logical axis names (`vocab`, `embed`, `heads`, `kv`, `mlp`, `pos`, `norm`)
+and activations are constrained with `act_*` names; `parallel/sharding.py` maps them onto the mesh.
+Attention is causal for a decoder (GPT) and bidirectional for an encoder (BERT); both attend only
+within a document (same segment id; segment 0 is padding). With `decode=True` attention keeps a KV
+cache in the "cache" collection, so a prompt is prefilled in one call and then extended a token at
+a time. `embed` and `blocks` declare their parameters on the calling model, so every family has the
+same top-level names (`embedding`, `pos_embedding`, `block_{i}` or `blocks`, ...).
 """
 
 from typing import Any
@@ -13,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.errors import UserError
-from jaxlm.models.config import ModelConfig
+from jaxlm.models.config import REMAT_POLICIES, ModelConfig
 from jaxlm.models.dense import project
 
 Array = jax.Array
@@ -113,9 +116,10 @@ class Attention(nn.Module):
     same_segment = query_segments[:, :, None] == key_segments[:, None, :]  # [batch, seq, keys]
     if implementation == "cudnn":  # causality as cuDNN's built-in mask; documents as a mask
       out = jax.nn.dot_product_attention(query, key, value, mask=same_segment[:, None],
-                                         is_causal=True, implementation="cudnn")
+                                         is_causal=cfg.causal, implementation="cudnn")
     else:
-      mask = (same_segment & causal[None])[:, None]  # [batch, 1, seq, keys]
+      allowed = same_segment & causal[None] if cfg.causal else same_segment
+      mask = allowed[:, None]  # [batch, 1, seq, keys]
       out = jax.nn.dot_product_attention(query, key, value, mask=mask,
                                          implementation="xla")  # [batch, seq, heads, head_dim]
     out = nn.with_logical_constraint(out, ("act_batch", "act_len", "act_heads", None))
@@ -126,7 +130,8 @@ class Attention(nn.Module):
     """Writes this call's keys/values at the cache index; returns the whole cache to attend to."""
     batch, seq, heads, head_dim = key.shape
     max_len = self.cfg.max_len
-    cached_key = self.variable("cache", "key", jnp.zeros, (batch, max_len, heads, head_dim), key.dtype)
+    cached_key = self.variable("cache", "key", jnp.zeros, (batch, max_len, heads, head_dim),
+                               key.dtype)
     cached_value = self.variable("cache", "value", jnp.zeros, (batch, max_len, heads, head_dim),
                                  value.dtype)
     # Segment 0 marks empty slots (and left padding): real query tokens have segment >= 1.
@@ -154,8 +159,10 @@ class Mlp(nn.Module):
                        cfg.compute_dtype, name="wi")(x)  # [batch, seq, 2, mlp_dim]
       hidden = nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]
     else:
+      # "gelu": GPT-2's tanh approximation; "gelu_exact": BERT's erf form.
       hidden = nn.gelu(Linear((cfg.mlp_dim,), ("embed", "mlp"), 0.02, cfg.use_bias,
-                              cfg.compute_dtype, name="wi")(x), approximate=True)
+                              cfg.compute_dtype, name="wi")(x),
+                       approximate=cfg.mlp != "gelu_exact")
     hidden = nn.with_logical_constraint(hidden, ("act_batch", "act_len", "act_mlp"))
     return Linear((cfg.d_model,), ("mlp", "embed"), 0.02 / (2 * cfg.num_layers) ** 0.5,
                   cfg.use_bias, cfg.compute_dtype, name="wo")(hidden)
@@ -168,12 +175,69 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, positions: Array, segment_ids: Array, deterministic: bool) -> Array:
-    drop = nn.Dropout(self.cfg.dropout, deterministic=deterministic)
-    attn_in = norm_layer(self.cfg, "ln_attn")(x)
-    x = x + drop(Attention(self.cfg, self.decode, name="attn")(attn_in, positions, segment_ids))
-    x = x + drop(Mlp(self.cfg, name="mlp")(norm_layer(self.cfg, "ln_mlp")(x)))
+    cfg = self.cfg
+    drop = nn.Dropout(cfg.dropout, deterministic=deterministic)
+    attention = Attention(cfg, self.decode, name="attn")
+    mlp = Mlp(cfg, name="mlp")
+    ln_attn, ln_mlp = norm_layer(cfg, "ln_attn"), norm_layer(cfg, "ln_mlp")
+    if cfg.norm_position == "pre":  # GPT-2: x + f(norm(x)); the model ends with ln_final
+      x = x + drop(attention(ln_attn(x), positions, segment_ids))
+      x = x + drop(mlp(ln_mlp(x)))
+    else:  # BERT and the original Transformer: norm(x + f(x))
+      x = ln_attn(x + drop(attention(x, positions, segment_ids)))
+      x = ln_mlp(x + drop(mlp(x)))
     x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
     return (x, None) if self.scanned else x
+
+
+def embed(model: nn.Module, inputs: Array, positions: Array, token_types: Array | None,
+          deterministic: bool) -> tuple[Array, Array]:
+  """Token (+ learned position) (+ token-type) embeddings, declared on `model` (a compact method
+  of it is running). Returns (x  # [batch, seq, d_model] compute dtype, embedding  # [vocab, d]).
+
+  Post-norm models normalise the sum (`ln_embed`) before dropout, as BERT does; token types None
+  means all type 0, and are ignored when the model has no type table (type_vocab_size 0).
+  """
+  cfg = model.cfg
+  embedding = model.param("embedding", param_init(0.02, ("vocab", "embed")),
+                          (cfg.vocab_size, cfg.d_model))  # [vocab, d_model]
+  x = jnp.take(embedding, inputs, axis=0)  # [batch, seq, d_model]
+  if cfg.positions == "learned":
+    pos_embedding = model.param("pos_embedding", param_init(0.01, ("pos", "embed")),
+                                (cfg.max_len, cfg.d_model))  # [max_len, d_model]
+    x = x + jnp.take(pos_embedding, positions, axis=0)
+  if cfg.type_vocab_size > 0:
+    type_embedding = model.param("type_embedding", param_init(0.02, (None, "embed")),
+                                 (cfg.type_vocab_size, cfg.d_model))  # [types, d_model]
+    types = jnp.zeros_like(inputs) if token_types is None else token_types
+    x = x + jnp.take(type_embedding, types, axis=0)
+  if cfg.norm_position == "post":
+    x = norm_layer(cfg, "ln_embed")(x)
+  x = x.astype(cfg.compute_dtype)
+  x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
+  return nn.Dropout(cfg.dropout, deterministic=deterministic)(x), embedding
+
+
+def blocks(cfg: ModelConfig, decode: bool, x: Array, positions: Array, segment_ids: Array,
+           deterministic: bool) -> Array:
+  """The `num_layers` Blocks over `x  # [batch, seq, d_model]`, as children of the calling model:
+  `block_{i}` each, or one scanned `blocks` with a leading layer axis; remat per `cfg.remat`."""
+  block = Block
+  if cfg.remat != "none":
+    # Arguments counted with self = 0: `deterministic` (4) is a Python bool.
+    block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers,
+                     static_argnums=(4,))
+  if cfg.scan_layers:
+    scanned = nn.scan(block, variable_axes={"params": 0, "cache": 0},
+                      split_rngs={"params": True, "dropout": True},
+                      in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+                      length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+    x, _ = scanned(cfg, decode, scanned=True, name="blocks")(x, positions, segment_ids,
+                                                            deterministic)
+    return x
+  for layer in range(cfg.num_layers):
+    x = block(cfg, decode, name=f"block_{layer}")(x, positions, segment_ids, deterministic)
+  return x
 
 
 def stack_layers(params: dict, num_layers: int) -> dict:
