@@ -66,11 +66,15 @@ def evaluate_split(engine: Engine, params, packed: PackedTokens | PackedRecords,
   """Metrics over `packed` (every target of it when max_batches is 0), summed on device, read once.
 
   `bytes_per_token`: UTF-8 bytes of the split's text per scored token (see corpus.pack_split).
+  For a masked-LM model the loss is over the masked tokens, so `bits_per_byte` has no meaning
+  there; the caller decides what to show.
   """
   feed = engine.eval_feed(batch_size)  # this process reads block `feed.block` of each batch
   totals = None
-  for rows in eval_batches(packed, feed.local_rows, feed.block, feed.blocks, max_batches or None):
-    sums = engine.eval_step(params, feed.assemble(rows))
+  batches = eval_batches(packed, feed.local_rows, feed.block, feed.blocks, max_batches or None)
+  for index, rows in enumerate(batches):
+    # The batch number fixes a masked-LM evaluation's masks: the same numbers on every run.
+    sums = engine.eval_step(params, feed.assemble(rows), index)
     totals = accumulate(totals, sums)
   totals = read_totals(totals)
   tokens = totals["weight_sum"]

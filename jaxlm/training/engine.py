@@ -2,24 +2,35 @@
 
 `build_engine` takes values (not the config), so the same model and shardings serve every entry
 point and every test; `engine_for_config` is the one place that reads a run's config into those
-values, and every entry point (train, evaluate, sample, convert, plan, tools/bench) calls it.
+values, and every entry point (train, evaluate, sample, convert, plan, tools/bench) calls it. The
+model comes from the family registry (`models.make_model`) and the objective (causal LM, masked
+LM or labels) from `objectives.objective_for`.
 """
 
 import contextlib
 import dataclasses
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import ml_collections
+import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxlm.models import GPT, ModelConfig
+from jaxlm.models import ModelConfig, make_model
 from jaxlm.parallel import sharding
+from jaxlm.training.objectives import Objective, SpecialTokens, objective_for
 from jaxlm.training.optim import OptimConfig, make_optimizer
-from jaxlm.training.step import TrainState, eval_step, init_state, train_step
+from jaxlm.training.step import (
+  TrainState,
+  eval_step,
+  init_state,
+  predict_step,
+  train_step,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +39,8 @@ class Engine:
   rules: tuple  # logical axis rules, without the activations' batch axis (set per step below)
   train_batch_axes: tuple[str, ...]  # mesh axes that split a training micro-batch
   eval_batch_axes: tuple[str, ...]  # mesh axes that split an evaluation batch
-  model: GPT
+  model: nn.Module
+  objective: Objective
   tx: optax.GradientTransformation
   schedule: optax.Schedule
   state_shardings: TrainState  # NamedShardings, same tree as the state
@@ -36,7 +48,9 @@ class Engine:
   init: Callable[[], TrainState]
   from_params: Callable[[Any], TrainState]  # step 0 and fresh optimizer state for given params
   train_step: Callable[[TrainState, dict], tuple[TrainState, dict]]
-  eval_step: Callable[[Any, dict], dict]
+  # (params, batch, batch number in the evaluation = 0) -> sums; the number fixes MLM masks.
+  eval_step: Callable[..., dict]
+  predict_step: Callable[[Any, dict], jax.Array]  # argmax ids [batch, seq], replicated
 
   @contextlib.contextmanager
   def context(self, batch_axes: tuple[str, ...] | None = None):
@@ -66,10 +80,14 @@ def build_engine(model_cfg: ModelConfig, optim_cfg: OptimConfig, mesh: Mesh, rul
                  seed: int, seq_len: int, z_loss: float = 0.0,
                  train_batch_axes: tuple[str, ...] = sharding.BATCH_AXES,
                  eval_batch_axes: tuple[str, ...] | None = None,
-                 spike_sigma: float = 0.0) -> Engine:
+                 spike_sigma: float = 0.0, objective: Objective | None = None) -> Engine:
+  """The engine of a model on `mesh`; `objective` None takes `objective_for(model_cfg)` with no
+  special tokens and BERT's masking defaults."""
   rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
   eval_batch_axes = eval_batch_axes or train_batch_axes
-  model = GPT(model_cfg)
+  model = make_model(model_cfg)
+  if objective is None:
+    objective = objective_for(model_cfg, None, 0.15, False)
   tx, schedule = make_optimizer(optim_cfg)
   make_state = functools.partial(init_state, model, tx, seed, seq_len)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -88,19 +106,30 @@ def build_engine(model_cfg: ModelConfig, optim_cfg: OptimConfig, mesh: Mesh, rul
                             in_shardings=(params_shardings,), out_shardings=state_shardings)
   jit_train = jax.jit(
       functools.partial(train_step, model=model, tx=tx, schedule=schedule, z_loss=z_loss,
-                        seed=seed, use_dropout=model_cfg.dropout > 0, spike_sigma=spike_sigma),
+                        seed=seed, use_dropout=model_cfg.dropout > 0, spike_sigma=spike_sigma,
+                        objective=objective),
       in_shardings=(state_shardings, train_batch), out_shardings=(state_shardings, scalar),
       donate_argnums=0)
-  jit_eval = jax.jit(functools.partial(eval_step, model=model),
-                     in_shardings=(params_shardings, eval_batch), out_shardings=scalar)
-  engine = Engine(mesh, rules, tuple(train_batch_axes), tuple(eval_batch_axes), model, tx,
-                  schedule, state_shardings, abstract_state, init=None, from_params=None,
-                  train_step=None, eval_step=None)
-  train_axes = engine.train_batch_axes
+  jit_eval = jax.jit(functools.partial(eval_step, model=model, objective=objective),
+                     in_shardings=(params_shardings, eval_batch, scalar), out_shardings=scalar)
+  jit_predict = jax.jit(functools.partial(predict_step, model=model),
+                        in_shardings=(params_shardings, eval_batch), out_shardings=scalar)
+  engine = Engine(mesh, rules, tuple(train_batch_axes), tuple(eval_batch_axes), model, objective,
+                  tx, schedule, state_shardings, abstract_state, init=None, from_params=None,
+                  train_step=None, eval_step=None, predict_step=None)
+  train_axes, eval_axes = engine.train_batch_axes, engine.eval_batch_axes
+  traced_eval = engine.traced(jit_eval, eval_axes)
+
+  def run_eval(params, batch, index=0):
+    # A host scalar (not a device array): every process passes the same value, as multi-host
+    # jit requires of replicated inputs.
+    return traced_eval(params, batch, np.asarray(index, np.int32))
+
   return dataclasses.replace(engine, init=engine.traced(jit_init, train_axes),
                              from_params=engine.traced(jit_from_params, train_axes),
                              train_step=engine.traced(jit_train, train_axes),
-                             eval_step=engine.traced(jit_eval, engine.eval_batch_axes))
+                             eval_step=run_eval,
+                             predict_step=engine.traced(jit_predict, eval_axes))
 
 
 def mesh_for_config(config: ml_collections.ConfigDict) -> tuple[Mesh, tuple[str, ...],
@@ -113,14 +142,18 @@ def mesh_for_config(config: ml_collections.ConfigDict) -> tuple[Mesh, tuple[str,
   return mesh, train_axes, eval_axes
 
 
-def engine_for_config(config: ml_collections.ConfigDict, vocab_size: int) -> Engine:
+def engine_for_config(config: ml_collections.ConfigDict, vocab_size: int,
+                      special: SpecialTokens | None = None) -> Engine:
   """The engine of a run's config, on all devices: what every entry point builds.
 
   Training and evaluation batches are checked against the mesh separately, so each gets its own
-  batch split (an awkward eval.batch_size never changes how training is sharded).
+  batch split (an awkward eval.batch_size never changes how training is sharded). `special`: the
+  tokenizer's special tokens, for a masked-LM run (None: shapes only, see `objective_for`).
   """
   mesh, train_axes, eval_axes = mesh_for_config(config)
-  return build_engine(ModelConfig.from_config(config.model, vocab_size=vocab_size),
-                      OptimConfig.from_config(config.train), mesh, config.mesh.rules,
+  model_cfg = ModelConfig.from_config(config.model, vocab_size=vocab_size)
+  objective = objective_for(model_cfg, special, config.train.mlm_probability,
+                            config.train.whole_word_masking)
+  return build_engine(model_cfg, OptimConfig.from_config(config.train), mesh, config.mesh.rules,
                       config.train.seed, config.data.seq_len, config.train.z_loss, train_axes,
-                      eval_axes, config.train.spike_sigma)
+                      eval_axes, config.train.spike_sigma, objective)

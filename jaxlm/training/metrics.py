@@ -2,9 +2,12 @@
 
 MFU = achieved model FLOP/s / peak FLOP/s, where the model FLOPs per token follow PaLM (appendix B):
   6 * N  +  12 * num_layers * seq_len * d_model
-N counts every parameter that takes part in a matmul: not the position table, which is only added,
-nor an untied input embedding, which is only looked up (a tied one is also the output projection,
-so it counts). The second term is the attention scores and weighted sum (forward + backward). Peak:
+N counts every parameter that takes part in a matmul: not the position or token-type tables, which
+are only added, nor an input embedding that is only looked up (untied, or a BERT classify / tag
+model's; a tied one that is also the output projection counts). BERT's pooler, MLM transform and
+classifier are matmuls and count. The second term is the attention scores and weighted sum
+(forward + backward) over all T x T query-key pairs, so it counts BERT's bidirectional attention
+the same as GPT's causal one (which could skip half). Peak:
 on CPU a float32 matmul benchmark measured at start-up (one host's, split over its CPU devices); on
 GPU/TPU the datasheet dense peak for the run's compute dtype: bf16 for bfloat16 runs, and for
 float32 runs what JAX's default matmul precision uses (TF32 tensor cores on Ampere and later NVIDIA
@@ -43,7 +46,8 @@ def param_count(params: Any) -> int:
 def flops_per_token(cfg: ModelConfig, seq_len: int, params: Any) -> float:
   """Training FLOPs (forward + backward) per token, PaLM's formula; see the module docstring."""
   lookups = cfg.max_len * cfg.d_model if cfg.positions == "learned" else 0
-  if not cfg.tie_embeddings:
+  lookups += cfg.type_vocab_size * cfg.d_model
+  if not cfg.tie_embeddings or cfg.head != "lm":  # the embedding is not the output projection
     lookups += cfg.vocab_size * cfg.d_model
   matmul_params = param_count(params) - lookups
   return 6.0 * matmul_params + 12.0 * cfg.num_layers * seq_len * cfg.d_model
@@ -111,7 +115,8 @@ class MetricsWriter:
       os.makedirs(workdir, exist_ok=True)
       path = os.path.join(workdir, "metrics.jsonl")
       drop_partial_line(path)
-      self._jsonl = open(path, "a", encoding="utf-8")
+      # Open for the writer's lifetime (appended to at every log step); `close` closes it.
+      self._jsonl = open(path, "a", encoding="utf-8")  # noqa: SIM115
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, record: dict[str, float], prefix: str = "train") -> None:

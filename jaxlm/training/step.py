@@ -1,17 +1,29 @@
-"""The training state, the loss, and the pure train / eval steps that `train.py` jits."""
+"""The training state, the loss, and the pure train / eval / predict steps that the engine jits.
+
+Every step first lets the objective (objectives.py) prepare the batch (masked LM: choose and mask
+tokens), then takes one weighted cross-entropy over `targets` / `weights`. Keys: a micro-batch's
+key is fold_in(step key, micro-batch index); masking and dropout fold it with distinct constants,
+so turning dropout on or off leaves the masks alone. Evaluation masks with fold_in(key(EVAL_SEED),
+batch number): the same numbers on every evaluation of the same parameters.
+"""
 
 from typing import Any
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlm.models import GPT
 from jaxlm.training.guard import Guard, select
+from jaxlm.training.objectives import CAUSAL_LM, Objective
 from jaxlm.training.optim import applied_lr
 
-Batch = dict[str, jax.Array]  # inputs, targets, positions, segment_ids: [..., batch, seq]; weights
+# inputs, targets, positions, segment_ids, token_types (optional): [..., batch, seq] int32;
+# weights [..., batch, seq] float32.
+Batch = dict[str, jax.Array]
+MASK_STREAM, DROPOUT_STREAM = 1, 2  # fold_in constants of a micro-batch's key
+EVAL_SEED = 0
 
 
 @flax.struct.dataclass
@@ -28,7 +40,7 @@ class TrainState:
                guard=Guard.init())
 
 
-def init_state(model: GPT, tx: optax.GradientTransformation, seed: int, seq_len: int) -> TrainState:
+def init_state(model: nn.Module, tx: optax.GradientTransformation, seed: int, seq_len: int) -> TrainState:
   """Fresh parameters (boxed with their logical axes) and optimizer state."""
   tokens = jnp.zeros((1, seq_len), jnp.int32)
   params = model.init(jax.random.key(seed), tokens, tokens, tokens + 1)["params"]
@@ -43,11 +55,20 @@ def token_losses(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.
   return log_z - target_logit, log_z
 
 
-def loss_fn(params: Any, batch: Batch, model: GPT, z_loss: float, dropout_key: jax.Array | None):
-  """Weighted mean cross-entropy (+ z-loss). Returns (loss, (nll_sum, weight_sum))."""
-  logits = model.apply({"params": params}, batch["inputs"], batch["positions"],
-                       batch["segment_ids"], deterministic=dropout_key is None,
-                       rngs=None if dropout_key is None else {"dropout": dropout_key})
+def forward(params: Any, batch: Batch, model: nn.Module,
+            dropout_key: jax.Array | None = None) -> jax.Array:
+  """The model's float32 logits `[batch, seq, outputs]`; dropout only with a key."""
+  return model.apply({"params": params}, batch["inputs"], batch["positions"],
+                     batch["segment_ids"], deterministic=dropout_key is None,
+                     token_types=batch.get("token_types"),
+                     rngs=None if dropout_key is None else {"dropout": dropout_key})
+
+
+def loss_fn(params: Any, batch: Batch, model: nn.Module, z_loss: float,
+            dropout_key: jax.Array | None):
+  """Weighted mean cross-entropy (+ z-loss) of a prepared batch. Returns
+  (loss, (nll_sum, weight_sum))."""
+  logits = forward(params, batch, model, dropout_key)
   nll, log_z = token_losses(logits, batch["targets"])
   weights = batch["weights"].astype(jnp.float32)
   weight_sum = jnp.maximum(weights.sum(), 1.0)
@@ -56,9 +77,10 @@ def loss_fn(params: Any, batch: Batch, model: GPT, z_loss: float, dropout_key: j
   return loss, (nll_sum, weights.sum())
 
 
-def train_step(state: TrainState, batch: Batch, *, model: GPT, tx: optax.GradientTransformation,
-               schedule: optax.Schedule, z_loss: float, seed: int, use_dropout: bool,
-               spike_sigma: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
+               tx: optax.GradientTransformation, schedule: optax.Schedule, z_loss: float,
+               seed: int, use_dropout: bool, spike_sigma: float = 0.0,
+               objective: Objective = CAUSAL_LM) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update from a batch shaped `[accum_steps, micro_batch, seq]`.
 
   Gradients of the micro-batches are summed in a scan, so memory is that of one micro-batch; the
@@ -70,9 +92,11 @@ def train_step(state: TrainState, batch: Batch, *, model: GPT, tx: optax.Gradien
 
   def micro_step(grad_sum, micro):
     index, micro_batch = micro
+    micro_key = jax.random.fold_in(step_key, index)
+    micro_batch = objective.prepare(micro_batch, jax.random.fold_in(micro_key, MASK_STREAM))
+    dropout_key = jax.random.fold_in(micro_key, DROPOUT_STREAM) if use_dropout else None
     # Gradient of the *sum* of token losses; dividing once at the end weights all tokens equally.
-    key = jax.random.fold_in(step_key, index) if use_dropout else None
-    grads, (nll_sum, weight_sum) = grad_fn(state.params, micro_batch, model, z_loss, key)
+    grads, (nll_sum, weight_sum) = grad_fn(state.params, micro_batch, model, z_loss, dropout_key)
     scale = jnp.maximum(micro_batch["weights"].sum(), 1.0)
     grads = jax.tree.map(lambda g: g * scale, grads)
     grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
@@ -102,14 +126,22 @@ def train_step(state: TrainState, batch: Batch, *, model: GPT, tx: optax.Gradien
                     opt_state=select(apply, opt_state, state.opt_state), guard=guard), metrics
 
 
-def eval_step(params: Any, batch: Batch, *, model: GPT) -> dict[str, jax.Array]:
+def eval_step(params: Any, batch: Batch, index: jax.Array, *, model: nn.Module,
+              objective: Objective = CAUSAL_LM) -> dict[str, jax.Array]:
   """Sums over a `[batch, seq]` batch: NLL (float32), and int32 counts of the scored tokens
-  (weight_sum) and of their correct argmax predictions; evaluation weights are 0/1 masks."""
-  logits = model.apply({"params": params}, batch["inputs"], batch["positions"],
-                       batch["segment_ids"])
+  (weight_sum) and of their correct argmax predictions; evaluation weights are 0/1 masks.
+
+  `index  # [] int32`: the batch's number in the evaluation, which fixes its masked-LM masks."""
+  batch = objective.prepare(batch, jax.random.fold_in(jax.random.key(EVAL_SEED), index))
+  logits = forward(params, batch, model)
   nll, _ = token_losses(logits, batch["targets"])
   scored = batch["weights"] > 0  # [batch, seq]
   correct = (jnp.argmax(logits, axis=-1) == batch["targets"]) & scored  # [batch, seq]
   # Integer counts stay exact however many batches scoring.accumulate adds up.
   return {"nll_sum": jnp.where(scored, nll, 0.0).sum(), "weight_sum": scored.sum(dtype=jnp.int32),
           "correct_sum": correct.sum(dtype=jnp.int32)}
+
+
+def predict_step(params: Any, batch: Batch, *, model: nn.Module) -> jax.Array:
+  """The argmax prediction at every position, int32 `[batch, seq]` (labels for classify / tag)."""
+  return jnp.argmax(forward(params, batch, model), axis=-1).astype(jnp.int32)
