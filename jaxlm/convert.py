@@ -1,16 +1,20 @@
-"""Import a Hugging Face GPT-2 into a jaxlm workdir, and export a jaxlm run as one.
+"""Import a Hugging Face GPT-2 or BERT into a jaxlm workdir, and export a jaxlm run as one.
 
     python -m jaxlm.convert from-hf --model=DIR --workdir=OUT [--config.data.path=... ...]
     python -m jaxlm.convert to-hf --workdir=W --out=DIR [--step=N]
 
-from-hf reads DIR's config.json, model.safetensors (or its sharded index) and tokenizer (tokenizer.json,
-or vocab.json + merges.txt) and writes OUT as a training run at step 0: a checkpoint with the weights,
-a fresh optimizer state, the full config and the tokenizer, so `evaluate`, `sample` and finetuning
-take it like any other workdir. The architecture comes from config.json; `--config.*` sets the rest
-(data, train, eval, mesh, model.dropout, model.dtype). data.seq_len defaults to the model's context.
+from-hf reads DIR's config.json, model.safetensors (or its sharded index) and tokenizer (GPT-2:
+tokenizer.json, or vocab.json + merges.txt; BERT: tokenizer.json or vocab.txt) and writes OUT as a
+training run at step 0: a checkpoint with the weights, a fresh optimizer state, the full config and
+the tokenizer, so `evaluate`, `sample` and finetuning take it like any other workdir. The
+architecture comes from config.json (its model_type picks the family; a BERT's architectures picks
+the head: BertForMaskedLM "lm", BertForSequenceClassification "classify", BertForTokenClassification
+"tag", whose id2label becomes data.labels); `--config.*` sets the rest (data, train, eval, mesh,
+model.dropout, model.dtype). data.seq_len defaults to the model's context.
 
-to-hf writes DIR/config.json and DIR/model.safetensors for `transformers.GPT2LMHeadModel`, and the
-tokenizer files when the run's tokenizer is GPT-2 BPE. Options a GPT-2 cannot express are refused.
+to-hf writes DIR/config.json and DIR/model.safetensors for `transformers.GPT2LMHeadModel` or the
+BertFor* of the run's head, and the tokenizer files when the run's tokenizer has a Hugging Face form
+(GPT-2 BPE, WordPiece). Options the family's Hugging Face model cannot express are refused.
 Weights are read and written as safetensors only: nothing is unpickled.
 """
 
@@ -19,6 +23,7 @@ import os
 
 import jax
 import ml_collections
+import numpy as np
 import safetensors
 import safetensors.numpy
 from absl import app, flags
@@ -27,16 +32,19 @@ from ml_collections import config_flags
 from jaxlm import cli
 from jaxlm.config import base_config
 from jaxlm.data.gpt2_tokenizer import Gpt2BpeTokenizer
+from jaxlm.data.wordpiece_tokenizer import WordPieceTokenizer
 from jaxlm.errors import UserError
 from jaxlm.inference import trained
-from jaxlm.interop import hf_gpt2
+from jaxlm.interop import hf_bert, hf_gpt2
 from jaxlm.interop.hf_files import WEIGHTS, read_hf_weights, read_json
 from jaxlm.interop.run_writer import imported_config, write_run
 from jaxlm.models import ModelConfig
 from jaxlm.training import checkpoint
 
 COMMANDS = ("from-hf", "to-hf")
-
+MODEL_TYPES = ("gpt2", "bert")  # config.json's model_type of the models jaxlm reads
+# The tokenizers with a Hugging Face form (`save_hf_files`).
+HF_TOKENIZERS = (Gpt2BpeTokenizer, WordPieceTokenizer)
 
 
 def define_flags() -> None:
@@ -48,41 +56,75 @@ def define_flags() -> None:
   flags.DEFINE_integer("step", None, "to-hf: checkpoint step to export (default: the latest).")
 
 
+def read_hf_model(model_dir: str, hf_settings: dict) -> tuple[dict, tuple[str, ...], object]:
+  """The `ModelConfig` fields, label names and tokenizer of the model in `model_dir`."""
+  model_type = hf_settings.get("model_type")
+  if model_type == "gpt2":
+    return (hf_gpt2.model_fields(hf_settings), (),
+            Gpt2BpeTokenizer.from_hf_dir(model_dir, hf_settings.get("vocab_size")))
+  if model_type != "bert":
+    raise UserError(f"{os.path.join(model_dir, 'config.json')} has model_type={model_type!r}; "
+                    f"jaxlm imports {' and '.join(repr(t) for t in MODEL_TYPES)} models only")
+  fields, labels = hf_bert.model_fields(hf_settings)
+  return fields, labels, WordPieceTokenizer.from_hf_dir(model_dir, hf_settings.get("vocab_size"))
+
+
+def params_from_hf(tensors: dict[str, np.ndarray], model_cfg: ModelConfig) -> dict:
+  """The jaxlm parameters of a Hugging Face state dict, by family."""
+  if model_cfg.family == "gpt":
+    return hf_gpt2.params_from_hf(tensors, model_cfg)
+  params, skipped = hf_bert.params_from_hf(tensors, model_cfg)
+  for name in skipped:
+    print(f"note: skipped {name} (used in pretraining only, not by a {model_cfg.head!r} head)")
+  return params
+
+
 def from_hf(model_dir: str, workdir: str, config: ml_collections.ConfigDict,
             overridden: set[str] = frozenset()) -> dict:
-  """Imports the GPT-2 in `model_dir` as step 0 of a new run in `workdir`."""
+  """Imports the GPT-2 or BERT in `model_dir` as step 0 of a new run in `workdir`."""
   hf_settings = read_json(os.path.join(model_dir, "config.json"))
-  model_fields = hf_gpt2.model_fields(hf_settings)
-  tokenizer = Gpt2BpeTokenizer.from_hf_dir(model_dir, hf_settings.get("vocab_size"))
-  config = imported_config(config, set(overridden), model_fields, tokenizer)
-  params = hf_gpt2.params_from_hf(read_hf_weights(model_dir),
-                                  ModelConfig.from_config(config.model,
-                                                          vocab_size=tokenizer.vocab_size))
+  model_fields, labels, tokenizer = read_hf_model(model_dir, hf_settings)
+  config = imported_config(config, set(overridden), model_fields, tokenizer, labels)
+  params = params_from_hf(read_hf_weights(model_dir),
+                          ModelConfig.from_config(config.model, vocab_size=tokenizer.vocab_size))
   num_params = write_run(workdir, config, tokenizer, params)
   print(f"imported {model_dir} ({num_params:,} parameters, {config.model.num_layers} layers, "
         f"vocabulary {tokenizer.vocab_size}) into {checkpoint.checkpoint_dir(workdir)} as step 0")
   return {"workdir": workdir, "step": 0, "parameters": num_params}
 
 
-def to_hf(workdir: str, out: str, step: int | None = None) -> dict:
-  """Writes the run's checkpoint as a Hugging Face GPT2LMHeadModel directory."""
-  run = trained.load(workdir, step)
-  problems = hf_gpt2.inexpressible(run.model_cfg)
+def hf_model(run: trained.TrainedRun) -> tuple[dict, dict[str, np.ndarray]]:
+  """The config.json and state dict of the Hugging Face model equal to the run's."""
+  cfg = run.model_cfg
+  family, name = (hf_bert, "BERT") if cfg.family == "bert" else (hf_gpt2, "GPT-2")
+  problems = family.inexpressible(cfg)
   if problems:
-    raise UserError("GPT-2 cannot express this model: " + "; ".join(problems) +
-                      "; only GPT-2-style runs can be exported")
+    raise UserError(f"{name} cannot express this model: " + "; ".join(problems) +
+                    f"; only {name}-style runs can be exported")
+  if family is hf_bert:
+    pad_id = getattr(run.tokenizer, "pad_id", run.tokenizer.eos_id)
+    settings = hf_bert.hf_settings(cfg, tuple(run.config.data.labels), pad_id)
+  else:
+    settings = hf_gpt2.hf_settings(cfg, run.tokenizer.eos_id)
+  return settings, family.params_to_hf(jax.device_get(run.params), cfg)
+
+
+def to_hf(workdir: str, out: str, step: int | None = None) -> dict:
+  """Writes the run's checkpoint as a Hugging Face GPT2LMHeadModel or BertFor* directory."""
+  run = trained.load(workdir, step)
+  settings, tensors = hf_model(run)
   cli.ensure_writable(out)
-  tensors = hf_gpt2.params_to_hf(jax.device_get(run.params), run.model_cfg)
   safetensors.numpy.save_file(tensors, os.path.join(out, WEIGHTS), metadata={"format": "pt"})
   with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as f:
-    json.dump(hf_gpt2.hf_settings(run.model_cfg, run.tokenizer.eos_id), f, indent=2)
-  if isinstance(run.tokenizer, Gpt2BpeTokenizer):
+    json.dump(settings, f, indent=2)
+  has_tokenizer = isinstance(run.tokenizer, HF_TOKENIZERS)
+  if has_tokenizer:
     run.tokenizer.save_hf_files(out, run.model_cfg.max_len)
   else:
     print(f"note: the run's {run.tokenizer.kind} tokenizer has no Hugging Face form; "
           "only the model is written")
   print(f"exported step {run.step} of {workdir} to {out}")
-  return {"out": out, "step": run.step, "tokenizer": isinstance(run.tokenizer, Gpt2BpeTokenizer)}
+  return {"out": out, "step": run.step, "tokenizer": has_tokenizer}
 
 
 def main(argv):
@@ -96,7 +138,7 @@ def main(argv):
                         f"(got {' '.join(argv[1:]) or 'none'})")
     if command == "from-hf":
       if not f.model:
-        raise UserError("--model is required: the Hugging Face GPT-2 directory to import")
+        raise UserError("--model is required: the Hugging Face GPT-2 or BERT directory to import")
       result = from_hf(f.model, cli.require_workdir(f.workdir), f.config,
                        set(f["config"].override_values))
     else:
