@@ -9,15 +9,15 @@ import jax.numpy as jnp
 import pytest
 from test_train import corpus_dir, tiny_config  # noqa: F401 (fixture)
 
-from jaxlm.models import GPT
+from jaxlm.models import make_model
 from jaxlm.training import metrics
 from jaxlm.training.loop import train
 
 
 def params_of(cfg):
   tokens = jnp.zeros((1, 8), jnp.int32)
-  return jax.eval_shape(lambda: GPT(cfg).init(jax.random.key(0), tokens, tokens, tokens + 1))[
-      "params"]
+  return jax.eval_shape(lambda: make_model(cfg).init(jax.random.key(0), tokens, tokens,
+                                                     tokens + 1))["params"]
 
 
 def hand_flops(cfg, seq_len: int) -> float:
@@ -33,6 +33,26 @@ def hand_flops(cfg, seq_len: int) -> float:
 def test_flops_count_the_output_projection_once_and_no_lookup_table(tiny_model_cfg, tie):
   cfg = dataclasses.replace(tiny_model_cfg, use_bias=False, tie_embeddings=tie)
   assert metrics.flops_per_token(cfg, 16, params_of(cfg)) == hand_flops(cfg, 16)
+
+
+def hand_bert_flops(cfg, seq_len: int) -> float:
+  """The same count for a bias-free post-norm BERT: its blocks are GPT's; ln_embed's scale; the
+  head's matmuls (MLM transform + its norm + the tied decoder V·d; or the pooler d² and the
+  classifier d·labels; or the classifier alone). The token-type and position tables are lookups,
+  and so is the embedding of a classify / tag model."""
+  d, layers, labels = cfg.d_model, cfg.num_layers, cfg.num_labels
+  per_layer = 3 * d * d + d * d + 2 * d * cfg.mlp_dim + 2 * d
+  head = {"lm": d * d + d + cfg.vocab_size * d, "classify": d * d + d * labels,
+          "tag": d * labels}[cfg.head]
+  n = layers * per_layer + d + head
+  return 6.0 * n + 12.0 * layers * seq_len * d
+
+
+@pytest.mark.parametrize("head", ["lm", "classify", "tag"])
+def test_bert_flops_count_its_head_matmuls_and_no_lookup_table(tiny_model_cfg, head):
+  cfg = dataclasses.replace(tiny_model_cfg, family="bert", head=head, num_labels=3,
+                            norm_position="post", type_vocab_size=2, use_bias=False)
+  assert metrics.flops_per_token(cfg, 16, params_of(cfg)) == hand_bert_flops(cfg, 16)
 
 
 @dataclasses.dataclass
