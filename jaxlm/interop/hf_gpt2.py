@@ -7,7 +7,8 @@ Pure mappings, no I/O (`convert.py` reads and writes the files):
 GPT-2 stores its dense layers as Conv1D weights `[in, out]`, which are jaxlm's kernels with the head
 axes flattened: `c_attn.weight [D, 3D]` is `qkv/kernel [D, 3, heads, head_dim]` (HF splits the 3D
 outputs into q, k, v, each viewed as [heads, head_dim]), and `c_proj.weight [D, D]` is
-`out/kernel [heads, head_dim, D]`. Only an untied output head is transposed (nn.Linear is [out, in]).
+`out/kernel [heads, head_dim, D]`. Only an untied output head is transposed (nn.Linear is
+[out, in]).
 """
 
 import numpy as np
@@ -36,13 +37,15 @@ def layout(cfg: ModelConfig) -> list[Tensor]:
 
   tensors = [Tensor(("embedding",), "transformer.wte.weight", (cfg.vocab_size, d),
                     (cfg.vocab_size, d)),
-             Tensor(("pos_embedding",), "transformer.wpe.weight", (cfg.max_len, d), (cfg.max_len, d))]
+             Tensor(("pos_embedding",), "transformer.wpe.weight", (cfg.max_len, d),
+                    (cfg.max_len, d))]
   for i in range(cfg.num_layers):
     block, hf = f"block_{i}", f"transformer.h.{i}"
     tensors += norm((block, "ln_attn"), f"{hf}.ln_1")
-    tensors += dense((block, "attn", "qkv"), f"{hf}.attn.c_attn", (d, 3, heads, head_dim), (d, 3 * d),
-                     (3, heads, head_dim))
-    tensors += dense((block, "attn", "out"), f"{hf}.attn.c_proj", (heads, head_dim, d), (d, d), (d,))
+    tensors += dense((block, "attn", "qkv"), f"{hf}.attn.c_attn", (d, 3, heads, head_dim),
+                     (d, 3 * d), (3, heads, head_dim))
+    tensors += dense((block, "attn", "out"), f"{hf}.attn.c_proj", (heads, head_dim, d), (d, d),
+                     (d,))
     tensors += norm((block, "ln_mlp"), f"{hf}.ln_2")
     tensors += dense((block, "mlp", "wi"), f"{hf}.mlp.c_fc", (d, mlp), (d, mlp), (mlp,))
     tensors += dense((block, "mlp", "wo"), f"{hf}.mlp.c_proj", (mlp, d), (mlp, d), (d,))
@@ -69,8 +72,10 @@ def model_fields(hf_settings: dict) -> dict:
     raise UserError("this Hugging Face model is not a GPT-2 jaxlm can express: " +
                       "; ".join(problems))
   d_model = hf_settings["n_embd"]
-  return {"d_model": d_model, "num_layers": hf_settings["n_layer"], "num_heads": hf_settings["n_head"],
-          "mlp_dim": hf_settings.get("n_inner") or 4 * d_model, "max_len": hf_settings["n_positions"],
+  return {"family": "gpt", "head": "lm", "num_labels": 0, "norm_position": "pre",
+          "type_vocab_size": 0, "d_model": d_model, "num_layers": hf_settings["n_layer"],
+          "num_heads": hf_settings["n_head"], "mlp_dim": hf_settings.get("n_inner") or 4 * d_model,
+          "max_len": hf_settings["n_positions"],
           "positions": "learned", "norm": "layernorm", "mlp": "gelu",
           "tie_embeddings": hf_settings.get("tie_word_embeddings", True), "use_bias": True,
           "norm_eps": hf_settings.get("layer_norm_epsilon", 1e-5)}
@@ -78,7 +83,8 @@ def model_fields(hf_settings: dict) -> dict:
 
 def inexpressible(cfg: ModelConfig) -> list[str]:
   """The options of `cfg` that a GPT-2 cannot express (empty when it can be exported)."""
-  wanted = {"positions": "learned", "norm": "layernorm", "mlp": "gelu", "use_bias": True,
+  wanted = {"family": "gpt", "norm_position": "pre", "type_vocab_size": 0, "positions": "learned",
+            "norm": "layernorm", "mlp": "gelu", "use_bias": True,
             "scan_layers": False}  # the scanned layout: see model.unstack_layers
   return [f"model.{key}={getattr(cfg, key)!r} (GPT-2 has {value!r})"
           for key, value in wanted.items() if getattr(cfg, key) != value]

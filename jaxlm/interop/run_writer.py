@@ -54,7 +54,8 @@ def write_run(workdir: str, config: ml_collections.ConfigDict, tokenizer, params
   state = engine.from_params(params)  # step 0 and a fresh optimizer state, placed on the mesh
   save_tokenizer(tokenizer, os.path.join(workdir, TOKENIZER_FILE))
   mngr = checkpoint.manager(workdir, keep=config.checkpoint.keep)
-  checkpoint.save(mngr, 0, state, cli.config_to_json(config), tokenizer.to_json(), fresh_data_state())
+  checkpoint.save(mngr, 0, state, cli.config_to_json(config), tokenizer.to_json(),
+                  fresh_data_state())
   mngr.wait_until_finished()
   mngr.close()
   return sum(x.size for x in jax.tree.leaves(params))
