@@ -13,10 +13,10 @@
 As with the prompt/completion tasks (tasks.py), validation and test come only from the stdlib files
 reserved for held-out splits (`stdlib_source.is_task_held_out`), which pretraining never reads, and
 an example copied from another stdlib file is left out: a docstring paragraph that occurs in one
-(whitespace aside), a line whose code is a line of one (whitespace and comments aside). Validation and test are halves of the rest by a hash of the example, capped so that
-evaluation stays quick. Train comes
-from the other files. Each split is built once per process (functools.cache); loading takes about
-a second.
+(whitespace aside), a line whose code is a line of one (whitespace and comments aside). Validation
+and test are halves of the rest by a hash of the example, capped so that evaluation stays quick.
+Train comes from the other files. Each split is built once per process (functools.cache); the
+first load of a task takes a second or two.
 
 PACKAGES are those with docstrings in the reserved files (at least 4 after removing copies) and
 at least 10 in the others, on Python 3.11-3.13: the reserved files are 5% of the standard library
