@@ -1,6 +1,8 @@
 # Two commands for a fresh machine (only Python >= 3.11 and the package index needed):
 #   make run    pretrain on the built-in corpus, evaluate, sample, then finetune on the built-in
 #               task and compare task metrics before and after, with examples and what to try next
+#   make run-bert  the same for a BERT: masked-LM pretraining on the built-in corpus, then a
+#               classification finetune on the built-in task, evaluated (accuracy, macro-F1)
 #   make test   the test suite
 PYTHON ?= python3
 VENV := .venv
@@ -8,8 +10,10 @@ PY := $(VENV)/bin/python
 RUN_DIR ?= runs/default
 FT_DIR ?= runs/finetune
 TASK ?= pyfunc_params
+BERT_DIR ?= runs/bert
+BERT_FT_DIR ?= runs/bert_classify
 
-.PHONY: run test clean
+.PHONY: run run-bert test clean
 
 # constraints.txt pins every package to the versions CI tests, so a fresh clone installs the same.
 $(VENV)/installed: pyproject.toml constraints.txt
@@ -34,6 +38,13 @@ run: $(VENV)/installed
 	    --config.data.path=$(TASK) --workdir=$(FT_DIR)
 	$(PY) -m jaxlm.evaluate --workdir=$(FT_DIR) --task=$(TASK)
 	$(PY) tools/before_after.py --task=$(TASK) --before=$(RUN_DIR) --after=$(FT_DIR)
+
+run-bert: $(VENV)/installed
+	$(PY) -m jaxlm.train --config=configs/bert_tiny.py --workdir=$(BERT_DIR)
+	$(PY) -m jaxlm.evaluate --workdir=$(BERT_DIR)
+	$(PY) -m jaxlm.train --config=configs/bert_classify.py --config.init_from=$(BERT_DIR) \
+	    --workdir=$(BERT_FT_DIR)
+	$(PY) -m jaxlm.evaluate --workdir=$(BERT_FT_DIR)
 
 test: $(VENV)/installed-test
 	$(PY) -m pytest -q -n 2 --dist loadfile

@@ -14,6 +14,9 @@ import ml_collections
 # tokenizer's data options, are fixed by the checkpoint.
 RUNTIME_MODEL_OPTIONS = ("model.dropout", "model.dtype", "model.remat", "model.attention_impl")
 TOKENIZER_OPTIONS = ("data.tokenizer", "data.vocab_size", "data.sp_model_type")
+# Options of a run's task, not of its pretrained body: a finetune sets its own (a classification
+# finetune of a masked-LM run gets a new head), whatever the run it starts from had.
+TASK_OPTIONS = ("model.head", "model.num_labels")
 
 
 def fixed_by_checkpoint(key: str) -> bool:

@@ -3,9 +3,13 @@
     python -m jaxlm.evaluate --workdir=DIR [--step=N] [--config.eval.max_batches=0] [--config.data.path=...]
     python -m jaxlm.evaluate --workdir=DIR --task=pyfunc_params|PATH.jsonl [--max_new_tokens=N] [--stop='\n']
 
-Without --task: loss, perplexity = exp(mean token NLL) over every validation token (all windows,
-unless eval.max_batches limits it), bits per byte = NLL in bits / UTF-8 bytes of the text those
-tokens cover, and token accuracy. With --task: completion perplexity, exact match, BLEU and ROUGE-L
+Without --task, on the run's validation split (all of it, unless eval.max_batches limits it):
+- a GPT: loss, perplexity = exp(mean token NLL) over every validation token, bits per byte = NLL in
+  bits / UTF-8 bytes of the text those tokens cover, and token accuracy;
+- a BERT pretrained by masked LM: loss, perplexity and accuracy of the masked tokens, under a fixed
+  masking (the same numbers every time);
+- a classification run: accuracy and macro-F1 (predictions and a confusion table under
+  WORKDIR/predictions/); a tagging run: entity-level precision, recall and F1 (seqeval's rules). With --task: completion perplexity, exact match, BLEU and ROUGE-L
 on the task's test records (see generation.py), predictions saved under WORKDIR/predictions/. Either
 way the last line of stdout is one JSON object with the metrics.
 """
@@ -16,7 +20,7 @@ from ml_collections import config_flags
 from jaxlm import cli
 from jaxlm.config import base_config
 from jaxlm.data.dataset import DataConfig, pack_any, read_corpus
-from jaxlm.eval import generation
+from jaxlm.eval import generation, label_eval, summary
 from jaxlm.eval.scoring import evaluate_split
 from jaxlm.inference import trained
 
@@ -38,13 +42,34 @@ def define_flags() -> None:
 def evaluate(workdir: str, step: int | None, overrides: dict) -> dict[str, float]:
   run = trained.load(workdir, step, overrides)
   data_cfg = DataConfig.from_config(run.config.data)
-  val, bytes_per_token = pack_any(data_cfg, read_corpus(data_cfg).val, run.tokenizer, "val")
-  metrics = evaluate_split(run.engine, run.params, val, run.config.eval.batch_size,
-                           run.config.eval.max_batches, bytes_per_token)
-  print(f"step {run.step}: validation loss {metrics['loss']:.4f}  perplexity "
-        f"{metrics['perplexity']:.3f}  bits/byte {metrics['bits_per_byte']:.4f}  token accuracy "
-        f"{metrics['token_accuracy']:.4f}  over {metrics['tokens']} tokens")
+  labels = tuple(run.config.data.labels)
+  records = read_corpus(data_cfg).val
+  val, bytes_per_token = pack_any(data_cfg, records, run.tokenizer, "val", labels)
+  cfg = run.model_cfg
+  metrics = summary.select(evaluate_split(run.engine, run.params, val, run.config.eval.batch_size,
+                                          run.config.eval.max_batches, bytes_per_token),
+                           cfg.family, cfg.head)
+  print(f"step {run.step}: validation {summary.describe(metrics)}")
+  if cfg.head in ("classify", "tag"):
+    metrics.update(label_metrics(run, workdir, val, records, labels))
   return {"step": run.step, **metrics}
+
+
+def label_metrics(run, workdir: str, val, records, labels: tuple[str, ...]) -> dict:
+  """Accuracy / macro-F1 or entity precision / recall / F1 of the validation records, written with
+  one prediction per example under WORKDIR/predictions/."""
+  predicted = label_eval.predict_rows(run.engine, run.params, val, run.config.eval.batch_size)
+  per_example = label_eval.per_example(val, predicted, len(records))
+  report = (label_eval.classification_report if run.model_cfg.head == "classify"
+            else label_eval.tagging_report)
+  metrics, rows, table = report(records, per_example, labels)
+  path = label_eval.write_report(workdir, f"val_step{run.step}", metrics, rows, table)
+  if table:
+    print(table)
+  print("  ".join(f"{key.replace('_', ' ')} {value:.4f}" for key, value in metrics.items()
+                  if isinstance(value, float)) + f"  over {len(records)} examples; "
+        f"predictions in {path}")
+  return metrics
 
 
 def evaluate_on_task(workdir: str, step: int | None, overrides: dict, task: str,

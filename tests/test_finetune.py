@@ -66,7 +66,7 @@ def test_restored_parameters_give_exactly_the_pretrained_logits_on_another_mesh(
   from jaxlm.training.optim import OptimConfig
   mesh = sharding.make_mesh(1, 8, 1)
   engine = build_engine(source.model_cfg, OptimConfig(), mesh, ft_config.mesh.rules, 1, 32)
-  params = finetune.restore_params(pretrained, source.step, engine.abstract_state.params,
+  params, _ = finetune.restore_params(pretrained, source.step, engine.abstract_state.params,
                                    engine.init().params, source.model_cfg.max_len)
   assert params["embedding"].sharding.spec == engine.state_shardings.params["embedding"].spec
   tokens = np.random.default_rng(0).integers(0, source.model_cfg.vocab_size, (2, 32))
@@ -86,7 +86,7 @@ def test_a_longer_learned_position_table_keeps_the_pretrained_rows(pretrained):
   engine = build_engine(longer, OptimConfig(), sharding.make_mesh(8, 1, 1),
                         source.config.mesh.rules, 1, 32)
   fresh = engine.init().params
-  params = finetune.restore_params(pretrained, source.step, engine.abstract_state.params, fresh, 32)
+  params, _ = finetune.restore_params(pretrained, source.step, engine.abstract_state.params, fresh, 32)
   table = np.asarray(params["pos_embedding"])
   np.testing.assert_array_equal(table[:32], np.asarray(source.params["pos_embedding"]))
   np.testing.assert_array_equal(table[32:], np.asarray(fresh["pos_embedding"])[32:])

@@ -1,7 +1,8 @@
 """From data settings to a tokenizer and packed train/validation windows.
 
-Two formats: text documents (packed into a continuous stream of windows) and prompt/completion
-records (packed whole, the loss on completions only; see `data/records.py`).
+Four formats: text documents (packed into a continuous stream of windows), prompt/completion
+records (packed whole, the loss on completions only; see `data/records.py`), and classification
+and tagging records (labels on [CLS] or on each word's first piece; see `data/labelled.py`).
 
 The tokenizer is trained once, on the training split, and saved as WORKDIR/tokenizer.json; a run that
 finds one there (or is handed one from a checkpoint) uses it and never retrains.
@@ -24,6 +25,20 @@ from jaxlm.data import (
   save_tokenizer,
   tokenize_corpus,
   train_tokenizer,
+)
+from jaxlm.data.label_tasks import LABEL_TASKS, load_label_task
+from jaxlm.data.labelled import (
+  FORMATS as LABELLED_FORMATS,
+)
+from jaxlm.data.labelled import (
+  ClassificationRecord,
+  PackedLabels,
+  TaggingRecord,
+  detect_format,
+  label_vocabulary,
+  pack_labelled,
+  read_labelled,
+  split_labelled,
 )
 from jaxlm.data.records import (
   PackedRecords,
@@ -55,31 +70,47 @@ class DataConfig:
   format: str
   truncate: str
   val_path: str
+  labels: tuple
 
   @property
   def resolved_format(self) -> str:
-    """"text" or "prompt_completion" (data.format, with "auto" decided from the data)."""
-    if self.format not in ("auto", "text", "prompt_completion"):
-      raise UserError(f"data.format={self.format!r} is not one of auto, text, prompt_completion")
+    """data.format, with "auto" decided from the built-in task or the first JSONL record."""
+    formats = ("auto", "text", "prompt_completion", *LABELLED_FORMATS)
+    if self.format not in formats:
+      raise UserError(f"data.format={self.format!r} is not one of {', '.join(formats)}")
     if self.format != "auto":
       return self.format
-    if self.source == "task" or (self.source == "files" and is_record_file(self.path)):
-      return "prompt_completion"
+    if self.source == "task":
+      return LABEL_TASKS[self.path].format if self.path in LABEL_TASKS else "prompt_completion"
+    if self.source == "files":
+      labelled = detect_format(self.path)
+      if labelled:
+        return labelled
+      if is_record_file(self.path):
+        return "prompt_completion"
     return "text"
+
+  @property
+  def labelled(self) -> bool:
+    return self.resolved_format in LABELLED_FORMATS
 
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   tokenizer: Tokenizer
-  train: PackedTokens | PackedRecords
-  val: PackedTokens | PackedRecords
+  train: PackedTokens | PackedRecords | PackedLabels
+  val: PackedTokens | PackedRecords | PackedLabels
   val_bytes_per_token: float  # UTF-8 bytes of the scored validation text per scored token
+  labels: tuple[str, ...] = ()  # label names in id order (classification / tagging)
+  val_records: tuple = ()  # the validation records behind `val` (labelled data), for metrics
 
 
 def read_corpus(c: DataConfig) -> Corpus:
   """Train/validation documents (`str`) or, for prompt/completion data, `Record`s."""
   if c.resolved_format == "text":
     return load_corpus(c.source, c.path, c.text_field, c.val_fraction, c.dedup)
+  if c.labelled:
+    return read_labelled_corpus(c)
   if c.source == "task":
     return Corpus(train=load_task(c.path, "train"), val=load_task(c.path, "val"))
   if c.source != "files":
@@ -90,9 +121,35 @@ def read_corpus(c: DataConfig) -> Corpus:
   return Corpus(train=train, val=val)
 
 
+def read_labelled_corpus(c: DataConfig) -> Corpus:
+  """Train/validation classification or tagging records: a built-in task's, or JSONL files'."""
+  if c.source == "task":
+    if c.path not in LABEL_TASKS or LABEL_TASKS[c.path].format != c.resolved_format:
+      known = [name for name, task in LABEL_TASKS.items() if task.format == c.resolved_format]
+      raise UserError(f"data.path={c.path!r} is not a built-in {c.resolved_format} task; choose "
+                      f"one of {', '.join(known)}")
+    return Corpus(train=load_label_task(c.path, "train"), val=load_label_task(c.path, "val"))
+  if c.source != "files":
+    raise UserError(f"{c.resolved_format} records come from data.source=files or task, not "
+                    f"{c.source!r}")
+  if c.val_path:
+    return Corpus(train=read_labelled(c.path, c.resolved_format),
+                  val=read_labelled(c.val_path, c.resolved_format))
+  train, val = split_labelled(read_labelled(c.path, c.resolved_format), c.val_fraction)
+  return Corpus(train=train, val=val)
+
+
 def texts_of(docs: list) -> list[str]:
-  """The text a tokenizer learns from: documents as they are, records as prompt + completion."""
-  return [d.prompt + d.completion if isinstance(d, Record) else d for d in docs]
+  """The text a tokenizer learns from: documents as they are, records' text fields joined."""
+  def text(doc) -> str:
+    if isinstance(doc, Record):
+      return doc.prompt + doc.completion
+    if isinstance(doc, ClassificationRecord):
+      return doc.text + ("\n" + doc.text_pair if doc.text_pair else "")
+    if isinstance(doc, TaggingRecord):
+      return " ".join(doc.tokens)
+    return doc
+  return [text(d) for d in docs]
 
 
 def workdir_tokenizer(c: DataConfig, corpus: Corpus, workdir: str,
@@ -142,15 +199,21 @@ def pack_record_split(records: list[Record], tokenizer: Tokenizer, seq_len: int,
   return packed, num_bytes / max(float(packed.weights.sum()), 1.0)
 
 
-def pack_any(c: DataConfig, docs: list, tokenizer: Tokenizer,
-             name: str) -> tuple[PackedTokens | PackedRecords, float]:
-  """Packs one split in the data's format; also returns its UTF-8 bytes per scored token."""
+def pack_any(c: DataConfig, docs: list, tokenizer: Tokenizer, name: str,
+             labels: tuple[str, ...] = ()) -> tuple[PackedTokens | PackedRecords | PackedLabels,
+                                                    float]:
+  """Packs one split in the data's format; also returns its UTF-8 bytes per scored token (1.0 for
+  labelled data, where bits per byte has no meaning)."""
+  if c.labelled:
+    return pack_labelled(docs, tokenizer, c.seq_len, labels, name), 1.0
   if c.resolved_format == "prompt_completion":
     return pack_record_split(docs, tokenizer, c.seq_len, c.truncate, name)
   return pack_split(docs, tokenizer, c.seq_len)
 
 
 def build_dataset(c: DataConfig, corpus: Corpus, tokenizer: Tokenizer) -> Dataset:
-  train, _ = pack_any(c, corpus.train, tokenizer, "train")
-  val, val_bytes_per_token = pack_any(c, corpus.val, tokenizer, "val")
-  return Dataset(tokenizer, train, val, val_bytes_per_token)
+  labels = label_vocabulary(corpus.train, c.labels) if c.labelled else ()
+  train, _ = pack_any(c, corpus.train, tokenizer, "train", labels)
+  val, val_bytes_per_token = pack_any(c, corpus.val, tokenizer, "val", labels)
+  return Dataset(tokenizer, train, val, val_bytes_per_token, labels,
+                 tuple(corpus.val) if c.labelled else ())

@@ -15,6 +15,7 @@ from jaxlm.errors import UserError
 from jaxlm.models import ModelConfig
 from jaxlm.training import checkpoint
 from jaxlm.training.engine import Engine, engine_for_config
+from jaxlm.training.setup import special_tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +51,6 @@ def load(workdir: str, step: int | None = None, overrides: dict | None = None) -
   step, config_json, tokenizer_json = checkpoint.restore_metadata(workdir, step)
   config = apply_overrides(from_saved(config_json), overrides or {})
   tokenizer = tokenizer_from_json(tokenizer_json)
-  engine = engine_for_config(config, tokenizer.vocab_size)
+  engine = engine_for_config(config, tokenizer.vocab_size, special_tokens(config, tokenizer))
   params = checkpoint.restore_params(workdir, step, engine.abstract_state.params)
   return TrainedRun(config, tokenizer, engine.model.cfg, engine, params, step)

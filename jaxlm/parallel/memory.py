@@ -10,8 +10,8 @@ import numpy as np
 
 from jaxlm.errors import UserError
 from jaxlm.training.engine import engine_for_config
-from jaxlm.training.loop import check_config
 from jaxlm.training.metrics import param_count
+from jaxlm.training.setup import check_config
 
 # Codegen effort does not change buffer assignment, and halves compile time on a small CPU.
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -33,11 +33,17 @@ def per_device_bytes(tree) -> int:
              for x in jax.tree.leaves(tree))
 
 
-def abstract_batch(accum: int, batch_size: int, seq_len: int, batch_spec) -> dict:
-  """The train step's batch, `[accum, micro_batch, seq]` per field, as packing produces it."""
+def abstract_batch(accum: int, batch_size: int, seq_len: int, batch_spec,
+                   token_types: bool = False) -> dict:
+  """The train step's batch, `[accum, micro_batch, seq]` per field, as packing produces it.
+
+  Packing always gives token types; only a model with a type embedding reads them (jit drops an
+  unused argument, so the compiled step of the others does not hold them)."""
   shape = (accum, batch_size // accum, seq_len)
   dtypes = {"inputs": np.int32, "targets": np.int32, "positions": np.int32,
             "segment_ids": np.int32, "weights": np.float32}
+  if token_types:
+    dtypes["token_types"] = np.int32
   return {name: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_spec)
           for name, dtype in dtypes.items()}
 
@@ -49,7 +55,8 @@ def memory_plan(config: ml_collections.ConfigDict, device_memory: int | None = N
   engine = engine_for_config(config, config.data.vocab_size)
   mesh, batch_axes = engine.mesh, engine.train_batch_axes
   batch = abstract_batch(accum, config.train.batch_size, config.data.seq_len,
-                         engine.train_feed(config.train.batch_size, accum).sharding)
+                         engine.train_feed(config.train.batch_size, accum).sharding,
+                         token_types=config.model.type_vocab_size > 0)
   start = time.perf_counter()
   jitted = engine.train_step.__wrapped__  # the jax.jit object inside the mesh-context wrapper
   with engine.context():

@@ -24,6 +24,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from jaxlm.errors import UserError
 
@@ -130,6 +131,16 @@ def restore_params(workdir: str, step: int, abstract_params: Any) -> Any:
       restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
           item=target, restore_args=restore_args, partial_restore=True)))
   return restored["state"]["params"]
+
+
+def param_paths(workdir: str, step: int) -> set[tuple[str, ...]]:
+  """The paths of a checkpoint's parameters (("block_0", "attn", "qkv", "kernel"), ...), read from
+  its metadata: no array is loaded."""
+  directory = epath.Path(os.path.abspath(os.path.join(checkpoint_dir(workdir), str(step), "state")))
+  with manager(workdir, read_only=True) as mngr, _reading(mngr, step):
+    tree = ocp.PyTreeCheckpointHandler().metadata(directory).tree
+  leaves = jax.tree_util.tree_flatten_with_path(tree["params"])[0]
+  return {tuple(str(key.key) for key in path) for path, _ in leaves}
 
 
 def _resolve_step(mngr: ocp.CheckpointManager, workdir: str, step: int | None) -> int:

@@ -1,8 +1,11 @@
 """Starting a run from a pretrained run's parameters (`--config.init_from=PATH`).
 
 Only the parameters come over, through Orbax, onto this run's mesh. The architecture and tokenizer
-are the pretrained run's; the optimizer state, schedule, step counter and workdir are this run's
-own. Restarting the finetune run resumes it from its own checkpoints, not from the pretrained run.
+are the pretrained run's; the task (`config.TASK_OPTIONS`: the output head and its labels), the
+optimizer state, schedule, step counter and workdir are this run's own. Parameters this run has and
+the pretrained one lacks (a new classification head) start from this run's initialisation; those
+only the pretrained one has (its masked-LM head) are left behind; the log lists both. Restarting
+the finetune run resumes it from its own checkpoints, not from the pretrained run.
 """
 
 import dataclasses
@@ -12,7 +15,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxlm.config import RUNTIME_MODEL_OPTIONS, TOKENIZER_OPTIONS, from_saved
+from jaxlm.config import (
+  RUNTIME_MODEL_OPTIONS,
+  TASK_OPTIONS,
+  TOKENIZER_OPTIONS,
+  from_saved,
+)
 from jaxlm.data import Tokenizer, tokenizer_from_json
 from jaxlm.errors import UserError
 from jaxlm.training import checkpoint
@@ -65,7 +73,8 @@ def inherit(config: ml_collections.ConfigDict, pretrained: dict,
   the CHANGEABLE ones, which are kept and returned as notes for the log.
   """
   config = ml_collections.ConfigDict(config.to_dict())
-  inherited = {f"model.{k}": v for k, v in pretrained["model"].items()}
+  inherited = {f"model.{k}": v for k, v in pretrained["model"].items()
+               if f"model.{k}" not in TASK_OPTIONS}
   inherited.update({key: pretrained["data"][key.split(".")[1]] for key in TOKENIZER_OPTIONS})
   refused, notes = [], []
   for key, value in inherited.items():
@@ -86,13 +95,17 @@ def inherit(config: ml_collections.ConfigDict, pretrained: dict,
   return config, notes
 
 
-def restore_params(workdir: str, step: int, target_params, fresh_params, pretrained_max_len: int):
-  """Pretrained parameters placed like `target_params` (abstract, with shardings).
+def restore_params(workdir: str, step: int, target_params, fresh_params,
+                   pretrained_max_len: int) -> tuple[dict, list[str]]:
+  """(pretrained parameters placed like `target_params` (abstract, with shardings), notes for the
+  log).
 
   A learned position table that this run made longer keeps its pretrained rows; the new rows come
-  from `fresh_params`, this run's own initialisation.
+  from `fresh_params`, this run's own initialisation, as do parameters the checkpoint lacks.
   """
-  abstract = dict(target_params)
+  saved = checkpoint.param_paths(workdir, step)
+  wanted = {path for path, _ in _flat(target_params)}
+  abstract = _subtree(target_params, saved)
   target = abstract.get("pos_embedding")
   grown = target is not None and target.shape[0] > pretrained_max_len
   if grown:
@@ -103,4 +116,39 @@ def restore_params(workdir: str, step: int, target_params, fresh_params, pretrai
     table = jnp.concatenate([params["pos_embedding"],
                              fresh_params["pos_embedding"][pretrained_max_len:]])
     params["pos_embedding"] = jax.device_put(table, target.sharding)
-  return params
+  new = sorted(wanted - saved)
+  for path in new:
+    _set(params, path, _get(fresh_params, path))
+  notes = []
+  if new:
+    notes.append("new parameters (freshly initialised): " + ", ".join("/".join(p) for p in new))
+  left = sorted(saved - wanted)
+  if left:
+    notes.append("pretrained parameters not used: " + ", ".join("/".join(p) for p in left))
+  return params, notes
+
+
+def _flat(tree) -> list[tuple[tuple[str, ...], object]]:
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return [(tuple(str(key.key) for key in path), leaf) for path, leaf in leaves]
+
+
+def _subtree(tree: dict, paths: set[tuple[str, ...]]) -> dict:
+  """The leaves of `tree` whose paths are in `paths`, as a nested dict."""
+  kept = {}
+  for path, leaf in _flat(tree):
+    if path in paths:
+      _set(kept, path, leaf)
+  return kept
+
+
+def _get(tree: dict, path: tuple[str, ...]):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def _set(tree: dict, path: tuple[str, ...], value) -> None:
+  for key in path[:-1]:
+    tree = tree.setdefault(key, {})
+  tree[path[-1]] = value

@@ -1,37 +1,25 @@
 """The training loop: config -> data -> sharded jitted step -> checkpoints, metrics and samples.
 
-`python -m jaxlm.train` calls `train`. Rerunning the same command on the same workdir resumes from its latest checkpoint: parameters,
+`python -m jaxlm.train` calls `train`; `setup.py` turns the config into data and an engine.
+Rerunning the same command on the same workdir resumes from its latest checkpoint: parameters,
 optimizer state, step and the data iterator's position all come back.
 """
 
 import contextlib
-import dataclasses
 import sys
 import time
-from typing import Any, Callable
 
 import jax
 import ml_collections
 import tqdm
 
 from jaxlm import cli, report
-from jaxlm.config import from_saved
-from jaxlm.data import train_batches
-from jaxlm.data.dataset import (
-  DataConfig,
-  Dataset,
-  build_dataset,
-  read_corpus,
-  workdir_tokenizer,
-)
-from jaxlm.data.records import PackedRecords
 from jaxlm.errors import UserError
+from jaxlm.eval import summary
 from jaxlm.eval.scoring import evaluate_split
 from jaxlm.inference.decode import SamplingConfig, generate
 from jaxlm.parallel import sharding
 from jaxlm.training import checkpoint, finetune
-from jaxlm.training.engine import Engine, engine_for_config, mesh_for_config
-from jaxlm.training.finetune import Pretrained
 from jaxlm.training.metrics import (
   MetricsWriter,
   flops_per_token,
@@ -40,47 +28,7 @@ from jaxlm.training.metrics import (
 )
 from jaxlm.training.preemption import Preemption
 from jaxlm.training.prefetch import Prefetch
-from jaxlm.training.step import TrainState
-
-
-def check_config(config: ml_collections.ConfigDict) -> None:
-  if config.data.seq_len > config.model.max_len:
-    raise UserError(f"data.seq_len={config.data.seq_len} is longer than model.max_len="
-                      f"{config.model.max_len}; raise model.max_len or lower data.seq_len")
-  if config.train.steps <= 0:
-    raise UserError(f"train.steps={config.train.steps} must be positive")
-  if config.train.on_nonfinite not in ("skip", "stop"):
-    raise UserError(f"train.on_nonfinite={config.train.on_nonfinite!r} is not one of skip, stop")
-
-
-def check_resume(saved: dict, config: ml_collections.ConfigDict) -> None:
-  """A resumed run must keep the architecture and data it was started with."""
-  now = cli.config_to_json(config)
-  differing = [f"{section}.{key}: {saved[section].get(key)!r} -> {value!r}"
-               for section in ("model", "data") for key, value in now[section].items()
-               if saved[section].get(key) != value]
-  if differing:
-    raise UserError("the workdir holds a run with other settings (" + "; ".join(differing) +
-                      "); use a new --workdir or the original settings")
-
-
-@dataclasses.dataclass
-class Run:
-  """Everything one training run holds; built by `set_up`, advanced by `train_loop`."""
-  config: ml_collections.ConfigDict
-  workdir: str
-  log: Callable[[str], None]
-  dataset: Dataset
-  engine: Engine
-  iterator: Any  # grain iterator with get_state / set_state: this process's rows of each batch
-  feed: sharding.BatchFeed  # training batches onto the devices
-  mngr: checkpoint.Manager
-  pretrained: Pretrained | None = None  # the run a finetune starts from
-  # Opened once the state is loaded, so that a resume that fails writes nothing.
-  writer: MetricsWriter | None = None
-  state: TrainState | None = None
-  start_step: int = 0
-  started: float = 0.0  # perf_counter at launch
+from jaxlm.training.setup import Run, set_up
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
@@ -116,38 +64,6 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   return {**val_metrics, "wall_seconds": wall_seconds}
 
 
-def set_up(config: ml_collections.ConfigDict, workdir: str, overrides: dict,
-           log: Callable[[str], None]) -> Run:
-  """Config (with a pretrained run's architecture when finetuning), data, tokenizer and engine."""
-  pretrained = None
-  if config.init_from:
-    config, pretrained, notes = finetune.prepare(config, overrides)
-    log(f"finetuning from step {pretrained.step} of {pretrained.workdir}" +
-        "".join(f"\n  changed: {note}" for note in notes))
-  check_config(config)
-  mesh_for_config(config)  # a mesh or batch that does not fit fails before the data is read
-  if checkpoint.latest_step(workdir) is not None:
-    _, saved_config, _ = checkpoint.restore_metadata(workdir)  # the latest step's
-    check_resume(cli.config_to_json(from_saved(saved_config)), config)
-  data_cfg = DataConfig.from_config(config.data)
-  corpus = read_corpus(data_cfg)
-  tokenizer = workdir_tokenizer(data_cfg, corpus, workdir,
-                                pretrained.tokenizer if pretrained else None)
-  dataset = build_dataset(data_cfg, corpus, tokenizer)
-  log(f"data: {len(corpus.train)} train / {len(corpus.val)} val {data_cfg.resolved_format} "
-      f"examples in {dataset.train.num_full_windows:,} / {len(dataset.val):,} windows of "
-      f"{data_cfg.seq_len} tokens; {tokenizer.kind} tokenizer of {tokenizer.vocab_size} ids")
-  if isinstance(dataset.train, PackedRecords):
-    log(f"records longer than data.seq_len: train {dataset.train.truncated} truncated / "
-        f"{dataset.train.dropped} dropped, val {dataset.val.truncated} / {dataset.val.dropped}")
-  engine = engine_for_config(config, tokenizer.vocab_size)
-  feed = engine.train_feed(config.train.batch_size, config.train.grad_accum_steps)
-  iterator = iter(train_batches(dataset.train, config.train.batch_size, config.train.seed,
-                                feed.block, feed.blocks))
-  return Run(config, workdir, log, dataset, engine, iterator, feed,
-             checkpoint.manager(workdir, keep=config.checkpoint.keep), pretrained)
-
-
 def start_or_resume(run: Run) -> None:
   """The state to train from: this run's latest checkpoint (finetune or not), else the pretrained
   parameters with a fresh optimizer, else a fresh initialisation."""
@@ -158,9 +74,11 @@ def start_or_resume(run: Run) -> None:
     run.start_step = start_step
     run.log(f"resumed from step {start_step} in {checkpoint.checkpoint_dir(run.workdir)}")
   elif pretrained:
-    params = finetune.restore_params(pretrained.workdir, pretrained.step,
-                                     engine.abstract_state.params, engine.init().params,
-                                     pretrained.config["model"]["max_len"])
+    params, notes = finetune.restore_params(pretrained.workdir, pretrained.step,
+                                            engine.abstract_state.params, engine.init().params,
+                                            pretrained.config["model"]["max_len"])
+    for note in notes:
+      run.log(note)
     run.state = engine.from_params(params)
   else:
     run.state = engine.init()
@@ -228,8 +146,11 @@ def evaluate(run: Run, step: int | None = None) -> dict[str, float]:
   """Validation metrics of the current parameters; during training also logged and written."""
   eval_start = time.perf_counter()
   config, dataset = run.config, run.dataset
-  val_metrics = evaluate_split(run.engine, run.state.params, dataset.val, config.eval.batch_size,
-                               config.eval.max_batches, dataset.val_bytes_per_token)
+  model_cfg = run.engine.model.cfg
+  val_metrics = summary.select(
+      evaluate_split(run.engine, run.state.params, dataset.val, config.eval.batch_size,
+                     config.eval.max_batches, dataset.val_bytes_per_token),
+      model_cfg.family, model_cfg.head)
   if step is None:
     return val_metrics
   now = time.perf_counter()
@@ -237,9 +158,8 @@ def evaluate(run: Run, step: int | None = None) -> dict[str, float]:
   # evaluation.
   run.writer.write(step, {**val_metrics, "wall_seconds": now - run.started,
                           "eval_seconds": now - eval_start}, prefix="val")
-  run.log(f"step {step}: val loss {val_metrics['loss']:.4f} perplexity "
-          f"{val_metrics['perplexity']:.3f} bits/byte {val_metrics['bits_per_byte']:.4f}")
-  if config.eval.sample_tokens:
+  run.log(f"step {step}: validation {summary.describe(val_metrics)}")
+  if config.eval.sample_tokens and model_cfg.family == "gpt":  # an encoder does not generate
     text = sample_text(run.state.params, run.engine.model.cfg, dataset.tokenizer,
                        config.eval.sample_tokens, step)
     run.writer.text(step, "sample", text)

@@ -1,0 +1,40 @@
+"""Which token-level metrics mean something for a run's objective, and their one-line summary.
+
+`scoring.evaluate_split` sums the same quantities for every objective (the NLL of the weighted
+targets, how many there are and how many the argmax predicts). What they are differs:
+  causal LM   every next token: loss, perplexity, bits per byte, token accuracy
+  masked LM   the masked tokens (a fixed masking, the same every evaluation): loss, perplexity
+              and accuracy of the masked tokens; bits per byte has no meaning (most text is seen)
+  labels      one target per sequence ([CLS]) or per word: loss and accuracy of the labels
+"""
+
+KEEP = {"causal": ("loss", "perplexity", "bits_per_byte", "token_accuracy", "tokens"),
+        "masked": ("loss", "perplexity", "token_accuracy", "tokens"),
+        "labels": ("loss", "token_accuracy", "tokens")}
+NAMES = {"masked": {"token_accuracy": "masked_accuracy", "tokens": "masked_tokens"},
+         "labels": {"token_accuracy": "accuracy", "tokens": "labelled"}}
+
+
+def objective_kind(family: str, head: str) -> str:
+  """"causal", "masked" or "labels" for a model family and head."""
+  if head != "lm":
+    return "labels"
+  return "masked" if family == "bert" else "causal"
+
+
+def select(metrics: dict, family: str, head: str) -> dict:
+  """The metrics that mean something for the objective, under names that say what they count."""
+  kind = objective_kind(family, head)
+  names = NAMES.get(kind, {})
+  return {names.get(key, key): metrics[key] for key in KEEP[kind] if key in metrics}
+
+
+def describe(metrics: dict) -> str:
+  """`loss 2.1234  perplexity 8.371 ...` over the metrics `select` returned."""
+  parts = []
+  for key, value in metrics.items():
+    if key in ("tokens", "masked_tokens", "labelled"):
+      parts.append(f"over {value:,} {'tokens' if key == 'tokens' else key.replace('_', ' ')}")
+    else:
+      parts.append(f"{key.replace('_', ' ')} {value:.4f}")
+  return "  ".join(parts)
