@@ -229,8 +229,8 @@ def test_sp_vocab_too_small_is_a_data_error(train_texts):
 
 
 def test_unknown_kind_and_model_type():
-  with pytest.raises(UserError, match="unknown data.tokenizer='wordpiece'"):
-    train_tokenizer("wordpiece", ["a"], 10)
+  with pytest.raises(UserError, match="unknown data.tokenizer='unigram_lm'.*wordpiece"):
+    train_tokenizer("unigram_lm", ["a"], 10)
   with pytest.raises(UserError, match="sp_model_type='word'"):
     train_tokenizer("sentencepiece", ["a"], 10, sp_model_type="word")
   with pytest.raises(UserError, match="unknown tokenizer kind"):
