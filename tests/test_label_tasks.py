@@ -26,6 +26,7 @@ from jaxlm.data.labelled import (
   ClassificationRecord,
   TaggingRecord,
   check_labels,
+  label_vocabulary,
   pack_labelled,
   read_labelled,
 )
@@ -74,6 +75,7 @@ def test_splits_are_non_empty_disjoint_and_capped(name, splits):
 def test_records_are_valid_labelled_data(name, splits, tmp_path):
   """Written as JSONL, every split reads back through the labelled-data checks unchanged."""
   task = LABEL_TASKS[name]
+  assert label_vocabulary(splits["train"], ()) == task.labels  # data.labels=() gives these ids
   for split, records in splits.items():
     check_labels(records, task.labels, split)
     path = tmp_path / f"{split}.jsonl"

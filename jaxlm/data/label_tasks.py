@@ -50,7 +50,8 @@ TRAIN_SEED = 0
 MIN_DOC_CHARS, MAX_DOC_CHARS = 10, 300
 
 ENTITY_TYPES = ("BUILTIN", "KEYWORD", "NUMBER", "STRING")
-TAGS = ("O", *(f"{bi}-{entity}" for entity in ENTITY_TYPES for bi in "BI"))
+# Sorted, as label_vocabulary orders the tags of the train split: the same ids either way.
+TAGS = tuple(sorted(["O", *(f"{bi}-{entity}" for entity in ENTITY_TYPES for bi in "BI")]))
 MIN_WORDS, MAX_WORDS, MAX_WORD_CHARS = 2, 24, 40
 LINES_PER_FILE = 40  # lines taken from one file, evenly spread: many files, not a few long ones
 TRAIN_LINES = 8000
