@@ -75,14 +75,15 @@ def test_masked_lm_chooses_15_percent_and_splits_them_80_10_10(vocab):
 
 
 def words_of(inputs, segments, word_start):
-  """Word number of every position, by a plain loop: a word starts at a word-start piece, a
-  special token or a new document."""
+  """Word number of every position, by a plain loop: a word starts at a word-start piece, at a
+  special token and after one, or at a new document."""
   words = np.zeros(inputs.shape, np.int64)
   count = -1
   for r in range(inputs.shape[0]):
     for t in range(inputs.shape[1]):
       token = inputs[r, t]
-      if t == 0 or word_start[token] or token in SPECIAL or segments[r, t] != segments[r, t - 1]:
+      if (t == 0 or word_start[token] or token in SPECIAL or inputs[r, t - 1] in SPECIAL
+          or segments[r, t] != segments[r, t - 1]):
         count += 1
       words[r, t] = count
   return words

@@ -6,8 +6,10 @@ what the batch holds when the model sees it:
   masked LM (bert "lm"): a share of the tokens is chosen, the model sees them masked or replaced,
     and the loss covers exactly the chosen ones (BERT's objective).
 Random draws come from the key only, so the masks of a step are fixed by (seed, step, micro-batch)
-and a resumed run draws those of an unbroken one. jax's partitionable threefry (on by default
-since jax 0.5) makes the draws of a sharded batch those of the whole batch, whatever the mesh.
+and a resumed run draws those of an unbroken one. jax draws depend on the key and the global shape,
+not on how the batch is sharded; with `jax_threefry_partitionable` (jax's default since 0.5) each
+device draws its own shard without gathering. The flag changes the draws themselves, so a run and
+its resumption keep the default.
 """
 
 import dataclasses
@@ -102,12 +104,13 @@ class MaskedLM:
                   segment_ids: jax.Array) -> jax.Array:
     """Each piece takes the draw of the piece that starts its word, so a word is chosen whole.
 
-    A word starts at a word-start piece, at a special token, or where a document starts."""
+    A word starts at a word-start piece, at a special token and after one (a special token is a
+    word of its own), or where a document starts."""
     table = jnp.asarray(np.asarray(self.word_start, bool))  # [vocab]
-    new_document = jnp.concatenate(
-        [jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]],
-        axis=1)  # [batch, seq]
-    starts = table[inputs] | special | new_document  # [batch, seq]
+    first = jnp.ones_like(special[:, :1])  # [batch, 1]
+    new_document = jnp.concatenate([first, segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+    after_special = jnp.concatenate([first, special[:, :-1]], axis=1)  # [batch, seq]
+    starts = table[inputs] | special | after_special | new_document  # [batch, seq]
     index = jnp.broadcast_to(jnp.arange(inputs.shape[1], dtype=jnp.int32), inputs.shape)
     word_start_index = jax.lax.cummax(jnp.where(starts, index, 0), axis=1)  # [batch, seq]
     return jnp.take_along_axis(draws, word_start_index, axis=1)
