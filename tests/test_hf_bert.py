@@ -30,6 +30,7 @@ from jaxlm.inference import trained
 from jaxlm.interop import hf_bert
 from jaxlm.interop.hf_files import read_hf_weights
 from jaxlm.models import ModelConfig, make_model
+from jaxlm.training.loop import train
 
 SEQ = 16  # the position table's length: every row uses all of it
 # Float32 rounding of two implementations (torch, XLA) summing in other orders: 1e-5 of the largest
@@ -38,8 +39,8 @@ RELATIVE_TOLERANCE = 1e-5
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = ["the", "cat", "dog", "sat", "ran", "on", "mat", "hello", "world", "paris", "alice",
          "##s", "##ing", "##ed"]
-VOCAB = SPECIAL + list("abcdefghijklmnopqrstuvwxyz.,!?'") + [f"##{c}" for c in "abcdefghijklmnopqrs"
-                                                              "tuvwxyz"] + WORDS
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+VOCAB = SPECIAL + list(LETTERS + ".,!?'") + [f"##{c}" for c in LETTERS] + WORDS
 SENTENCES = ["The cats sat on the mat.", "Hello, World! Alice ran to Paris.",
              "dogs barking?? zzz", "ÉCOLE Ünïcödé the Cat's mat"]
 ARCHITECTURES = {"lm": transformers.BertForMaskedLM,
@@ -193,11 +194,10 @@ def test_export_of_an_import_reloads_in_transformers_unchanged(head, imported, h
   assert_same_logits(jaxlm_logits(run.params, run.model_cfg, ids, types),
                      hf_logits(reloaded.eval(), ids, types))
   theirs = transformers.AutoTokenizer.from_pretrained(hf_dir)
+  exported = transformers.AutoTokenizer.from_pretrained(out)
   for text in SENTENCES:
-    expected = theirs(text, add_special_tokens=False)["input_ids"]
-    assert run.tokenizer.encode(text) == expected
-    assert transformers.AutoTokenizer.from_pretrained(out)(text)["input_ids"] == (
-        theirs(text)["input_ids"])
+    assert run.tokenizer.encode(text) == theirs(text, add_special_tokens=False)["input_ids"]
+    assert exported(text)["input_ids"] == theirs(text)["input_ids"]  # [CLS] ... [SEP] too
 
 
 def test_vocab_txt_directory_imports_the_same_tokenizer(tmp_path):
@@ -212,6 +212,37 @@ def test_vocab_txt_directory_imports_the_same_tokenizer(tmp_path):
   for text in SENTENCES:
     assert ours.encode(text) == theirs(text, add_special_tokens=False)["input_ids"]
   assert (ours.cls_id, ours.sep_id, ours.mask_id, ours.pad_id) == (2, 3, 4, 0)
+
+
+def test_finetuned_import_exports_to_transformers_with_its_new_logits(import_run, hf_dirs,
+                                                                      tmp_path):
+  """The README's path for a classifier: from-hf -> train with init_from on {"text", "label"}
+  records -> to-hf -> transformers."""
+  rng = np.random.default_rng(0)
+  records = [{"text": " ".join(rng.choice(WORDS[:11], 5)), "label": LABELS["classify"][k % 3]}
+             for k in range(32)]
+  path = tmp_path / "train.jsonl"
+  path.write_text("".join(json.dumps(record) + "\n" for record in records))
+  config = base_config()
+  config.init_from, config.model.head = import_run("classify"), "classify"
+  config.data.source, config.data.path, config.data.format = "files", str(path), "classification"
+  config.data.labels, config.data.seq_len, config.data.val_fraction = LABELS["classify"], SEQ, 0.25
+  config.train.batch_size, config.train.steps, config.train.warmup_steps = 8, 2, 1
+  config.train.log_every, config.eval.every, config.eval.batch_size = 1, 0, 8
+  config.eval.sample_tokens, config.checkpoint.every = 0, 2
+  workdir = str(tmp_path / "finetuned")
+  train(config, workdir)
+  run = trained.load(workdir)
+  assert run.step == 2 and tuple(run.config.data.labels) == LABELS["classify"]
+  out = str(tmp_path / "exported")
+  convert.to_hf(workdir, out)
+  reloaded = transformers.BertForSequenceClassification.from_pretrained(out).eval()
+  ids, types = token_batch(seed=4)
+  theirs = hf_logits(reloaded, ids, types)
+  assert_same_logits(jaxlm_logits(run.params, run.model_cfg, ids, types), theirs)
+  before = hf_logits(transformers.BertForSequenceClassification.from_pretrained(
+      hf_dirs["classify"]).eval(), ids, types)
+  assert np.abs(theirs - before).max() > 100 * RELATIVE_TOLERANCE * np.abs(theirs).max()
 
 
 def read_settings(directory: str) -> dict:
