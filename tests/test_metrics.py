@@ -1,4 +1,4 @@
-"""What MFU counts: model FLOPs per token, the peak it is measured against, and the time it covers."""
+"""What MFU counts: model FLOPs per token, the peak it is measured against, the time it covers."""
 
 import dataclasses
 import json
@@ -21,8 +21,9 @@ def params_of(cfg):
 
 
 def hand_flops(cfg, seq_len: int) -> float:
-  """PaLM's 6N + 12·L·T·d with N counted by hand for a bias-free GELU model: per layer qkv (3d²),
-  out (d²), MLP (2·d·mlp) and the two norm scales; the final norm; the output projection (V·d)."""
+  """PaLM's 6N + 12·L·T·d with N counted by hand for a bias-free GELU model: per layer qkv
+  (3d²), out (d²), MLP (2·d·mlp) and the two norm scales; the final norm; the output projection
+  (V·d)."""
   d, layers = cfg.d_model, cfg.num_layers
   per_layer = 3 * d * d + d * d + 2 * d * cfg.mlp_dim + 2 * d
   n = layers * per_layer + d + cfg.vocab_size * d

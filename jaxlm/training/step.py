@@ -40,7 +40,8 @@ class TrainState:
                guard=Guard.init())
 
 
-def init_state(model: nn.Module, tx: optax.GradientTransformation, seed: int, seq_len: int) -> TrainState:
+def init_state(model: nn.Module, tx: optax.GradientTransformation, seed: int,
+               seq_len: int) -> TrainState:
   """Fresh parameters (boxed with their logical axes) and optimizer state."""
   tokens = jnp.zeros((1, seq_len), jnp.int32)
   params = model.init(jax.random.key(seed), tokens, tokens, tokens + 1)["params"]
