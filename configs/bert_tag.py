@@ -22,14 +22,16 @@ def get_config():
   c.data.seq_len = 128
   c.model.head = "tag"
   c.train.batch_size = 32
-  c.train.steps = 300
+  c.train.steps = 150
   c.train.lr = 3e-4
-  c.train.warmup_steps = 30
+  c.train.warmup_steps = 15
   c.train.weight_decay = 0.01
   c.train.log_every = 20
-  c.eval.every = 100
+  c.eval.every = 50
   c.eval.batch_size = 32
   c.eval.max_batches = 0
   c.eval.sample_tokens = 0
-  c.checkpoint.every = 100
+  c.checkpoint.every = 50
+  c.mesh.cpu_devices = 2  # one XLA device per core, as configs/bert_tiny.py
+  c.mesh.data, c.mesh.fsdp = 1, -1
   return c

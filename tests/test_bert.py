@@ -346,3 +346,22 @@ def test_predict_step_is_the_argmax_label_replicated_on_every_device(bert_cfg):
                            token_types=batch["token_types"])
   np.testing.assert_array_equal(np.asarray(predicted), np.argmax(np.asarray(logits), -1))
   assert len(np.unique(np.asarray(predicted))) > 1  # not one label everywhere
+
+
+def test_evaluation_masks_follow_windows_not_batches(bert_cfg):
+  """Masked-LM evaluation masks each window by its own number, so batch size and mesh (which
+  decide which rows share a batch, and across hosts which windows a batch holds) cannot change
+  the numbers. Keyed by the batch's number instead, batch sizes 2 and 8 mask other tokens."""
+  from jaxlm.data.packing import pack_documents
+  from jaxlm.eval.scoring import evaluate_split
+  rng = np.random.default_rng(5)
+  docs = [rng.integers(4, bert_cfg.vocab_size, rng.integers(5, 30)).tolist() for _ in range(12)]
+  packed = pack_documents(docs, eos_id=1, seq_len=SEQ)
+  results = []
+  for mesh, batch_size in ((sharding.make_mesh(1, 1, 1, jax.devices()[:1]), 2),
+                           (sharding.make_mesh(8, 1, 1), 8)):
+    engine = mlm_engine(bert_cfg, mesh)
+    params = engine.init().params
+    results.append(evaluate_split(engine, params, packed, batch_size, 0, 1.0))
+  assert results[0]["tokens"] == results[1]["tokens"] > 0
+  assert results[0]["loss"] == pytest.approx(results[1]["loss"], rel=1e-5)

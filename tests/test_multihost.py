@@ -103,9 +103,31 @@ def test_two_processes_train_like_one_with_the_same_devices(runs):
   # Only process 0 logs; it prints the parameter sharding table at start-up.
   assert "parameter shardings:" in logs["process0"] and "'fsdp'" in logs["process0"]
   assert "parameter shardings:" not in logs["process1"]
+  assert "step 20: val loss" in logs["process0"]
   assert "step 20: val loss" not in logs["process1"]
   with open(os.path.join(workdirs["pair"], "tokenizer.json")) as f:
     assert json.load(f)  # trained once by process 0, read by process 1
+
+
+BERT_STEPS = 6
+BERT = ["--config.model.family=bert", "--config.model.norm_position=post",
+        "--config.model.mlp=gelu_exact", "--config.model.type_vocab_size=2",
+        "--config.data.tokenizer=wordpiece", "--config.data.vocab_size=120",
+        "--config.eval.sample_tokens=0", f"--config.train.steps={BERT_STEPS}",
+        f"--config.checkpoint.every={BERT_STEPS}"]
+
+
+def test_two_processes_pretrain_a_bert_like_one(tmp_path):
+  """Masked LM over two hosts: each step's masks are drawn over the global batch from the step's
+  key, so both processes mask their rows as the one-process run does; losses agree step by step."""
+  workdirs, logs = launch(tmp_path, [*OVERRIDES, *BERT])
+  pair, single = train_losses(workdirs["pair"]), train_losses(workdirs["single"])
+  assert len(single) == len(pair) == BERT_STEPS
+  np.testing.assert_allclose(pair, single, atol=1e-5)
+  assert "masked accuracy" in logs["process0"]
+  final = {name: {k: v for k, v in last_json(logs[name]).items() if k != "wall_seconds"}
+           for name in ("process0", "single")}
+  assert final["process0"] == pytest.approx(final["single"], rel=1e-5)
 
 
 def test_the_checkpoint_written_by_two_processes_restores_in_one(runs):

@@ -221,7 +221,8 @@ def bench(config) -> dict:
       synthetic_batch(config.eval.batch_size, seq_len, vocab))
   eval_time = median_seconds(lambda: jax.block_until_ready(engine.eval_step(params, eval_batch)),
                              _REPEATS.value, _STEPS.value)
-  sampling = time_sampling(params, model_cfg)
+  # An encoder does not generate: sampling is timed for GPTs only.
+  sampling = time_sampling(params, model_cfg) if model_cfg.family == "gpt" else {}
   train_tps = batch * seq_len / step_time
   split = math.prod(engine.mesh.shape[axis] for axis in engine.train_batch_axes)
   return {

@@ -59,10 +59,11 @@ def scratch(pretrained: str, workdir: str) -> dict:
 
 
 def tfidf() -> dict:
-  from jaxlm.data.label_tasks import load_label_task
-  from jaxlm.eval.labels import classification_metrics
   from sklearn.feature_extraction.text import TfidfVectorizer
   from sklearn.linear_model import LogisticRegression
+
+  from jaxlm.data.label_tasks import load_label_task
+  from jaxlm.eval.labels import classification_metrics
   train, val = load_label_task(TASK, "train"), load_label_task(TASK, "val")
   vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
   features = vectorizer.fit_transform([r.text for r in train])

@@ -101,7 +101,9 @@ def eval_batches(
   once: a PackedTokens' partial last window is padded with weight 0. Rows past
   the end are padding with weight 0. Every process yields the same number of
   batches (that of the largest share), so multi-host evaluation steps stay in
-  lockstep."""
+  lockstep. "window" [batch_size] int32 numbers each row's window (-1 for
+  padding): evaluation keys its masked-LM masks by it, so a window is masked
+  alike whichever batch, row or process it lands in."""
   _check_processes(process_index, process_count)
   if batch_size < 1:
     raise UserError(f"eval batch size {batch_size} must be at least 1")
@@ -113,5 +115,7 @@ def eval_batches(
   for b in range(num_batches):
     ks = share[b * batch_size : (b + 1) * batch_size]
     rows = [_padded(packed[k], packed.seq_len) for k in ks]
+    windows = np.full(batch_size, -1, np.int32)  # [batch_size]
+    windows[: len(rows)] = ks
     rows += [padding] * (batch_size - len(rows))
-    yield {name: np.stack([row[name] for row in rows]) for name in padding}
+    yield {**{name: np.stack([row[name] for row in rows]) for name in padding}, "window": windows}

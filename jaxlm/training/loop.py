@@ -158,7 +158,7 @@ def evaluate(run: Run, step: int | None = None) -> dict[str, float]:
   # evaluation.
   run.writer.write(step, {**val_metrics, "wall_seconds": now - run.started,
                           "eval_seconds": now - eval_start}, prefix="val")
-  run.log(f"step {step}: validation {summary.describe(val_metrics)}")
+  run.log(f"step {step}: val {summary.describe(val_metrics)}")
   if config.eval.sample_tokens and model_cfg.family == "gpt":  # an encoder does not generate
     text = sample_text(run.state.params, run.engine.model.cfg, dataset.tokenizer,
                        config.eval.sample_tokens, step)

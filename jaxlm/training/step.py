@@ -132,8 +132,14 @@ def eval_step(params: Any, batch: Batch, index: jax.Array, *, model: nn.Module,
   """Sums over a `[batch, seq]` batch: NLL (float32), and int32 counts of the scored tokens
   (weight_sum) and of their correct argmax predictions; evaluation weights are 0/1 masks.
 
-  `index  # [] int32`: the batch's number in the evaluation, which fixes its masked-LM masks."""
-  batch = objective.prepare(batch, jax.random.fold_in(jax.random.key(EVAL_SEED), index))
+  Masked-LM masks are fixed: each row's come from its window number (`batch["window"]  # [batch]`,
+  see data.pipeline.eval_batches), so a window is masked alike in any batch, on any mesh and any
+  number of processes; without window numbers, from `index  # [] int32`, the batch's number."""
+  eval_key = jax.random.key(EVAL_SEED)
+  if "window" in batch:
+    batch = prepare_rows(objective, batch, batch["window"], eval_key)
+  else:
+    batch = objective.prepare(batch, jax.random.fold_in(eval_key, index))
   logits = forward(params, batch, model)
   nll, _ = token_losses(logits, batch["targets"])
   scored = batch["weights"] > 0  # [batch, seq]
@@ -141,6 +147,19 @@ def eval_step(params: Any, batch: Batch, index: jax.Array, *, model: nn.Module,
   # Integer counts stay exact however many batches scoring.accumulate adds up.
   return {"nll_sum": jnp.where(scored, nll, 0.0).sum(), "weight_sum": scored.sum(dtype=jnp.int32),
           "correct_sum": correct.sum(dtype=jnp.int32)}
+
+
+def prepare_rows(objective: Objective, batch: Batch, row_ids: jax.Array,
+                 base_key: jax.Array) -> Batch:
+  """`objective.prepare` row by row, row r with key fold_in(base_key, row_ids[r])."""
+  rows = {name: value for name, value in batch.items() if name != "window"}
+
+  def one_row(row: Batch, row_id: jax.Array) -> Batch:
+    single = jax.tree.map(lambda x: x[None], row)  # [1, seq]: prepare works on batches
+    prepared = objective.prepare(single, jax.random.fold_in(base_key, row_id))
+    return jax.tree.map(lambda x: x[0], prepared)
+
+  return jax.vmap(one_row)(rows, row_ids)
 
 
 def predict_step(params: Any, batch: Batch, *, model: nn.Module) -> jax.Array:
