@@ -22,10 +22,19 @@ def tiny_config(data: int, fsdp: int, batch_size: int = 16):
   return c
 
 
+def bert_config(data: int, fsdp: int):
+  """A BERT (token types, MLM head) of the same size: its batches' token types are arguments."""
+  c = tiny_config(data, fsdp)
+  c.model.family, c.model.norm_position, c.model.type_vocab_size = "bert", "post", 2
+  c.model.use_bias = True
+  return c
+
+
 @pytest.fixture(scope="module")
 def plans():
   return {"data": memory_plan(tiny_config(8, 1)), "fsdp": memory_plan(tiny_config(1, 8)),
-          "fsdp_big_batch": memory_plan(tiny_config(1, 8, batch_size=64))}
+          "fsdp_big_batch": memory_plan(tiny_config(1, 8, batch_size=64)),
+          "bert_fsdp": memory_plan(bert_config(2, 4))}
 
 
 def test_state_bytes_from_shardings_are_what_the_compiled_step_takes(plans):

@@ -34,14 +34,17 @@ def per_device_bytes(tree) -> int:
 
 
 def abstract_batch(accum: int, batch_size: int, seq_len: int, batch_spec,
-                   token_types: bool = False) -> dict:
+                   token_types: bool = False, targets: bool = True) -> dict:
   """The train step's batch, `[accum, micro_batch, seq]` per field, as packing produces it.
 
-  Packing always gives token types; only a model with a type embedding reads them (jit drops an
-  unused argument, so the compiled step of the others does not hold them)."""
+  Only the fields the step reads: jit drops an unused argument, so the compiled step holds token
+  types only for a model with a type embedding, and no targets for masked LM (its targets are the
+  inputs)."""
   shape = (accum, batch_size // accum, seq_len)
-  dtypes = {"inputs": np.int32, "targets": np.int32, "positions": np.int32,
-            "segment_ids": np.int32, "weights": np.float32}
+  dtypes = {"inputs": np.int32, "positions": np.int32, "segment_ids": np.int32,
+            "weights": np.float32}
+  if targets:
+    dtypes["targets"] = np.int32
   if token_types:
     dtypes["token_types"] = np.int32
   return {name: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_spec)
@@ -56,7 +59,8 @@ def memory_plan(config: ml_collections.ConfigDict, device_memory: int | None = N
   mesh, batch_axes = engine.mesh, engine.train_batch_axes
   batch = abstract_batch(accum, config.train.batch_size, config.data.seq_len,
                          engine.train_feed(config.train.batch_size, accum).sharding,
-                         token_types=config.model.type_vocab_size > 0)
+                         token_types=config.model.type_vocab_size > 0,
+                         targets=(config.model.family, config.model.head) != ("bert", "lm"))
   start = time.perf_counter()
   jitted = engine.train_step.__wrapped__  # the jax.jit object inside the mesh-context wrapper
   with engine.context():
