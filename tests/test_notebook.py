@@ -21,11 +21,14 @@ def test_colab_notebook_executes_in_tiny_mode(tmp_path):
   client.execute(env=env)  # raises CellExecutionError, with the cell's traceback, if a cell fails
 
   runs = tmp_path / "runs" / "notebook"
-  for run in ("pretrain", "finetune"):
+  for run in ("pretrain", "finetune", "bert", "bert_classify"):
     assert (runs / run / "checkpoints").is_dir() and (runs / run / "report.png").is_file(), run
+  assert (runs / "bert_classify" / "predictions").is_dir()  # the classifier's predictions
   outputs = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs]
   text = "".join(out.get("text", "") for out in outputs)
-  assert text.count("validation loss") == 2 and text.count("exact match") == 2  # for each run
+  assert text.count("exact match") == 2  # the GPT runs' task metrics, each
+  assert text.count("validation loss") == 3  # evaluate: the two GPT runs, the BERT classifier
+  assert "macro f1" in text and "gold \\ predicted" in text  # the classifier's metrics and table
   assert "name of ___: " in text  # the finetuned model's sample
   images = [base64.b64decode(out["data"]["image/png"]) for out in outputs
             if "image/png" in out.get("data", {})]
