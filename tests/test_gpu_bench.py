@@ -42,7 +42,7 @@ def bench_command(out, *args) -> list[str]:
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-  """One --tiny run, its final JSON and every distinct state of the JSON seen while it ran."""
+  """One --tiny run: its final JSON, every distinct state of the JSON seen while it ran, its dir."""
   tmp = tmp_path_factory.mktemp("gpu_bench")
   data = tmp / "tiny.txt"
   data.write_text(LINE * 200)
@@ -62,11 +62,11 @@ def bench(tmp_path_factory):
   result = json.loads(path.read_text())
   if not states or states[-1] != result:
     states.append(result)
-  return result, states
+  return result, states, tmp
 
 
 def test_every_row_is_recorded_and_the_cap_stops_only_its_row(bench):
-  result, _ = bench
+  result, _, _ = bench
   assert result["complete"]
   rows = {(r["batch"], r["remat"], r["attention"]): r for r in result["throughput"]}
   assert sorted(rows) == sorted(ROWS) and len(result["throughput"]) == len(ROWS)
@@ -91,7 +91,7 @@ def test_every_row_is_recorded_and_the_cap_stops_only_its_row(bench):
 
 
 def test_char_run_reaches_a_target_that_needs_learning(bench):
-  result, _ = bench
+  result, _, tmp = bench
   # The char run's target must need a model that learns: one that learns nothing stays at
   # ln(vocab), one that learns only character frequencies at their entropy.
   counts = collections.Counter(LINE)
@@ -100,6 +100,12 @@ def test_char_run_reaches_a_target_that_needs_learning(bench):
   char = result["char"]
   assert char["status"] == "ok"
   assert char["target_val_loss"] < entropy - 0.5 < math.log(char_vocab)
+  out_files = sorted(p.name for p in (tmp / "out").iterdir())
+  # Only what the device tool can bring back (8 files, 2 folders down): no run directory.
+  assert out_files == ["char_metrics.jsonl", "gpu_bench.json"]
+  val = [json.loads(line) for line in (tmp / "out" / "char_metrics.jsonl").read_text().splitlines()]
+  assert [r["loss"] for r in val if r["split"] == "val"][:len(char["evals"])] == [
+      e["loss"] for e in char["evals"]]
   reached = char["reached"]
   assert reached["loss"] <= char["target_val_loss"] and reached in char["evals"]
   # The first eval at or under the target, from a fresh run (not an earlier run's metrics).
@@ -108,7 +114,7 @@ def test_char_run_reaches_a_target_that_needs_learning(bench):
 
 
 def test_results_are_written_after_every_step(bench):
-  result, states = bench
+  result, states, _ = bench
   done = [sum(r["status"] != "pending" for r in s["throughput"]) for s in states]
   # Seen while running: the file before any row ran, then with more and more rows done, all
   # incomplete, each row's record unchanged once written; only the last state is complete.

@@ -8,11 +8,12 @@ slow case is recorded (status "failed" / "oom" / "timeout" and a reason) and the
 
 1. environment: jax/jaxlib and plugin versions, device kind and count, XLA_FLAGS, package versions.
 2. throughput, 12 rows: GPT-2 124M (12 layers x 768, vocab 50304, T=1024; bf16 compute, float32
-   master weights, optimizer state and loss) on synthetic tokens, batch 8/16/32 x model.remat
-   none/dots x attention cudnn/xla (model.attention_impl). Per row: the median train-step time over
-   the timed steps after compile and two warm-up steps, tokens/s, and MFU by PaLM's formula with
-   attention (6N + 12·layers·T·d_model FLOPs per token, jaxlm/training/metrics.py) against the
-   device's datasheet peak (989 TFLOP/s bf16 dense on an H100/H200).
+   master weights, optimizer state and loss) on synthetic tokens, batch 32/16/8 x model.remat
+   none/dots x attention cudnn/xla (model.attention_impl; "cudnn" = cuDNN flash attention on).
+   Per row: the median train-step time over the timed steps after compile and two warm-up steps,
+   tokens/s, and MFU by PaLM's formula with attention (6N + 12·layers·T·d_model FLOPs per token,
+   jaxlm/training/metrics.py) against the device's datasheet peak (989 TFLOP/s bf16 dense on an
+   H100/H200), and the peak device memory.
 3. char: nanoGPT's GPU char recipe (configs/shakespeare_char.py at 6 layers x 384, 6 heads, T=256,
    batch 64, dropout 0.2, lr 1e-3, 5000 steps, bf16 as nanoGPT's autocast) run by
    `python -m jaxlm.train`: wall time from launch to the first validation record with loss <= 1.47
@@ -20,10 +21,13 @@ slow case is recorded (status "failed" / "oom" / "timeout" and a reason) and the
 
 OUT/gpu_bench.json is rewritten (atomically) before the first step and after every step, with every
 row present from the start (status "pending" until it runs), so a run cut short still leaves all it
-did; "complete" turns true at the end. The whole script keeps to --budget_s: a step gets at most
-what is left (the char run's cap kept back for it) and is "skipped" when too little is left.
-`--tiny` shrinks everything so the whole script runs on a CPU in well under a minute (there the
-cudnn rows fail, as cuDNN needs a GPU: the failure path, exercised).
+did; "complete" turns true at the end. The char run's metrics.jsonl is copied to
+OUT/char_metrics.jsonl; nothing else is left under OUT. The whole script keeps to --budget_s: a step
+gets at most what is left (the char run's cap kept back for it) and is "skipped" when too little is
+left.
+`--tiny` shrinks everything so the whole script runs on a CPU in about a minute (there the cudnn
+rows fail, as cuDNN needs a GPU: the failure path, exercised). Budget of the full run: 540 s = the
+char run's 150 s cap + 390 s for the environment and 12 rows (each capped at 60 s).
 """
 
 import argparse
@@ -35,6 +39,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,7 +49,8 @@ RESULT_MARK = "GPU_BENCH_RESULT "  # a child's last stdout line: this mark, then
 GPT2_SHAPE = dict(vocab_size=50304, d_model=768, num_layers=12, num_heads=12, mlp_dim=3072,
                   max_len=1024)
 TINY_SHAPE = dict(vocab_size=256, d_model=64, num_layers=1, num_heads=2, mlp_dim=256, max_len=64)
-BATCHES, TINY_BATCHES = (8, 16, 32), (2, 4)
+# Largest batch first: the likeliest best MFU (and OOM) is measured before the budget can run out.
+BATCHES, TINY_BATCHES = (32, 16, 8), (4, 2)
 PACKAGES = ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda13-pjrt", "flax", "optax",
             "orbax-checkpoint", "numpy", "grain", "ml-collections", "tensorboardX",
             "nvidia-cudnn-cu13")
@@ -85,7 +91,7 @@ def environment() -> dict:
   device = jax.devices()[0]
   return {"jax": jax.__version__, "backend": jax.default_backend(), "device_kind":
           device.device_kind, "device_count": jax.device_count(),
-          "platform_version": getattr(device.client, "platform_version", None),
+          "platform_version": getattr(getattr(device, "client", None), "platform_version", None),
           "xla_flags": os.environ.get("XLA_FLAGS", ""), "python": platform.python_version(),
           "packages": versions, "jax_environment": jax.print_environment_info(return_string=True)}
 
@@ -129,7 +135,8 @@ def measure(spec: dict, tiny: bool, steps: int) -> dict:
   flops = flops_per_token(cfg, seq_len, state.params)
   peak, peak_source = peak_flops(jax.devices()[0], "bfloat16")
   memory = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
-  return {"status": "ok", "seq_len": seq_len, "attention_used": attention_implementation(cfg, False),
+  return {"status": "ok", "seq_len": seq_len,
+          "attention_used": attention_implementation(cfg, False),
           "param_dtypes": sorted({str(x.dtype) for x in jax.tree.leaves(state.params)}),
           "step_ms": step_s * 1e3, "step_ms_min": min(times) * 1e3, "timed_steps": steps,
           "tokens_per_sec": tokens_per_sec, "compile_and_first_step_s": compile_s,
@@ -221,12 +228,19 @@ class Runner:
     cap = self.cap("char", self.args.char_cap_s)
     if cap is None:
       return SKIPPED
+    # The run's directory (checkpoints, TensorBoard) stays out of OUT: the device tool brings back
+    # only 8 files, 2 folders down; its metrics.jsonl is copied there.
+    workdir = tempfile.mkdtemp(prefix="gpu_bench_char_")
     try:
-      workdir = os.path.join(os.path.abspath(self.args.out), "char_run")
       target = TINY_TARGET if self.args.tiny else 1.47
       return time_to_loss(self.args.tiny, data, workdir, target, cap)
     except Exception as e:
       return error_record(e)
+    finally:
+      metrics = os.path.join(workdir, "metrics.jsonl")
+      if os.path.exists(metrics):
+        shutil.copy(metrics, os.path.join(self.args.out, "char_metrics.jsonl"))
+      shutil.rmtree(workdir, ignore_errors=True)
 
 
 def char_command(tiny: bool, data: str, workdir: str) -> list[str]:
@@ -261,7 +275,6 @@ def new_evals(metrics_path: str, seen: int, now: float) -> tuple[list[dict], int
 
 def time_to_loss(tiny: bool, data: str, workdir: str, target: float, cap_s: float) -> dict:
   """Trains the char recipe until validation loss <= target or `cap_s`; wall time from launch."""
-  shutil.rmtree(workdir, ignore_errors=True)  # a fresh run: no old metrics, no checkpoint to resume
   start = time.perf_counter()
   process = subprocess.Popen(char_command(tiny, data, workdir), cwd=REPO,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,

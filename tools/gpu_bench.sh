@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The prepared H200 benchmark (NOT yet run on a GPU): GPT-2 124M tokens/s and MFU for batch 8/16/32
-# x remat none/dots x cuDNN attention on/off, then nanoGPT's GPU char recipe to validation loss 1.47.
+# The prepared H200 benchmark (NOT yet run on a GPU): GPT-2 124M tokens/s and MFU for batch
+# 32/16/8 x remat none/dots x cuDNN attention on/off, then nanoGPT's GPU char recipe to val 1.47.
 # Each step runs in its own subprocess under its own time cap; OUT/gpu_bench.json is rewritten after
 # every step. See tools/gpu_bench.py for what is measured and how.
 #
