@@ -11,15 +11,14 @@
 # python3). The script keeps to --budget_s (540 s) itself, and is killed at GPU_BENCH_HARD_S (570 s)
 # whatever happens (it then records "stopped" and keeps what is done).
 #
-# On the device machine (no network; Python 3.12, jax 0.11.2 + CUDA 13 plugin, flax, optax, orbax
-# there), from the checkout the session was started in:
-#   1. here, once: tools/gpu_wheels.sh   (grain, array-record, portpicker, ml-collections and
-#      tensorboardX wheels into .whl/, ~4.5 MB; tinyshakespeare.txt into .gpu_data/)
-#   2. one device call, carry [".whl", ".gpu_data"], timeout_s 600:
-#      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade
-#        --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit;
-#        tools/gpu_bench.sh --out=$OUT
-#      (this script puts the repo root first on PYTHONPATH, so jaxlm imports from the checkout).
+# On the device machine (no network; Python 3.12 with jax 0.11.2 + the CUDA 13 plugin, flax,
+# optax, orbax-checkpoint): jaxlm imports from the checkout (this script puts the repo root first
+# on PYTHONPATH); the five wheels the image lacks and the Shakespeare text travel with `carry`.
+#   1. here, once, in the checkout the session was started in: tools/gpu_wheels.sh
+#   2. one device call: run(carry=[".whl", ".gpu_data"], timeout_s=600, command=
+#      'python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; PYTHON=python3 tools/gpu_bench.sh --out=$OUT')
+#      Then read $OUT/gpu_bench.json (and char_metrics.jsonl) under the reply's files_at. Machine
+#      start (minutes) + 570 s at most leaves no second try in 15 minutes of device time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
