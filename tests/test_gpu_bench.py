@@ -85,6 +85,9 @@ def test_every_row_is_recorded_and_the_cap_stops_only_its_row(bench):
       # One CPU device in the subprocess (subprocess_env), so the peak is the device's.
       assert row["mfu"] == pytest.approx(
           row["tokens_per_sec"] * tiny_flops_per_token() / (row["peak_tflops"] * 1e12))
+  # cuDNN vs XLA on packed documents needs a GPU: on the CPU it is recorded as failed, and why.
+  assert result["cudnn_check"]["status"] == "failed"
+  assert "needs a GPU" in result["cudnn_check"]["reason"]
   env = result["environment"]
   assert env["status"] == "ok" and env["jax"] == importlib.metadata.version("jax")
   assert env["device_kind"] and env["device_count"] == 1 and "xla_flags" in env
@@ -139,3 +142,16 @@ def test_the_total_budget_skips_what_it_cannot_fit(tmp_path):
   assert len(result["throughput"]) == len(ROWS)
   assert all(r["status"] == "skipped" and "budget" in r["reason"] for r in result["throughput"])
   assert result["char"]["status"] in ("skipped", "timeout")
+
+
+def test_document_batch_packs_documents_with_restarting_positions():
+  sys.path.insert(0, os.path.join(REPO, "tools"))
+  from gpu_bench import document_batch
+  batch = document_batch(3, 64, 256)
+  for segments, positions in zip(batch["segment_ids"], batch["positions"]):
+    # Ids 1..8 in order, each document's positions 0, 1, 2, ... from its first token.
+    assert segments[0] == 1 and set(segments) == set(range(1, 9))
+    for t in range(64):
+      new_document = t == 0 or segments[t] != segments[t - 1]
+      assert segments[t] == (1 if t == 0 else segments[t - 1] + new_document)
+      assert positions[t] == (0 if new_document else positions[t - 1] + 1)

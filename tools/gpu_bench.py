@@ -6,7 +6,8 @@ Prepared for one device call on an H200; it has not run on a GPU yet. Steps, eac
 subprocess under its own time cap, so an OOM, a compile failure, an unsupported cuDNN kernel or a
 slow case is recorded (status "failed" / "oom" / "timeout" and a reason) and the rest still run:
 
-1. environment: jax/jaxlib and plugin versions, device kind and count, XLA_FLAGS, package versions.
+1. environment: jax/jaxlib and plugin versions, device kind and count, XLA_FLAGS, package versions;
+   then cudnn_check: cuDNN vs XLA attention on packed documents (one train step, same parameters).
 2. throughput, 12 rows: GPT-2 124M (12 layers x 768, vocab 50304, T=1024; bf16 compute, float32
    master weights, optimizer state and loss) on synthetic tokens, batch 32/16/8 x model.remat
    none/dots x attention cudnn/xla (model.attention_impl; "cudnn" = cuDNN flash attention on).
@@ -45,6 +46,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_bench_char import time_to_loss  # noqa: E402
 RESULT_MARK = "GPU_BENCH_RESULT "  # a child's last stdout line: this mark, then its JSON
 GPT2_SHAPE = dict(vocab_size=50304, d_model=768, num_layers=12, num_heads=12, mlp_dim=3072,
                   max_len=1024)
@@ -145,11 +147,64 @@ def measure(spec: dict, tiny: bool, steps: int) -> dict:
           "loss": float(metrics["loss"])}
 
 
+def document_batch(rows: int, seq_len: int, vocab: int) -> dict:
+  """Synthetic tokens packed as documents of random lengths (segment ids 1, 2, ...; positions
+  restart at each), so attention must keep to each document."""
+  import numpy as np
+  from bench import synthetic_batch
+  batch = synthetic_batch(rows, seq_len, vocab)
+  rng = np.random.default_rng(1)
+  for row in range(rows):
+    starts = np.sort(rng.choice(np.arange(1, seq_len), size=7, replace=False))
+    segment = np.searchsorted(starts, np.arange(seq_len), side="right")  # [seq] 0..7
+    batch["segment_ids"][row] = segment + 1
+    start_of = np.concatenate([[0], starts])[segment]  # [seq] each token's document start
+    batch["positions"][row] = np.arange(seq_len) - start_of
+  return batch
+
+
+def cudnn_check(tiny: bool) -> dict:
+  """cuDNN vs XLA attention on packed documents: one train step of a 2-layer GPT-2-width model
+  from the same initial parameters (same seed). Their loss and gradient norm must agree within
+  loose bf16 bounds (1% and 5% relative); the loss without the document mask (one document per
+  row) is recorded too, to show the mask matters by far more than that gap."""
+  import numpy as np
+
+  from jaxlm.config import base_config
+  from jaxlm.models import ModelConfig
+  from jaxlm.parallel import sharding
+  from jaxlm.training.engine import build_engine
+  from jaxlm.training.optim import OptimConfig
+
+  shape = TINY_SHAPE if tiny else {**GPT2_SHAPE, "num_layers": 2}
+  seq_len, rows_ = shape["max_len"], 4
+  docs = document_batch(rows_, seq_len, shape["vocab_size"])
+  one_doc = {**docs, "segment_ids": np.ones_like(docs["segment_ids"]),
+             "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), (rows_, seq_len))}
+  results = {}
+  for name, attention, batch in (("cudnn", "cudnn", docs), ("xla", "xla", docs),
+                                 ("xla_one_document", "xla", one_doc)):
+    cfg = ModelConfig(**shape, dtype="bfloat16", remat="none", attention_impl=attention)
+    engine = build_engine(cfg, OptimConfig(steps=1000, warmup_steps=10),
+                          sharding.make_mesh(-1, 1, 1), base_config().mesh.rules, 0, seq_len)
+    _, metrics = engine.train_step(engine.init(), engine.train_feed(rows_, 1).assemble(batch))
+    results[name] = {k: float(metrics[k]) for k in ("loss", "grad_norm")}
+  gap = {k: abs(results["cudnn"][k] - results["xla"][k]) / abs(results["xla"][k])
+         for k in ("loss", "grad_norm")}
+  mask_effect = abs(results["xla_one_document"]["loss"] - results["xla"]["loss"])
+  agree = gap["loss"] < 1e-2 and gap["grad_norm"] < 5e-2
+  return {"status": "ok" if agree else "failed", **results, "relative_gap": gap,
+          "loss_change_without_document_mask": mask_effect,
+          **({} if agree else {"reason": "cuDNN and XLA attention disagree"})}
+
+
 def child_main(args) -> None:
   """`--step=env` or `--step=ROW`: does that one step and prints its record after RESULT_MARK."""
   try:
     if args.step == "env":
       record = {"status": "ok", **environment()}
+    elif args.step == "cudnn_check":
+      record = cudnn_check(args.tiny)
     else:
       spec = next(r for r in rows(args.tiny) if r["name"] == args.step)
       record = measure(spec, args.tiny, args.steps or (3 if args.tiny else 20))
@@ -214,6 +269,9 @@ class Runner:
     char_reserve = self.args.char_cap_s if char_data else 0.0
     self.result["environment"] = self.child_step("env", self.cap("env", 120, char_reserve))
     self.write()
+    self.result["cudnn_check"] = self.child_step("cudnn_check",
+                                                 self.cap("cudnn_check", 60, char_reserve))
+    self.write()
     for row in self.result["throughput"]:
       row.update(self.child_step(row["name"], self.cap(row["name"], self.args.row_cap_s,
                                                        char_reserve)))
@@ -233,7 +291,7 @@ class Runner:
     workdir = tempfile.mkdtemp(prefix="gpu_bench_char_")
     try:
       target = TINY_TARGET if self.args.tiny else 1.47
-      return time_to_loss(self.args.tiny, data, workdir, target, cap)
+      return time_to_loss(self.args.tiny, data, workdir, target, cap, self)
     except Exception as e:
       return error_record(e)
     finally:
@@ -241,70 +299,6 @@ class Runner:
       if os.path.exists(metrics):
         shutil.copy(metrics, os.path.join(self.args.out, "char_metrics.jsonl"))
       shutil.rmtree(workdir, ignore_errors=True)
-
-
-def char_command(tiny: bool, data: str, workdir: str) -> list[str]:
-  """`python -m jaxlm.train` with nanoGPT's GPU char recipe (--tiny: a toy of it)."""
-  overrides = {"data.path": data, "data.seq_len": 256, "model.max_len": 256, "model.d_model": 384,
-               "model.num_layers": 6, "model.num_heads": 6, "model.mlp_dim": 1536,
-               "model.dropout": 0.2, "model.dtype": "bfloat16", "train.batch_size": 64,
-               "train.steps": 5000, "train.lr": 1e-3, "train.warmup_steps": 100,
-               "train.log_every": 250, "eval.every": 250, "eval.max_batches": 20,
-               "eval.batch_size": 64, "eval.sample_tokens": 0, "checkpoint.every": 100000,
-               "mesh.cpu_devices": 0}
-  if tiny:
-    overrides.update({"data.seq_len": 32, "model.max_len": 32, "model.d_model": 32,
-                      "model.num_layers": 1, "model.num_heads": 2, "model.mlp_dim": 64,
-                      "train.batch_size": 8, "train.steps": 100, "train.lr": 3e-3,
-                      "train.warmup_steps": 5, "train.log_every": 10, "eval.every": 20,
-                      "eval.max_batches": 2, "eval.batch_size": 8})
-  return [sys.executable, "-m", "jaxlm.train", "--config=configs/shakespeare_char.py",
-          f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in overrides.items())]
-
-
-def new_evals(metrics_path: str, seen: int, now: float) -> tuple[list[dict], int]:
-  """The validation records written to metrics.jsonl since line `seen`, and the new line count."""
-  if not os.path.exists(metrics_path):
-    return [], seen
-  with open(metrics_path, encoding="utf-8") as f:
-    lines = f.read().splitlines()
-  evals = [{"step": r["step"], "loss": r["loss"], "wall_s": now}
-           for r in map(json.loads, lines[seen:]) if r.get("split") == "val"]
-  return evals, len(lines)
-
-
-def time_to_loss(tiny: bool, data: str, workdir: str, target: float, cap_s: float) -> dict:
-  """Trains the char recipe until validation loss <= target or `cap_s`; wall time from launch."""
-  start = time.perf_counter()
-  process = subprocess.Popen(char_command(tiny, data, workdir), cwd=REPO,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True)
-  evals, seen, reached = [], 0, None
-  while True:
-    now = time.perf_counter() - start
-    done = process.poll() is not None
-    found, seen = new_evals(os.path.join(workdir, "metrics.jsonl"), seen, now)
-    evals += found
-    reached = next((e for e in evals if e["loss"] <= target), None)
-    if reached or done or now > cap_s:
-      break
-    time.sleep(0.25)
-  wall_s = time.perf_counter() - start
-  if process.poll() is None:
-    process.send_signal(signal.SIGTERM)  # train.py saves and exits on SIGTERM
-    try:
-      process.wait(20)
-    except subprocess.TimeoutExpired:
-      os.killpg(process.pid, signal.SIGKILL)
-      process.wait()
-  stderr = process.stderr.read()
-  status = "ok" if reached else "timeout" if wall_s > cap_s else "failed"
-  record = {"status": status, "target_val_loss": target, "reached": reached, "evals": evals,
-            "wall_s": wall_s, "cap_s": cap_s}
-  if status == "failed":
-    record["reason"] = (f"jaxlm.train ended (exit status {process.returncode}) without reaching "
-                        f"{target}: " + " ".join(stderr.split()[-80:])[-600:])
-  return record
 
 
 def parse_args():
@@ -342,6 +336,7 @@ def main() -> None:
   data = find_data(args.data)
   result = {"started_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "complete": False, "tiny": args.tiny, "argv": sys.argv[1:], "environment": None,
+            "cudnn_check": {"status": "pending"},
             "throughput": [{**row, "status": "pending"} for row in rows(args.tiny)],
             "char": {"status": "pending"} if data else
                     {"status": "skipped", "reason": "tinyshakespeare.txt not found; pass --data"}}
