@@ -165,9 +165,9 @@ def document_batch(rows: int, seq_len: int, vocab: int) -> dict:
 
 def cudnn_check(tiny: bool) -> dict:
   """cuDNN vs XLA attention on packed documents: one train step of a 2-layer GPT-2-width model
-  from the same initial parameters (same seed). Their loss and gradient norm must agree within
-  loose bf16 bounds (1% and 5% relative); the loss without the document mask (one document per
-  row) is recorded too, to show the mask matters by far more than that gap."""
+  from the same initial parameters (same seed). Their losses must agree within 1% (bf16), and
+  their gradient norms closer than a third of what dropping the document mask (one document per
+  row, XLA) changes, so a cuDNN call that lost the mask fails."""
   import numpy as np
 
   from jaxlm.config import base_config
@@ -177,7 +177,7 @@ def cudnn_check(tiny: bool) -> dict:
   from jaxlm.training.optim import OptimConfig
 
   shape = TINY_SHAPE if tiny else {**GPT2_SHAPE, "num_layers": 2}
-  seq_len, rows_ = shape["max_len"], 4
+  seq_len, rows_ = shape["max_len"], 8
   docs = document_batch(rows_, seq_len, shape["vocab_size"])
   one_doc = {**docs, "segment_ids": np.ones_like(docs["segment_ids"]),
              "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), (rows_, seq_len))}
@@ -189,13 +189,19 @@ def cudnn_check(tiny: bool) -> dict:
                           sharding.make_mesh(-1, 1, 1), base_config().mesh.rules, 0, seq_len)
     _, metrics = engine.train_step(engine.init(), engine.train_feed(rows_, 1).assemble(batch))
     results[name] = {k: float(metrics[k]) for k in ("loss", "grad_norm")}
-  gap = {k: abs(results["cudnn"][k] - results["xla"][k]) / abs(results["xla"][k])
-         for k in ("loss", "grad_norm")}
-  mask_effect = abs(results["xla_one_document"]["loss"] - results["xla"]["loss"])
-  agree = gap["loss"] < 1e-2 and gap["grad_norm"] < 5e-2
+  def relative(a: str, b: str) -> dict:
+    return {k: abs(results[a][k] - results[b][k]) / abs(results[b][k]) for k in results[b]}
+
+  gap, mask_effect = relative("cudnn", "xla"), relative("xla_one_document", "xla")
+  # At initialisation attention is near-uniform, so the document mask moves the loss little
+  # (measured on the CPU, tiny model: 3e-4 relative) but the gradient norm more (1.6%): a cuDNN
+  # that ignored the mask would sit about that far from XLA.
+  agree = gap["loss"] < 1e-2 and gap["grad_norm"] < mask_effect["grad_norm"] / 3
   return {"status": "ok" if agree else "failed", **results, "relative_gap": gap,
-          "loss_change_without_document_mask": mask_effect,
-          **({} if agree else {"reason": "cuDNN and XLA attention disagree"})}
+          "relative_change_without_document_mask": mask_effect,
+          **({} if agree else {"reason": "cuDNN and XLA attention disagree on packed documents "
+                                         "(gradient-norm gap not under a third of the mask's "
+                                         "effect, or loss gap over 1%)"})}
 
 
 def child_main(args) -> None:
