@@ -23,5 +23,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# One compilation cache for all the steps' processes: with it JAX also keeps XLA's per-fusion GPU
+# autotuning results (jax_persistent_cache_enable_xla_caches, on by default), so rows after the
+# first skip re-autotuning the same matmuls.
+export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-/tmp/gpu_bench_jax_cache}"
 exec timeout --signal=TERM --kill-after=15 "${GPU_BENCH_HARD_S:-570}" \
   "$PYTHON" tools/gpu_bench.py "$@"
