@@ -185,15 +185,15 @@ class WordPieceTokenizer:
     if not os.path.exists(vocab_txt):
       raise UserError(f"{directory} has no tokenizer.json nor vocab.txt; copy the BERT model's "
                       "tokenizer files there")
-    config_path = os.path.join(directory, "tokenizer_config.json")
-    config = {}
-    if os.path.exists(config_path):
-      with open(config_path, encoding="utf-8") as f:
-        config = json.load(f)
+    settings_path = os.path.join(directory, "tokenizer_config.json")
+    hf_settings = {}  # transformers' tokenizer_config.json; its defaults are BertTokenizer's
+    if os.path.exists(settings_path):
+      with open(settings_path, encoding="utf-8") as f:
+        hf_settings = json.load(f)
     vocab = models.WordPiece.read_file(vocab_txt)
-    tok = _bert_tokenizer(vocab, lowercase=bool(config.get("do_lower_case", True)),
-                          strip_accents=config.get("strip_accents"),
-                          chinese_chars=bool(config.get("tokenize_chinese_chars", True)))
+    tok = _bert_tokenizer(vocab, lowercase=bool(hf_settings.get("do_lower_case", True)),
+                          strip_accents=hf_settings.get("strip_accents"),
+                          chinese_chars=bool(hf_settings.get("tokenize_chinese_chars", True)))
     return cls(tok.to_str(), vocab_size)
 
   def word_start(self) -> np.ndarray:
