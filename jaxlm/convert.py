@@ -2,6 +2,7 @@
 
     python -m jaxlm.convert from-hf --model=DIR --workdir=OUT [--config.data.path=... ...]
     python -m jaxlm.convert to-hf --workdir=W --out=DIR [--step=N]
+    python -m jaxlm.convert merge-lora --workdir=L --out=M [--step=N]
 
 from-hf reads DIR's config.json, model.safetensors (or its sharded index) and tokenizer (GPT-2:
 tokenizer.json, or vocab.json + merges.txt; BERT: tokenizer.json or vocab.txt) and writes OUT as a
@@ -16,6 +17,10 @@ to-hf writes DIR/config.json and DIR/model.safetensors for `transformers.GPT2LMH
 BertFor* of the run's head, and the tokenizer files when the run's tokenizer has a Hugging Face form
 (GPT-2 BPE, WordPiece). Options the family's Hugging Face model cannot express are refused.
 Weights are read and written as safetensors only: nothing is unpickled.
+
+merge-lora writes a LoRA run (train.lora.rank > 0) as an ordinary run at step 0: its base run's
+parameters with every adapter merged into its kernel (W + alpha / rank A B). to-hf of a LoRA run
+exports those merged weights.
 """
 
 import json
@@ -38,10 +43,10 @@ from jaxlm.inference import trained
 from jaxlm.interop import hf_bert, hf_gpt2
 from jaxlm.interop.hf_files import WEIGHTS, read_hf_weights, read_json
 from jaxlm.interop.run_writer import imported_config, write_run
-from jaxlm.models import ModelConfig
-from jaxlm.training import checkpoint
+from jaxlm.models import ModelConfig, lora
+from jaxlm.training import checkpoint, lora_run
 
-COMMANDS = ("from-hf", "to-hf")
+COMMANDS = ("from-hf", "to-hf", "merge-lora")
 MODEL_TYPES = ("gpt2", "bert")  # config.json's model_type of the models jaxlm reads
 # The tokenizers with a Hugging Face form (`save_hf_files`).
 HF_TOKENIZERS = (Gpt2BpeTokenizer, WordPieceTokenizer)
@@ -51,8 +56,10 @@ def define_flags() -> None:
   config_flags.DEFINE_config_dict("config", base_config(),
                                   "from-hf: options of the imported run (data.*, train.*, ...).")
   flags.DEFINE_string("model", None, "from-hf: the Hugging Face model directory to read.")
-  flags.DEFINE_string("workdir", None, "from-hf: the workdir to create; to-hf: the run to export.")
-  flags.DEFINE_string("out", None, "to-hf: the directory to write the Hugging Face model into.")
+  flags.DEFINE_string("workdir", None, "from-hf: the workdir to create; to-hf, merge-lora: the "
+                      "run to export or merge.")
+  flags.DEFINE_string("out", None, "to-hf: the directory to write the Hugging Face model into; "
+                      "merge-lora: the workdir of the merged run.")
   flags.DEFINE_integer("step", None, "to-hf: checkpoint step to export (default: the latest).")
 
 
@@ -106,7 +113,7 @@ def hf_model(run: trained.TrainedRun) -> tuple[dict, dict[str, np.ndarray]]:
     settings = hf_bert.hf_settings(cfg, tuple(run.config.data.labels), pad_id)
   else:
     settings = hf_gpt2.hf_settings(cfg, run.tokenizer.eos_id)
-  return settings, family.params_to_hf(jax.device_get(run.params), cfg)
+  return settings, family.params_to_hf(merged_params(run), cfg)
 
 
 def to_hf(workdir: str, out: str, step: int | None = None) -> dict:
@@ -127,6 +134,28 @@ def to_hf(workdir: str, out: str, step: int | None = None) -> dict:
   return {"out": out, "step": run.step, "tokenizer": has_tokenizer}
 
 
+def merged_params(run: trained.TrainedRun) -> dict:
+  """The run's parameters as float32 numpy, a LoRA run's adapters merged into their kernels."""
+  params = run.params
+  if lora_run.is_lora(run.config):
+    params = lora.merged(params, run.model_cfg.lora)
+  return jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(params))
+
+
+def merge_lora(workdir: str, out: str, step: int | None = None) -> dict:
+  """Writes a LoRA run's base + adapters, merged (W + alpha / rank A B), as an ordinary run."""
+  run = trained.load(workdir, step)
+  if not lora_run.is_lora(run.config):
+    raise UserError(f"{workdir} is not a LoRA run (its train.lora.rank is 0): its checkpoints "
+                    "already hold every parameter; use it as it is")
+  config = ml_collections.ConfigDict(run.config.to_dict())
+  config.train.lora.rank, config.init_from, config.init_step = 0, "", -1
+  num_params = write_run(out, config, run.tokenizer, merged_params(run))
+  print(f"merged the adapters of step {run.step} of {workdir} into {out} ({num_params:,} "
+        "parameters, step 0)")
+  return {"workdir": out, "step": 0, "parameters": num_params, "from_step": run.step}
+
+
 def main(argv):
   f = flags.FLAGS
 
@@ -134,16 +163,19 @@ def main(argv):
     command = argv[1] if len(argv) == 2 else None
     if command not in COMMANDS:
       raise UserError("convert needs one command: `python -m jaxlm.convert from-hf --model=DIR "
-                        "--workdir=OUT` or `python -m jaxlm.convert to-hf --workdir=W --out=DIR` "
+                        "--workdir=OUT`, `python -m jaxlm.convert to-hf --workdir=W --out=DIR` or "
+                        "`python -m jaxlm.convert merge-lora --workdir=L --out=M` "
                         f"(got {' '.join(argv[1:]) or 'none'})")
     if command == "from-hf":
       if not f.model:
         raise UserError("--model is required: the Hugging Face GPT-2 or BERT directory to import")
       result = from_hf(f.model, cli.require_workdir(f.workdir), f.config,
                        set(f["config"].override_values))
+    elif not f.out:
+      raise UserError(f"--out is required: the directory {command} writes into")
+    elif command == "merge-lora":
+      result = merge_lora(cli.require_workdir(f.workdir), f.out, f.step)
     else:
-      if not f.out:
-        raise UserError("--out is required: the directory to write the Hugging Face model into")
       result = to_hf(cli.require_workdir(f.workdir), f.out, f.step)
     cli.emit_json(result)
 
