@@ -62,7 +62,8 @@ def base_config() -> ml_collections.ConfigDict:
   # "sentencepiece" (trained on the training split), "char", "byte", "gpt2_bpe" (GPT-2's byte-level
   # BPE: trained on the training split, or imported with a model by `python -m jaxlm.convert from-hf`)
   # or "wordpiece" (BERT's, with [PAD] [UNK] [CLS] [SEP] [MASK]: trained on the training split with
-  # `tokenizers`, or imported with a BERT). A BERT needs wordpiece.
+  # `tokenizers`, or imported with a BERT). A BERT needs wordpiece. "hf": a Llama-family model's
+  # own tokenizer.json, imported with it by `convert from-hf` (never trained here).
   c.data.tokenizer = "sentencepiece"
   # SentencePiece algorithm: "bpe" or "unigram".
   c.data.sp_model_type = "bpe"

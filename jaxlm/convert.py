@@ -23,6 +23,7 @@ parameters with every adapter merged into its kernel (W + alpha / rank A B). to-
 exports those merged weights.
 """
 
+import functools
 import json
 import os
 
@@ -37,19 +38,21 @@ from ml_collections import config_flags
 from jaxlm import cli
 from jaxlm.config import base_config
 from jaxlm.data.gpt2_tokenizer import Gpt2BpeTokenizer
+from jaxlm.data.hf_tokenizer import HfTokenizer
 from jaxlm.data.wordpiece_tokenizer import WordPieceTokenizer
 from jaxlm.errors import UserError
 from jaxlm.inference import trained
-from jaxlm.interop import hf_bert, hf_gpt2
-from jaxlm.interop.hf_files import WEIGHTS, read_hf_weights, read_json
+from jaxlm.interop import hf_bert, hf_gpt2, hf_llama
+from jaxlm.interop.hf_files import WEIGHTS, LazyTensors, read_hf_weights, read_json
 from jaxlm.interop.run_writer import imported_config, write_run
 from jaxlm.models import ModelConfig, lora
 from jaxlm.training import checkpoint, lora_run
 
 COMMANDS = ("from-hf", "to-hf", "merge-lora")
-MODEL_TYPES = ("gpt2", "bert")  # config.json's model_type of the models jaxlm reads
+# config.json's model_type of the models jaxlm reads.
+MODEL_TYPES = ("gpt2", "bert", *hf_llama.ARCHITECTURES)
 # The tokenizers with a Hugging Face form (`save_hf_files`).
-HF_TOKENIZERS = (Gpt2BpeTokenizer, WordPieceTokenizer)
+HF_TOKENIZERS = (Gpt2BpeTokenizer, WordPieceTokenizer, HfTokenizer)
 
 
 def define_flags() -> None:
@@ -66,12 +69,15 @@ def define_flags() -> None:
 def read_hf_model(model_dir: str, hf_settings: dict) -> tuple[dict, tuple[str, ...], object]:
   """The `ModelConfig` fields, label names and tokenizer of the model in `model_dir`."""
   model_type = hf_settings.get("model_type")
+  if model_type in hf_llama.ARCHITECTURES:
+    return (hf_llama.model_fields(hf_settings), (),
+            HfTokenizer.from_hf_dir(model_dir, hf_settings))
   if model_type == "gpt2":
     return (hf_gpt2.model_fields(hf_settings), (),
             Gpt2BpeTokenizer.from_hf_dir(model_dir, hf_settings.get("vocab_size")))
   if model_type != "bert":
     raise UserError(f"{os.path.join(model_dir, 'config.json')} has model_type={model_type!r}; "
-                    f"jaxlm imports {' and '.join(repr(t) for t in MODEL_TYPES)} models only")
+                    f"jaxlm imports {', '.join(repr(t) for t in MODEL_TYPES)} models only")
   fields, labels = hf_bert.model_fields(hf_settings)
   return fields, labels, WordPieceTokenizer.from_hf_dir(model_dir, hf_settings.get("vocab_size"))
 
@@ -86,24 +92,50 @@ def params_from_hf(tensors: dict[str, np.ndarray], model_cfg: ModelConfig) -> di
   return params
 
 
+def streamed_params(tensors: LazyTensors, model_cfg: ModelConfig, engine) -> dict:
+  """A Llama-family state dict read one tensor at a time, each parameter put on `engine`'s mesh
+  as soon as it is assembled: the host holds about one parameter, not the model."""
+  shardings = engine.state_shardings.params
+
+  def place(path, value):
+    target = shardings
+    for key in path:
+      target = target[key]
+    return jax.device_put(value, target)
+  return hf_llama.params_from_hf(tensors, model_cfg, place)
+
+
 def from_hf(model_dir: str, workdir: str, config: ml_collections.ConfigDict,
             overridden: set[str] = frozenset()) -> dict:
   """Imports the GPT-2 or BERT in `model_dir` as step 0 of a new run in `workdir`."""
   hf_settings = read_json(os.path.join(model_dir, "config.json"))
   model_fields, labels, tokenizer = read_hf_model(model_dir, hf_settings)
   config = imported_config(config, set(overridden), model_fields, tokenizer, labels)
-  params = params_from_hf(read_hf_weights(model_dir),
-                          ModelConfig.from_config(config.model, vocab_size=tokenizer.vocab_size))
+  model_cfg = ModelConfig.from_config(config.model, vocab_size=tokenizer.vocab_size)
+  if hf_settings.get("model_type") in hf_llama.ARCHITECTURES:
+    # Streamed: each tensor read and placed on the run's mesh in turn (see streamed_params).
+    params = functools.partial(streamed_params, LazyTensors(model_dir), model_cfg)
+  else:
+    params = params_from_hf(read_hf_weights(model_dir), model_cfg)
   num_params = write_run(workdir, config, tokenizer, params)
   print(f"imported {model_dir} ({num_params:,} parameters, {config.model.num_layers} layers, "
         f"vocabulary {tokenizer.vocab_size}) into {checkpoint.checkpoint_dir(workdir)} as step 0")
   return {"workdir": workdir, "step": 0, "parameters": num_params}
 
 
+def hf_family(cfg: ModelConfig) -> str:
+  """The Hugging Face family a run exports as: BERT; GPT-2 (LayerNorm); else (RMSNorm) Llama, or
+  Qwen2 when its q/k/v have biases."""
+  if cfg.family == "bert":
+    return "bert"
+  return "gpt2" if cfg.norm == "layernorm" else "llama"
+
+
 def hf_model(run: trained.TrainedRun) -> tuple[dict, dict[str, np.ndarray]]:
   """The config.json and state dict of the Hugging Face model equal to the run's."""
   cfg = run.model_cfg
-  family, name = (hf_bert, "BERT") if cfg.family == "bert" else (hf_gpt2, "GPT-2")
+  family, name = {"bert": (hf_bert, "BERT"), "gpt2": (hf_gpt2, "GPT-2"),
+                  "llama": (hf_llama, "Llama")}[hf_family(cfg)]
   problems = family.inexpressible(cfg)
   if problems:
     raise UserError(f"{name} cannot express this model: " + "; ".join(problems) +
@@ -111,6 +143,8 @@ def hf_model(run: trained.TrainedRun) -> tuple[dict, dict[str, np.ndarray]]:
   if family is hf_bert:
     pad_id = getattr(run.tokenizer, "pad_id", run.tokenizer.eos_id)
     settings = hf_bert.hf_settings(cfg, tuple(run.config.data.labels), pad_id)
+  elif family is hf_llama:
+    settings = hf_llama.hf_settings(cfg, run.tokenizer.eos_id)
   else:
     settings = hf_gpt2.hf_settings(cfg, run.tokenizer.eos_id)
   return settings, family.params_to_hf(merged_params(run), cfg)

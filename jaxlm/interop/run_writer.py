@@ -45,12 +45,15 @@ def fresh_data_state() -> dict:
   return iter(train_batches(two_windows, 2, 0, 0, 1)).get_state()
 
 
-def write_run(workdir: str, config: ml_collections.ConfigDict, tokenizer, params: dict) -> int:
-  """Saves `params` as step 0 of a new run in `workdir`; returns the parameter count."""
+def write_run(workdir: str, config: ml_collections.ConfigDict, tokenizer, params) -> int:
+  """Saves `params` (a tree, or a function of the run's engine that returns one) as step 0 of a
+  new run in `workdir`; returns the parameter count."""
   cli.ensure_writable(workdir)
   if checkpoint.latest_step(workdir) is not None:
     raise UserError(f"{workdir} already holds a run; import into a new --workdir")
   engine = engine_for_config(config, tokenizer.vocab_size)
+  if callable(params):  # streamed onto the engine's mesh (convert.streamed_params)
+    params = params(engine)
   state = engine.from_params(params)  # step 0 and a fresh optimizer state, placed on the mesh
   save_tokenizer(tokenizer, os.path.join(workdir, TOKENIZER_FILE))
   mngr = checkpoint.manager(workdir, keep=config.checkpoint.keep)

@@ -51,9 +51,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                       f"{config.model.max_len}; raise model.max_len or lower data.seq_len")
   if config.train.steps <= 0:
     raise UserError(f"train.steps={config.train.steps} must be positive")
-  if config.train.lora.rank and not config.init_from:
-    raise UserError("train.lora.rank > 0 needs config.init_from: the run whose parameters the "
-                    "adapters are trained on; set --config.init_from=PRETRAIN_WORKDIR")
   if config.train.on_nonfinite not in ("skip", "stop"):
     raise UserError(f"train.on_nonfinite={config.train.on_nonfinite!r} is not one of skip, stop")
 
@@ -126,6 +123,9 @@ def set_up(config: ml_collections.ConfigDict, workdir: str, overrides: dict,
            log: Callable[[str], None]) -> Run:
   """Config (with a pretrained run's architecture when finetuning), data, tokenizer and engine."""
   pretrained = None
+  if config.train.lora.rank and not config.init_from:
+    raise UserError("train.lora.rank > 0 needs config.init_from: the run whose parameters the "
+                    "adapters are trained on; set --config.init_from=PRETRAIN_WORKDIR")
   if config.init_from:
     config, pretrained, notes = finetune.prepare(config, overrides)
     log(f"finetuning from step {pretrained.step} of {pretrained.workdir}" +
