@@ -1,7 +1,7 @@
 """Import a Hugging Face GPT-2 or BERT into a jaxlm workdir, and export a jaxlm run as one.
 
     python -m jaxlm.convert from-hf --model=DIR --workdir=OUT [--config.data.path=... ...]
-    python -m jaxlm.convert to-hf --workdir=W --out=DIR [--step=N]
+    python -m jaxlm.convert to-hf --workdir=W --out=DIR [--step=N] [--peft]
     python -m jaxlm.convert merge-lora --workdir=L --out=M [--step=N]
 
 from-hf reads DIR's config.json, model.safetensors (or its sharded index) and tokenizer (GPT-2:
@@ -20,7 +20,8 @@ Weights are read and written as safetensors only: nothing is unpickled.
 
 merge-lora writes a LoRA run (train.lora.rank > 0) as an ordinary run at step 0: its base run's
 parameters with every adapter merged into its kernel (W + alpha / rank A B). to-hf of a LoRA run
-exports those merged weights.
+exports those merged weights; `to-hf --peft` writes its adapters alone, as PEFT's
+adapter_model.safetensors + adapter_config.json, for `peft.PeftModel` over the base's export.
 """
 
 import functools
@@ -42,7 +43,7 @@ from jaxlm.data.hf_tokenizer import HfTokenizer
 from jaxlm.data.wordpiece_tokenizer import WordPieceTokenizer
 from jaxlm.errors import UserError
 from jaxlm.inference import trained
-from jaxlm.interop import hf_bert, hf_gpt2, hf_llama
+from jaxlm.interop import hf_bert, hf_gpt2, hf_llama, peft
 from jaxlm.interop.hf_files import WEIGHTS, LazyTensors, read_hf_weights, read_json
 from jaxlm.interop.run_writer import imported_config, write_run
 from jaxlm.models import ModelConfig, lora
@@ -63,6 +64,8 @@ def define_flags() -> None:
                       "run to export or merge.")
   flags.DEFINE_string("out", None, "to-hf: the directory to write the Hugging Face model into; "
                       "merge-lora: the workdir of the merged run.")
+  flags.DEFINE_bool("peft", False, "to-hf: write a LoRA run's adapters as PEFT files "
+                    "(adapter_model.safetensors, adapter_config.json) instead of the model.")
   flags.DEFINE_integer("step", None, "to-hf: checkpoint step to export (default: the latest).")
 
 
@@ -131,15 +134,21 @@ def hf_family(cfg: ModelConfig) -> str:
   return "gpt2" if cfg.norm == "layernorm" else "llama"
 
 
-def hf_model(run: trained.TrainedRun) -> tuple[dict, dict[str, np.ndarray]]:
-  """The config.json and state dict of the Hugging Face model equal to the run's."""
-  cfg = run.model_cfg
+def hf_module(cfg: ModelConfig):
+  """The interop module of the run's Hugging Face family; refuses what that family lacks."""
   family, name = {"bert": (hf_bert, "BERT"), "gpt2": (hf_gpt2, "GPT-2"),
                   "llama": (hf_llama, "Llama")}[hf_family(cfg)]
   problems = family.inexpressible(cfg)
   if problems:
     raise UserError(f"{name} cannot express this model: " + "; ".join(problems) +
                     f"; only {name}-style runs can be exported")
+  return family
+
+
+def hf_model(run: trained.TrainedRun) -> tuple[dict, dict[str, np.ndarray]]:
+  """The config.json and state dict of the Hugging Face model equal to the run's."""
+  cfg = run.model_cfg
+  family = hf_module(cfg)
   if family is hf_bert:
     pad_id = getattr(run.tokenizer, "pad_id", run.tokenizer.eos_id)
     settings = hf_bert.hf_settings(cfg, tuple(run.config.data.labels), pad_id)
@@ -150,9 +159,32 @@ def hf_model(run: trained.TrainedRun) -> tuple[dict, dict[str, np.ndarray]]:
   return settings, family.params_to_hf(merged_params(run), cfg)
 
 
-def to_hf(workdir: str, out: str, step: int | None = None) -> dict:
-  """Writes the run's checkpoint as a Hugging Face GPT2LMHeadModel or BertFor* directory."""
+def to_peft(run: trained.TrainedRun, workdir: str, out: str) -> dict:
+  """Writes a LoRA run's adapters as PEFT's adapter_model.safetensors + adapter_config.json."""
+  if not lora_run.is_lora(run.config):
+    raise UserError(f"--peft exports the adapters of a LoRA run, and {workdir} has none "
+                    "(train.lora.rank is 0); export it without --peft")
+  cfg = run.model_cfg
+  peft.check_exportable(hf_family(cfg))
+  family = hf_module(cfg)
+  adapters = jax.tree.map(np.asarray, jax.device_get(lora.split(run.params)[0]))
+  tensors, modules = peft.adapters_to_peft(adapters, family.layout(cfg))
+  base = lora_run.read_record(workdir, run.step)["workdir"]
+  cli.ensure_writable(out)
+  safetensors.numpy.save_file(tensors, os.path.join(out, peft.WEIGHTS), metadata={"format": "pt"})
+  with open(os.path.join(out, peft.CONFIG), "w", encoding="utf-8") as f:
+    json.dump(peft.peft_config(cfg.lora, modules, family is hf_gpt2, base), f, indent=2)
+  print(f"exported the adapters of step {run.step} of {workdir} ({len(modules)} modules) to {out}; "
+        f"load them onto the export of the base run {base}")
+  return {"out": out, "step": run.step, "modules": len(modules)}
+
+
+def to_hf(workdir: str, out: str, step: int | None = None, adapters_only: bool = False) -> dict:
+  """Writes the run's checkpoint as a Hugging Face model directory (a LoRA run: merged), or with
+  `adapters_only` a LoRA run's adapters as PEFT files."""
   run = trained.load(workdir, step)
+  if adapters_only:
+    return to_peft(run, workdir, out)
   settings, tensors = hf_model(run)
   cli.ensure_writable(out)
   safetensors.numpy.save_file(tensors, os.path.join(out, WEIGHTS), metadata={"format": "pt"})
@@ -210,7 +242,7 @@ def main(argv):
     elif command == "merge-lora":
       result = merge_lora(cli.require_workdir(f.workdir), f.out, f.step)
     else:
-      result = to_hf(cli.require_workdir(f.workdir), f.out, f.step)
+      result = to_hf(cli.require_workdir(f.workdir), f.out, f.step, f.peft)
     cli.emit_json(result)
 
   cli.run(run)

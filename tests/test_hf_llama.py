@@ -173,6 +173,14 @@ def test_finetuned_import_exports_with_its_new_logits(imported, hf_model, hf_dir
   assert_same_logits(jaxlm_logits(run.params, run.model_cfg, *batch), theirs, batch[2])
   moved = np.abs(theirs - hf_logits(hf_model, *batch)).max() / np.abs(theirs).max()
   assert moved > 1e-3  # it did train
+  if lora:  # its adapters alone, through PEFT onto the exported base
+    peft = pytest.importorskip("peft")
+    convert.to_hf(imported, str(tmp_path / "base"))
+    convert.to_hf(workdir, str(tmp_path / "adapters"), adapters_only=True)
+    base = getattr(transformers, MODELS[hf_dir[1]]).from_pretrained(str(tmp_path / "base"))
+    adapted = peft.PeftModel.from_pretrained(base, str(tmp_path / "adapters")).eval()
+    assert_same_logits(jaxlm_logits(run.params, run.model_cfg, *batch),
+                       hf_logits(adapted, *batch), batch[2])
 
 
 def test_features_jaxlm_lacks_are_named_in_one_error():

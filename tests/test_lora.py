@@ -196,3 +196,26 @@ def test_a_base_run_that_is_not_the_recorded_one_is_refused(lora_runs, tmp_path)
   finally:
     os.rename(root / "base", tmp_path / "retrained")
     os.rename(tmp_path / "original", root / "base")
+
+
+def test_peft_export_loads_onto_the_exported_gpt2_base_with_the_same_logits(lora_runs, tmp_path):
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  peft = pytest.importorskip("peft")
+  root, _ = lora_runs
+  convert.to_hf(str(root / "base"), str(tmp_path / "base"))
+  assert convert.to_hf(str(root / "lora"), str(tmp_path / "adapters"),
+                       adapters_only=True)["modules"] == 8  # 2 layers x c_attn, c_proj, c_fc, c_proj
+  base = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "base")).eval()
+  with torch.no_grad():
+    ids = np.random.default_rng(5).integers(0, base.config.vocab_size, (2, 32))
+    base_logits = base(input_ids=torch.tensor(ids)).logits.numpy()
+    model = peft.PeftModel.from_pretrained(base, str(tmp_path / "adapters")).eval()
+    theirs = model(input_ids=torch.tensor(ids)).logits.numpy()
+  run = trained.load(str(root / "lora"))
+  positions, segments = np.tile(np.arange(32), (2, 1)), np.ones((2, 32), np.int32)
+  ours = np.asarray(GPT(run.model_cfg).apply({"params": jax.device_get(run.params)}, ids,
+                                             positions, segments))
+  # Float32 rounding of torch and XLA summing in other orders: 1e-5 of the largest logit.
+  np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5 * np.abs(theirs).max())
+  assert np.abs(theirs - base_logits).max() > 100 * 1e-5 * np.abs(theirs).max()  # adapters count
