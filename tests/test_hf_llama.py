@@ -193,3 +193,25 @@ def test_features_jaxlm_lacks_are_named_in_one_error():
   assert message.startswith("this LlamaForCausalLM has features jaxlm lacks: ")
   for feature in ("attention_bias=True", "hidden_act='gelu'", "rope_scaling type 'yarn'"):
     assert feature in message
+
+
+def test_cli_import_of_unsupported_features_fails_in_one_line(hf_dir, tmp_path):
+  if hf_dir[1] != "llama":
+    pytest.skip("one architecture is enough for the command line")
+  from test_hf_gpt2 import jaxlm_cli
+  model_dir = tmp_path / "model"
+  os.makedirs(model_dir)
+  for name in os.listdir(hf_dir[0]):
+    os.symlink(os.path.join(hf_dir[0], name), model_dir / name)
+  with open(os.path.join(hf_dir[0], "config.json")) as f:
+    settings = json.load(f)
+  settings.update(attention_bias=True, rope_parameters={"rope_type": "yarn", "factor": 4.0})
+  os.remove(model_dir / "config.json")
+  (model_dir / "config.json").write_text(json.dumps(settings))
+  result = jaxlm_cli("from-hf", f"--model={model_dir}", f"--workdir={tmp_path / 'run'}")
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  line = result.stderr.strip().splitlines()[-1]
+  assert line == ("error: this LlamaForCausalLM has features jaxlm lacks: attention_bias=True "
+                  "(jaxlm supports False); rope_scaling type 'yarn' (jaxlm has llama3 scaling "
+                  "or none)")
+  assert not os.path.exists(tmp_path / "run")

@@ -166,6 +166,11 @@ def test_merge_then_evaluate_equals_evaluating_the_adapters(lora_runs):
   assert theirs["loss"] == pytest.approx(ours["loss"], rel=1e-5)
   with pytest.raises(UserError, match="is not a LoRA run"):
     convert.merge_lora(str(root / "merged"), str(root / "merged2"))
+  # A LoRA run's checkpoints hold adapters only: a finetune starts from its merge instead.
+  config = lora_config(root, "")
+  config.init_from, config.train.lora.rank = str(root / "lora"), 0
+  with pytest.raises(UserError, match="is a LoRA run .*; merge it first"):
+    train(config, str(root / "from_lora"))
 
 
 def trained_dataset(run):
@@ -219,3 +224,32 @@ def test_peft_export_loads_onto_the_exported_gpt2_base_with_the_same_logits(lora
   # Float32 rounding of torch and XLA summing in other orders: 1e-5 of the largest logit.
   np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5 * np.abs(theirs).max())
   assert np.abs(theirs - base_logits).max() > 100 * 1e-5 * np.abs(theirs).max()  # adapters count
+
+
+def directory_bytes(path) -> int:
+  return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def test_rank_8_checkpoint_of_the_default_model_is_under_a_tenth_of_its_base(tmp_path):
+  """configs/default.py's model (2.2M parameters) with rank-8 adapters on every projection: the
+  adapters are 98k parameters (4.4%), and Adam's two moments scale both checkpoints alike, so the
+  LoRA checkpoint (adapters + their Adam state + metadata) is about 4.4% of the base run's."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("default", "configs/default.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  sizes = {}
+  for rank in (0, 8):
+    config = module.get_config()
+    config.train.lora.rank = rank
+    engine = engine_for_config(config, config.data.vocab_size)
+    state = lora_run.saved_state(engine.init())
+    mngr = checkpoint.manager(str(tmp_path / f"rank{rank}"))
+    checkpoint.save(mngr, 1, state, {}, {}, {})
+    mngr.wait_until_finished()
+    mngr.close()
+    sizes[rank] = directory_bytes(os.path.join(checkpoint.checkpoint_dir(
+        str(tmp_path / f"rank{rank}")), "1"))
+    if rank:
+      assert lora.has_adapters(state.params) and not lora.split(state.params)[1]
+  assert 0.02 < sizes[8] / sizes[0] < 0.10, sizes

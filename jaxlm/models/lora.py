@@ -42,11 +42,14 @@ class LoraConfig:
 
   def __post_init__(self):
     if self.rank <= 0:
-      raise UserError(f"train.lora.rank={self.rank} must be positive (0 turns LoRA off)")
+      raise UserError(f"train.lora.rank={self.rank} must be positive; set the adapter rank "
+                      "(e.g. 8), or 0 for a full finetune")
     if self.alpha <= 0:
-      raise UserError(f"train.lora.alpha={self.alpha} must be positive")
+      raise UserError(f"train.lora.alpha={self.alpha} must be positive; the adapters are scaled "
+                      "by alpha / rank (e.g. 16)")
     if not 0 <= self.dropout < 1:
-      raise UserError(f"train.lora.dropout={self.dropout} must be in [0, 1)")
+      raise UserError(f"train.lora.dropout={self.dropout} is not a probability; use a value in "
+                      "[0, 1)")
     if self.base_dtype not in ("float32", "bfloat16"):
       raise UserError(f"train.lora.base_dtype={self.base_dtype!r} is not one of float32, bfloat16")
     try:
