@@ -2,6 +2,7 @@
 
     python -m jaxlm.convert from-hf --model=DIR --workdir=OUT [--config.data.path=... ...]
     python -m jaxlm.convert to-hf --workdir=W --out=DIR [--step=N] [--peft]
+    python -m jaxlm.convert from-hf --peft --model=ADAPTER_DIR --config.init_from=BASE --workdir=L
     python -m jaxlm.convert merge-lora --workdir=L --out=M [--step=N]
 
 from-hf reads DIR's config.json, model.safetensors (or its sharded index) and tokenizer (GPT-2:
@@ -21,12 +22,14 @@ Weights are read and written as safetensors only: nothing is unpickled.
 merge-lora writes a LoRA run (train.lora.rank > 0) as an ordinary run at step 0: its base run's
 parameters with every adapter merged into its kernel (W + alpha / rank A B). to-hf of a LoRA run
 exports those merged weights; `to-hf --peft` writes its adapters alone, as PEFT's
-adapter_model.safetensors + adapter_config.json, for `peft.PeftModel` over the base's export.
+adapter_model.safetensors + adapter_config.json, for `peft.PeftModel` over the base's export;
+`from-hf --peft` imports such adapters as a LoRA run over the jaxlm run of their base model.
 """
 
 import functools
 import json
 import os
+import re
 
 import jax
 import ml_collections
@@ -45,9 +48,9 @@ from jaxlm.errors import UserError
 from jaxlm.inference import trained
 from jaxlm.interop import hf_bert, hf_gpt2, hf_llama, peft
 from jaxlm.interop.hf_files import WEIGHTS, LazyTensors, read_hf_weights, read_json
-from jaxlm.interop.run_writer import imported_config, write_run
+from jaxlm.interop.run_writer import imported_config, write_lora_run, write_run
 from jaxlm.models import ModelConfig, lora
-from jaxlm.training import checkpoint, lora_run
+from jaxlm.training import checkpoint, finetune, lora_run
 
 COMMANDS = ("from-hf", "to-hf", "merge-lora")
 # config.json's model_type of the models jaxlm reads.
@@ -65,7 +68,8 @@ def define_flags() -> None:
   flags.DEFINE_string("out", None, "to-hf: the directory to write the Hugging Face model into; "
                       "merge-lora: the workdir of the merged run.")
   flags.DEFINE_bool("peft", False, "to-hf: write a LoRA run's adapters as PEFT files "
-                    "(adapter_model.safetensors, adapter_config.json) instead of the model.")
+                    "(adapter_model.safetensors, adapter_config.json) instead of the model; "
+                    "from-hf: import such adapters (--model) over --config.init_from.")
   flags.DEFINE_integer("step", None, "to-hf: checkpoint step to export (default: the latest).")
 
 
@@ -124,6 +128,30 @@ def from_hf(model_dir: str, workdir: str, config: ml_collections.ConfigDict,
   print(f"imported {model_dir} ({num_params:,} parameters, {config.model.num_layers} layers, "
         f"vocabulary {tokenizer.vocab_size}) into {checkpoint.checkpoint_dir(workdir)} as step 0")
   return {"workdir": workdir, "step": 0, "parameters": num_params}
+
+
+def from_peft(adapter_dir: str, workdir: str, config: ml_collections.ConfigDict) -> dict:
+  """Imports PEFT LoRA adapters (adapter_model.safetensors + adapter_config.json) trained on the
+  model of the jaxlm run config.init_from, as step 0 of a new LoRA run in `workdir`."""
+  if not config.init_from:
+    raise UserError("from-hf --peft needs --config.init_from=BASE_WORKDIR: the jaxlm run (an "
+                    "import of the base model) the adapters were trained on")
+  settings = read_json(os.path.join(adapter_dir, peft.CONFIG))
+  r, alpha = peft.read_peft_config(settings)
+  config, pretrained, _ = finetune.prepare(config, {})
+  config.init_step = pretrained.step
+  family = hf_module(ModelConfig.from_config(config.model,
+                                             vocab_size=pretrained.tokenizer.vocab_size))
+  with safetensors.safe_open(os.path.join(adapter_dir, peft.WEIGHTS), framework="flax") as f:
+    tensors = {k: np.asarray(f.get_tensor(k), np.float32) for k in f.keys()}  # noqa: SIM118
+  base_cfg = ModelConfig.from_config(config.model, vocab_size=pretrained.tokenizer.vocab_size)
+  adapters, rank, paths = peft.adapters_from_peft(tensors, family.layout(base_cfg), r)
+  config.train.lora.update(rank=rank, alpha=alpha * rank / r, dropout=settings.get(
+      "lora_dropout", 0.0), targets="^(" + "|".join(re.escape(p) for p in paths) + ")$")
+  count = write_lora_run(workdir, config, pretrained, adapters)
+  print(f"imported the PEFT adapters in {adapter_dir} ({len(paths)} modules, rank {rank}, "
+        f"{count:,} parameters) over step {pretrained.step} of {pretrained.workdir} into {workdir}")
+  return {"workdir": workdir, "step": 0, "parameters": count, "rank": rank}
 
 
 def hf_family(cfg: ModelConfig) -> str:
@@ -232,7 +260,11 @@ def main(argv):
                         "--workdir=OUT`, `python -m jaxlm.convert to-hf --workdir=W --out=DIR` or "
                         "`python -m jaxlm.convert merge-lora --workdir=L --out=M` "
                         f"(got {' '.join(argv[1:]) or 'none'})")
-    if command == "from-hf":
+    if command == "from-hf" and f.peft:
+      if not f.model:
+        raise UserError("--model is required: the PEFT adapter directory to import")
+      result = from_peft(f.model, cli.require_workdir(f.workdir), f.config)
+    elif command == "from-hf":
       if not f.model:
         raise UserError("--model is required: the Hugging Face GPT-2 or BERT directory to import")
       result = from_hf(f.model, cli.require_workdir(f.workdir), f.config,

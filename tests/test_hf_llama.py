@@ -181,6 +181,15 @@ def test_finetuned_import_exports_with_its_new_logits(imported, hf_model, hf_dir
     adapted = peft.PeftModel.from_pretrained(base, str(tmp_path / "adapters")).eval()
     assert_same_logits(jaxlm_logits(run.params, run.model_cfg, *batch),
                        hf_logits(adapted, *batch), batch[2])
+    # from-hf --peft: PEFT's separate A of k and v (and of gate and up) side by side on jaxlm's
+    # fused kv (and wi) kernel, rank 2 x 4; the same logits.
+    config = base_config()
+    config.init_from = imported
+    assert convert.from_peft(str(tmp_path / "adapters"), str(tmp_path / "back"),
+                             config)["rank"] == 8
+    back = trained.load(str(tmp_path / "back"))
+    assert_same_logits(jaxlm_logits(back.params, back.model_cfg, *batch),
+                       hf_logits(adapted, *batch), batch[2])
 
 
 def test_features_jaxlm_lacks_are_named_in_one_error():

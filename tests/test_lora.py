@@ -224,6 +224,15 @@ def test_peft_export_loads_onto_the_exported_gpt2_base_with_the_same_logits(lora
   # Float32 rounding of torch and XLA summing in other orders: 1e-5 of the largest logit.
   np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5 * np.abs(theirs).max())
   assert np.abs(theirs - base_logits).max() > 100 * 1e-5 * np.abs(theirs).max()  # adapters count
+  # And back: from-hf --peft over the same base run gives the same adapters (GPT-2's modules are
+  # jaxlm's kernels one to one, so the rank stays 4), hence the same parameters.
+  config = lora_config(root, "")
+  config.train.lora.rank = 0
+  result = convert.from_peft(str(tmp_path / "adapters"), str(tmp_path / "imported"), config)
+  assert result["rank"] == RANK
+  again = trained.load(str(tmp_path / "imported"))
+  for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(run.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def directory_bytes(path) -> int:

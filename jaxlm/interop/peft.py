@@ -60,3 +60,76 @@ def check_exportable(family: str) -> None:
   if family == "bert":
     raise UserError("--peft exports the adapters of GPT-2 and Llama-family runs; this run is a "
                     "BERT: export it merged (without --peft)")
+
+
+def read_peft_config(settings: dict) -> tuple[int, float]:
+  """(r, lora_alpha) of an adapter_config.json jaxlm can import; other features are refused."""
+  problems = [f"{key}={settings[key]!r}" for key, plain in
+              (("peft_type", "LORA"), ("use_dora", False), ("use_rslora", False),
+               ("bias", "none"), ("modules_to_save", None)) if settings.get(key, plain) != plain]
+  if settings.get("rank_pattern") or settings.get("alpha_pattern"):
+    problems.append("per-module ranks or alphas (rank_pattern / alpha_pattern)")
+  if problems:
+    raise UserError("this PEFT adapter has features jaxlm's LoRA lacks: " + "; ".join(problems))
+  return int(settings["r"]), float(settings["lora_alpha"])
+
+
+def in_dims_of(t: Tensor) -> int:
+  """How many leading axes of the jaxlm kernel (part) `t.shape` are its inputs."""
+  features = t.hf_shape[1] if t.transpose else t.hf_shape[0]  # nn.Linear [out, in]; Conv1D [in, out]
+  size, dims = 1, 0
+  while size < features:
+    size *= t.shape[dims]
+    dims += 1
+  return dims
+
+
+def adapters_from_peft(tensors: dict[str, np.ndarray], table: list[Tensor],
+                       r: int) -> tuple[dict, int, list[str]]:
+  """(jaxlm adapters, their rank, adapted module paths) of a PEFT state dict.
+
+  PEFT gives each Hugging Face module its own A; a fused jaxlm kernel (q/k/v, gate/up) takes the
+  parts' A side by side (rank r x parts) and their Bs block by block, the same sum of products.
+  Every adapter is padded with zeros to the largest such rank (zero columns of A and rows of B add
+  nothing)."""
+  found = {}  # jaxlm module path -> [(tensor, A [in, r], B [r, out])]
+  unused = set(tensors)
+  for t in table:
+    name = f"{PREFIX}{t.hf_name.removesuffix('.weight')}"
+    if t.path[-1] != "kernel" or f"{name}.lora_A.weight" not in tensors:
+      continue
+    unused -= {f"{name}.lora_A.weight", f"{name}.lora_B.weight"}
+    found.setdefault(t.path[:-1], []).append(
+        (t, tensors[f"{name}.lora_A.weight"].T, tensors[f"{name}.lora_B.weight"].T))
+  if unused or not found:
+    raise UserError("the adapter's tensors do not match the base model's modules: " + (
+        ", ".join(sorted(unused)[:5]) if unused else "none of them is one of its projections"))
+  rank = r * max(len(parts) for parts in found.values())
+  adapters = {}
+  for path, parts in found.items():
+    t0 = parts[0][0]
+    dims = in_dims_of(t0)
+    in_shape = t0.shape[:dims]
+    out_shape = (t0.shape[dims:] if t0.part is None else
+                 (*t0.shape[dims:dims + t0.part[0] - 1], _parts(table, t0),
+                  *t0.shape[dims + t0.part[0] - 1:]))
+    a = np.zeros((int(np.prod(in_shape)), rank), np.float32)
+    b = np.zeros((rank, *out_shape), np.float32)
+    for j, (t, part_a, part_b) in enumerate(parts):
+      a[:, j * r:(j + 1) * r] = part_a
+      block = part_b.reshape(r, *t.shape[dims:])
+      if t.part is None:
+        b[j * r:(j + 1) * r] = block
+      else:
+        index = [slice(j * r, (j + 1) * r)] + [slice(None)] * (t.part[0] - 1) + [t.part[1]]
+        b[tuple(index)] = block
+    node = adapters
+    for key in path:
+      node = node.setdefault(key, {})
+    node["lora_a"], node["lora_b"] = a.reshape(*in_shape, rank), b
+  return adapters, rank, ["/".join(path) for path in found]
+
+
+def _parts(table: list[Tensor], t: Tensor) -> int:
+  """How many parts the kernel of `t` is stacked from."""
+  return sum(1 for other in table if other.path == t.path)

@@ -128,11 +128,11 @@ def set_up(config: ml_collections.ConfigDict, workdir: str, overrides: dict,
                     "adapters are trained on; set --config.init_from=PRETRAIN_WORKDIR")
   if config.init_from:
     config, pretrained, notes = finetune.prepare(config, overrides)
+    if config.train.lora.rank:  # bad LoRA options fail before anything is logged or written
+      check_lora(config, pretrained.tokenizer.vocab_size)
     log(f"finetuning from step {pretrained.step} of {pretrained.workdir}" +
         "".join(f"\n  changed: {note}" for note in notes))
   check_config(config)
-  if pretrained and config.train.lora.rank:  # bad LoRA options fail before anything is written
-    check_lora(config, pretrained.tokenizer.vocab_size)
   mesh_for_config(config)  # a mesh or batch that does not fit fails before the data is read
   data_cfg = DataConfig.from_config(config.data)
   check_task(config, data_cfg.resolved_format)
