@@ -23,7 +23,22 @@ KEPT = ("chat_template", "bos_token", "eos_token", "pad_token", "unk_token", "ad
         "add_eos_token", "clean_up_tokenization_spaces", "model_max_length")
 
 
-class HfTokenizer:
+class TokenizersText:
+  """encode / decode through a `tokenizers.Tokenizer` (`self._tok`), without its post-processing
+  (no BOS / EOS added); EOS ids are dropped when decoding."""
+
+  def encode(self, text: str) -> list[int]:
+    return self._tok.encode(text, add_special_tokens=False).ids
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    # One call encodes all texts on all cores.
+    return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self._tok.decode([int(i) for i in ids if i != self.eos_id], skip_special_tokens=False)
+
+
+class HfTokenizer(TokenizersText):
   """A `tokenizers.Tokenizer` definition with the model's EOS id and tokenizer_config settings."""
 
   kind = "hf"
@@ -68,15 +83,6 @@ class HfTokenizer:
       raise UserError("neither config.json (eos_token_id) nor tokenizer_config.json (eos_token) "
                       "names the end-of-text token; add eos_token_id to config.json")
     return cls(definition, eos, settings, hf_settings.get("vocab_size"))
-
-  def encode(self, text: str) -> list[int]:
-    return self._tok.encode(text, add_special_tokens=False).ids
-
-  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-    return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
-
-  def decode(self, ids: Sequence[int]) -> str:
-    return self._tok.decode([int(i) for i in ids if i != self.eos_id], skip_special_tokens=False)
 
   def to_json(self) -> dict:
     return {"kind": self.kind, "definition": self.definition, "eos_id": self.eos_id,

@@ -40,7 +40,7 @@ def read_json(path: str) -> dict:
 
 
 def weight_files(model_dir: str) -> list[str]:
-  """The safetensors files of a model directory: model.safetensors, or the shards its index names."""
+  """The safetensors files of a model directory: model.safetensors, or its index's shards."""
   index = os.path.join(model_dir, WEIGHTS_INDEX)
   if os.path.exists(os.path.join(model_dir, WEIGHTS)):
     return [WEIGHTS]
@@ -92,7 +92,8 @@ def params_from_table(tensors: Mapping[str, np.ndarray], table: list[Tensor],
   (default: kept as float32 numpy), so with a lazy `tensors` (LazyTensors) and a `place` that puts
   it on the devices, the host holds about one parameter at a time."""
   names = [t.hf_name for t in table]
-  wrong = [f"{t.hf_name} missing (expected {t.hf_shape})" for t in table if t.hf_name not in tensors]
+  wrong = [f"{t.hf_name} missing (expected {t.hf_shape})" for t in table
+           if t.hf_name not in tensors]
   wrong += [f"{t.hf_name} {shape} (expected {t.hf_shape})" for t in table
             if t.hf_name in tensors and (shape := _shape(tensors, t.hf_name)) != t.hf_shape]
   unused = sorted(set(tensors) - set(names) - set(skip))

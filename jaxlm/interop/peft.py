@@ -76,7 +76,8 @@ def read_peft_config(settings: dict) -> tuple[int, float]:
 
 def in_dims_of(t: Tensor) -> int:
   """How many leading axes of the jaxlm kernel (part) `t.shape` are its inputs."""
-  features = t.hf_shape[1] if t.transpose else t.hf_shape[0]  # nn.Linear [out, in]; Conv1D [in, out]
+  # nn.Linear weights are [out, in]; GPT-2's Conv1D [in, out].
+  features = t.hf_shape[1] if t.transpose else t.hf_shape[0]
   size, dims = 1, 0
   while size < features:
     size *= t.shape[dims]
