@@ -262,3 +262,23 @@ def test_rank_8_checkpoint_of_the_default_model_is_under_a_tenth_of_its_base(tmp
     if rank:
       assert lora.has_adapters(state.params) and not lora.split(state.params)[1]
   assert 0.02 < sizes[8] / sizes[0] < 0.10, sizes
+
+
+def test_scanned_layers_carry_the_same_adapters():
+  from jaxlm.models import stack_layers
+  cfg = ModelConfig(vocab_size=61, d_model=32, num_layers=2, num_heads=4, mlp_dim=64, max_len=16,
+                    lora=adapters_cfg())
+  params = init(GPT(cfg))
+  params = jax.tree_util.tree_map_with_path(
+      lambda p, x: x + 0.1 if p[-1].key == "lora_b" else x, params)
+  batch = inputs(61)
+  scanned = dataclasses.replace(cfg, scan_layers=True)
+  np.testing.assert_allclose(GPT(scanned).apply({"params": stack_layers(params, 2)}, *batch),
+                             GPT(cfg).apply({"params": params}, *batch), rtol=0, atol=1e-5)
+
+
+def test_peft_adapters_with_features_jaxlm_lacks_are_refused():
+  from jaxlm.interop import peft
+  with pytest.raises(UserError, match="use_dora=True; bias='all'"):
+    peft.read_peft_config({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "use_dora": True,
+                           "bias": "all"})
