@@ -279,6 +279,6 @@ def test_scanned_layers_carry_the_same_adapters():
 
 def test_peft_adapters_with_features_jaxlm_lacks_are_refused():
   from jaxlm.interop import peft
-  with pytest.raises(UserError, match="use_dora=True; bias='all'"):
+  with pytest.raises(UserError, match="use_dora=True, bias='all'; only plain LoRA"):
     peft.read_peft_config({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "use_dora": True,
                            "bias": "all"})

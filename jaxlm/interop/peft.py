@@ -70,7 +70,8 @@ def read_peft_config(settings: dict) -> tuple[int, float]:
   if settings.get("rank_pattern") or settings.get("alpha_pattern"):
     problems.append("per-module ranks or alphas (rank_pattern / alpha_pattern)")
   if problems:
-    raise UserError("this PEFT adapter has features jaxlm's LoRA lacks: " + "; ".join(problems))
+    raise UserError("this PEFT adapter has features jaxlm's LoRA lacks: " + ", ".join(problems) +
+                    "; only plain LoRA adapters (A and B per module, one r and alpha) import")
   return int(settings["r"]), float(settings["lora_alpha"])
 
 
