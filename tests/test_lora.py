@@ -282,3 +282,26 @@ def test_peft_adapters_with_features_jaxlm_lacks_are_refused():
   with pytest.raises(UserError, match="use_dora=True, bias='all'; only plain LoRA"):
     peft.read_peft_config({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "use_dora": True,
                            "bias": "all"})
+
+
+@pytest.mark.parametrize("mesh_shape", [(2, 2, 2), (1, 1, 8)], ids=["2x2x2", "tensor8"])
+def test_sharded_lora_training_with_grouped_query_attention_equals_one_device(tiny_model_cfg,
+                                                                             mesh_shape):
+  """Adapters on a GQA model (2 kv heads: split over tensor=2, replicated over tensor=8) train
+  alike on a data x fsdp x tensor mesh and on one device."""
+  from test_step import run_steps
+
+  from jaxlm.parallel import sharding
+  cfg = dataclasses.replace(tiny_model_cfg, num_kv_heads=2, positions="rope",
+                            lora=adapters_cfg())
+  state, losses, norms = run_steps(cfg, sharding.make_mesh(*mesh_shape))
+  ref_state, ref_losses, ref_norms = run_steps(cfg, sharding.make_mesh(1, 1, 1,
+                                                                       jax.devices()[:1]))
+  np.testing.assert_allclose(losses, ref_losses, atol=1e-5)
+  np.testing.assert_allclose(norms, ref_norms, rtol=1e-5)
+  trainable, frozen = lora.split(state.params)
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(frozen), jax.tree.leaves(lora.split(ref_state.params)[1])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the base never moves
+  assert all(float(jnp.abs(b).max()) > 0 for b in jax.tree.leaves(trainable)[1::2])
