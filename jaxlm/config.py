@@ -62,7 +62,8 @@ def base_config() -> ml_collections.ConfigDict:
   # "sentencepiece" (trained on the training split), "char", "byte", "gpt2_bpe" (GPT-2's byte-level
   # BPE: trained on the training split, or imported with a model by `python -m jaxlm.convert from-hf`)
   # or "wordpiece" (BERT's, with [PAD] [UNK] [CLS] [SEP] [MASK]: trained on the training split with
-  # `tokenizers`, or imported with a BERT). A BERT needs wordpiece.
+  # `tokenizers`, or imported with a BERT). A BERT needs wordpiece. "hf": a Llama-family model's
+  # own tokenizer.json, imported with it by `convert from-hf` (never trained here).
   c.data.tokenizer = "sentencepiece"
   # SentencePiece algorithm: "bpe" or "unigram".
   c.data.sp_model_type = "bpe"
@@ -90,6 +91,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.d_model = 256
   c.model.num_layers = 4
   c.model.num_heads = 4
+  # Key/value heads: grouped-query attention shares each among num_heads / num_kv_heads query
+  # heads (1: multi-query); 0 = num_heads (ordinary multi-head attention). The KV cache holds
+  # only these heads. With num_kv_heads < num_heads the projections are `attn/q` and `attn/kv`
+  # instead of one fused `attn/qkv`.
+  c.model.num_kv_heads = 0
+  # Biases on the query, key and value projections even when model.use_bias is False (Qwen2).
+  c.model.qkv_bias = False
   # Hidden width of the MLP (for swiglu: the width of each of the two input projections).
   c.model.mlp_dim = 1024
   # Longest sequence the model can take (size of the learned position table; the KV cache length).
@@ -97,6 +105,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dropout = 0.0
   # "learned" absolute position embeddings or "rope" rotary embeddings.
   c.model.positions = "learned"
+  # RoPE base: the angle of feature pair i at position p is p / rope_theta^(2i / head_dim)
+  # (10000 in the RoPE paper and Llama 2, 500000 in Llama 3, 1000000 in Qwen2).
+  c.model.rope_theta = 10000.0
+  # RoPE frequency scaling for contexts longer than training's: "none" or "llama3" (Llama 3.1:
+  # wavelengths above rope_original_max_len / rope_low_freq_factor are divided by rope_factor,
+  # below rope_original_max_len / rope_high_freq_factor kept, and blended in between).
+  c.model.rope_scaling = "none"
+  c.model.rope_factor = 8.0
+  c.model.rope_low_freq_factor = 1.0
+  c.model.rope_high_freq_factor = 4.0
+  c.model.rope_original_max_len = 8192
   # "layernorm" or "rmsnorm".
   c.model.norm = "layernorm"
   # "gelu" (tanh approximation, as GPT-2), "gelu_exact" (erf, as BERT) or "swiglu".
@@ -164,6 +183,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.whole_word_masking = False
   # Steps between lines in metrics.jsonl / TensorBoard.
   c.train.log_every = 10
+  # LoRA finetuning (needs init_from: the base run): low-rank adapters on the projections that
+  # train.lora.targets names, the base parameters frozen (no gradients, no optimizer state).
+  # Checkpoints hold the adapters, their optimizer state and a reference to the base run and step.
+  c.train.lora = ml_collections.ConfigDict()
+  # Adapter rank; 0 = no LoRA (a full finetune).
+  c.train.lora.rank = 0
+  # The adapters' output is scaled by alpha / rank.
+  c.train.lora.alpha = 16.0
+  # Dropout on the adapters' input during training.
+  c.train.lora.dropout = 0.0
+  # Which projections get adapters: "attention" (attn/qkv, q, kv, out), "mlp" (mlp/wi, wo), "all"
+  # (both), or a regular expression searched in module paths such as "block_0/attn/qkv".
+  c.train.lora.targets = "all"
+  # Dtype the frozen base parameters are held in: "float32" or "bfloat16" (adapters stay float32).
+  c.train.lora.base_dtype = "float32"
 
   c.eval = ml_collections.ConfigDict()
   # Steps between evaluations on the validation split during training; 0 = only at the end.
@@ -203,6 +237,9 @@ def base_config() -> ml_collections.ConfigDict:
       ("vocab", "tensor"),
       ("embed", "fsdp"),
       ("heads", "tensor"),
+      # Key/value heads of grouped-query attention: split over tensor like the query heads when
+      # tensor divides them, else replicated (see sharding.logical_shardings).
+      ("kv_heads", "tensor"),
       ("kv", None),
       ("mlp", "tensor"),
       ("pos", None),
@@ -273,7 +310,9 @@ def section_dataclass(section: str):
   Fields that the section lacks (a model's vocab_size, set by its tokenizer) have no default.
   """
   def decorate(cls):
-    values = base_config()[section]
+    values = base_config()
+    for part in section.split("."):
+      values = values[part]
     for name in cls.__annotations__:
       if name in values:
         setattr(cls, name, values[name])

@@ -10,18 +10,21 @@ Per device it prints:
   activations + temporaries            XLA's buffer assignment for the compiled step (gradients,
                                        gathered weights, saved activations, logits)
   peak                                 arguments + outputs not aliased to them + temporaries
-The temporaries are what the CPU compiler needs; GPU and TPU compilers schedule collectives and
+With train.lora.rank > 0 (LoRA) it plans the full finetune of the same model too and prints
+both side by side: parameters, gradients, optimizer state, activations. The temporaries are what
+the CPU compiler needs; GPU and TPU compilers schedule collectives and
 rematerialise differently, so treat that line as an estimate. The vocabulary size is data.vocab_size
 (no tokenizer is trained). The last line of stdout is the plan as JSON.
 """
 
 import jax
+import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
 from jaxlm import cli
 from jaxlm.errors import UserError
-from jaxlm.parallel.memory import format_plan, memory_plan, parse_bytes
+from jaxlm.parallel.memory import format_comparison, format_plan, memory_plan, parse_bytes
 
 
 def define_flags() -> None:
@@ -45,6 +48,13 @@ def main(argv):
     jax.config.update("jax_num_cpu_devices", f.devices)
     plan = memory_plan(f.config, device_memory)
     print(format_plan(plan))
+    if f.config.train.lora.rank:  # a LoRA run: beside the full finetune of the same model
+      full_config = ml_collections.ConfigDict(f.config.to_dict())
+      full_config.train.lora.rank = 0
+      full = memory_plan(full_config, device_memory)
+      print(format_plan(full))
+      print(format_comparison(full, plan))
+      plan = {**plan, "full_finetune": full}
     cli.emit_json(plan)
 
   cli.run(run, multihost=False)

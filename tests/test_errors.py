@@ -155,6 +155,8 @@ def test_bad_data(root, tiny, case, extra, expected):
     ("config_file_missing", ["--config=DIR/nowhere.py"], "No such file or directory"),
     ("config_file_syntax_error", ["--config=DIR/broken.py"],
      "SyntaxError: invalid syntax (broken.py, line 1)"),
+    ("lora_without_init_from", ["--config.train.lora.rank=4"],
+     "train.lora.rank > 0 needs config.init_from"),
 ))
 def test_bad_flags_and_config_files(root, tiny, case, args, expected):
   (root / "broken.py").write_text("def get_config(:\n  return None\n")
@@ -195,6 +197,11 @@ FINETUNE = ["--config=configs/finetune.py", "--config.data.source=files",
      "model.num_layers (pretrained 2, override 3)"),
     ("init_from_other_tokenizer", "DIR/run", ["--config.data.tokenizer=byte"],
      "data.tokenizer (pretrained 'char', override 'byte')"),
+    ("lora_rank_negative", "DIR/run", ["--config.train.lora.rank=-1"],
+     "train.lora.rank=-1 must be positive"),
+    ("lora_targets_match_nothing", "DIR/run",
+     ["--config.train.lora.rank=4", "--config.train.lora.targets=embedding"],
+     "train.lora.targets='embedding' matches no projection of this model"),
 ))
 def test_init_from_that_cannot_be_used(root, pretrained, case, init_from, args, expected):
   source, source_hash = pretrained

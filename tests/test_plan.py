@@ -9,7 +9,7 @@ from test_cli import TINY, last_json
 
 from jaxlm.config import base_config
 from jaxlm.errors import UserError
-from jaxlm.parallel.memory import format_plan, memory_plan, parse_bytes
+from jaxlm.parallel.memory import format_comparison, format_plan, memory_plan, parse_bytes
 
 
 def tiny_config(data: int, fsdp: int, batch_size: int = 16):
@@ -100,3 +100,20 @@ def test_plan_cli_bad_sizes_are_one_line_errors(tmp_path):
   assert result.returncode == 2
   assert result.stderr.strip().splitlines() == [
       "error: --device_memory='lots' is not a size; write e.g. 80GB, 16GiB or 512MB"]
+
+
+def test_lora_plan_trains_and_stores_optimizer_state_for_the_adapters_only():
+  full_config = tiny_config(1, 8)
+  config = tiny_config(1, 8)
+  config.train.lora.rank, config.train.lora.base_dtype = 4, "bfloat16"
+  full, adapted = memory_plan(full_config), memory_plan(config)
+  # Adapters of rank 4 on qkv [64 -> 3x64], out, wi [64 -> 128], wo, in each of 2 layers.
+  adapters = 2 * 4 * ((64 + 192) + (64 + 64) + (64 + 128) + (128 + 64))
+  assert adapted["trainable_params"] == adapters and full["trainable_params"] == full["num_params"]
+  assert adapted["num_params"] == full["num_params"] + adapters
+  # Adam's two float32 moments of the adapters only: at most unsharded, plus a few scalars.
+  assert adapted["opt_state_bytes"] <= 2 * 4 * adapters + 64
+  assert full["opt_state_bytes"] > 2 * 4 * full["num_params"] / 8 * 0.95
+  # The base in bfloat16: half the full finetune's float32 parameters, next to the adapters.
+  assert adapted["params_bytes"] - adapted["grads_bytes"] == full["params_bytes"] // 2
+  assert "full finetune vs LoRA" in format_comparison(full, adapted)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
+from jaxlm.data.hf_tokenizer import TokenizersText
 from jaxlm.errors import UserError
 
 EOS_TOKEN = "<|endoftext|>"
@@ -34,7 +35,7 @@ def _byte_level(model: models.Model) -> tokenizers.Tokenizer:
   return tok
 
 
-class Gpt2BpeTokenizer:
+class Gpt2BpeTokenizer(TokenizersText):
   """A byte-level BPE `tokenizers.Tokenizer` whose EOS is `<|endoftext|>`."""
 
   kind = "gpt2_bpe"
@@ -97,16 +98,6 @@ class Gpt2BpeTokenizer:
       f"{directory} has no tokenizer.json nor vocab.json + merges.txt; copy the "
       "model's tokenizer files there"
     )
-
-  def encode(self, text: str) -> list[int]:
-    return self._tok.encode(text, add_special_tokens=False).ids
-
-  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-    # One call encodes all texts on all cores.
-    return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
-
-  def decode(self, ids: Sequence[int]) -> str:
-    return self._tok.decode([int(i) for i in ids if i != self.eos_id], skip_special_tokens=False)
 
   def to_json(self) -> dict:
     return {"kind": self.kind, "definition": self.definition, "vocab_size": self.vocab_size}

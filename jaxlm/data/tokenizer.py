@@ -9,12 +9,13 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from jaxlm.data.gpt2_tokenizer import Gpt2BpeTokenizer
+from jaxlm.data.hf_tokenizer import HfTokenizer
 from jaxlm.data.simple_tokenizers import ByteTokenizer, CharTokenizer
 from jaxlm.data.sp_tokenizer import SentencePieceTokenizer
 from jaxlm.data.wordpiece_tokenizer import WordPieceTokenizer
 from jaxlm.errors import UserError
 
-KINDS = ("sentencepiece", "char", "byte", "gpt2_bpe", "wordpiece")
+KINDS = ("sentencepiece", "char", "byte", "gpt2_bpe", "wordpiece", "hf")
 
 
 class Tokenizer(Protocol):
@@ -51,6 +52,10 @@ def train_tokenizer(
     return Gpt2BpeTokenizer.train(texts, vocab_size)
   if kind == "wordpiece":
     return WordPieceTokenizer.train(texts, vocab_size)
+  if kind == "hf":
+    raise UserError("data.tokenizer='hf' is a Hugging Face model's own tokenizer, which comes "
+                    "with the model from `python -m jaxlm.convert from-hf`; finetune that run "
+                    "with --config.init_from, or choose another data.tokenizer")
   raise UserError(f"unknown data.tokenizer={kind!r}; choose one of {', '.join(KINDS)}")
 
 
@@ -67,6 +72,8 @@ def tokenizer_from_json(state: dict) -> Tokenizer:
     return Gpt2BpeTokenizer.from_json(state)
   if kind == "wordpiece":
     return WordPieceTokenizer.from_json(state)
+  if kind == "hf":  # a Hugging Face model's tokenizer.json, imported with it (never trained here)
+    return HfTokenizer.from_json(state)
   raise UserError(
     f"unknown tokenizer kind {kind!r} in saved tokenizer; expected one of {', '.join(KINDS)}"
   )

@@ -13,7 +13,7 @@ from jaxlm.config import fixed_by_checkpoint, from_saved
 from jaxlm.data import Tokenizer, tokenizer_from_json
 from jaxlm.errors import UserError
 from jaxlm.models import ModelConfig
-from jaxlm.training import checkpoint
+from jaxlm.training import checkpoint, lora_run
 from jaxlm.training.engine import Engine, engine_for_config
 from jaxlm.training.setup import special_tokens
 
@@ -52,5 +52,9 @@ def load(workdir: str, step: int | None = None, overrides: dict | None = None) -
   config = apply_overrides(from_saved(config_json), overrides or {})
   tokenizer = tokenizer_from_json(tokenizer_json)
   engine = engine_for_config(config, tokenizer.vocab_size, special_tokens(config, tokenizer))
-  params = checkpoint.restore_params(workdir, step, engine.abstract_state.params)
+  if lora_run.is_lora(config):  # its base run's parameters, plus its own adapters
+    params = lora_run.restore_params(workdir, step, engine.abstract_state.params,
+                                     config_json.get(lora_run.RECORD))
+  else:
+    params = checkpoint.restore_params(workdir, step, engine.abstract_state.params)
   return TrainedRun(config, tokenizer, engine.model.cfg, engine, params, step)

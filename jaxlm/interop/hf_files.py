@@ -39,51 +39,93 @@ def read_json(path: str) -> dict:
     raise UserError(f"{path} is not valid JSON ({e.msg}); download it again") from None
 
 
-def read_hf_weights(model_dir: str) -> dict[str, np.ndarray]:
-  """Every tensor of model.safetensors (or of the shards its index names), as float32 numpy."""
+def weight_files(model_dir: str) -> list[str]:
+  """The safetensors files of a model directory: model.safetensors, or its index's shards."""
   index = os.path.join(model_dir, WEIGHTS_INDEX)
   if os.path.exists(os.path.join(model_dir, WEIGHTS)):
-    files = [WEIGHTS]
-  elif os.path.exists(index):
-    files = sorted(set(read_json(index)["weight_map"].values()))
-  else:
-    raise UserError(f"{model_dir} has no {WEIGHTS}; jaxlm reads safetensors only (never pickled "
-                      "pytorch_model.bin): download the model's model.safetensors")
-  tensors = {}
-  for name in files:
+    return [WEIGHTS]
+  if os.path.exists(index):
+    return sorted(set(read_json(index)["weight_map"].values()))
+  raise UserError(f"{model_dir} has no {WEIGHTS}; jaxlm reads safetensors only (never pickled "
+                    "pytorch_model.bin): download the model's model.safetensors")
+
+
+class LazyTensors(Mapping):
+  """The tensors of a model directory by name, each read (as float32 numpy) only when asked for,
+  so that an import holds one tensor at a time rather than the whole model."""
+
+  def __init__(self, model_dir: str):
+    self._where = {}
+    for name in weight_files(model_dir):
+      path = os.path.join(model_dir, name)
+      with safetensors.safe_open(path, framework="flax") as f:
+        self._where.update({key: path for key in f.keys()})  # noqa: SIM118
+
+  def __getitem__(self, key: str) -> np.ndarray:
     # The flax reader understands bfloat16 and float16 files, which numpy's cannot.
-    with safetensors.safe_open(os.path.join(model_dir, name), framework="flax") as f:
-      for key in f.keys():  # noqa: SIM118 (a safe_open file is not iterable)
-        tensors[key] = np.asarray(f.get_tensor(key), np.float32)
-  return tensors
+    with safetensors.safe_open(self._where[key], framework="flax") as f:
+      return np.asarray(f.get_tensor(key), np.float32)
+
+  def shape(self, key: str) -> tuple[int, ...]:
+    with safetensors.safe_open(self._where[key], framework="numpy") as f:
+      return tuple(f.get_slice(key).get_shape())
+
+  def __iter__(self):
+    return iter(self._where)
+
+  def __len__(self) -> int:
+    return len(self._where)
 
 
-def params_from_table(tensors: dict[str, np.ndarray], table: list[Tensor]) -> dict:
-  """jaxlm's parameter tree (float32 numpy) of a state dict whose names are the table's; every
-  tensor must be used, with its shape (one UserError lists every problem)."""
-  unused = dict(tensors)
-  parts, wrong = {}, []  # parts: path -> {index: value}, stacked once all are read
-  for t in table:
-    value = unused.pop(t.hf_name, None)
-    if value is None or tuple(value.shape) != t.hf_shape:
-      wrong.append(f"{t.hf_name} {'missing' if value is None else tuple(value.shape)} "
-                   f"(expected {t.hf_shape})")
-      continue
-    value = np.asarray(value, np.float32)
-    parts.setdefault(t.path, {})[t.part[1] if t.part else None] = (
-        (value.T if t.transpose else value).reshape(t.shape))
+def read_hf_weights(model_dir: str) -> dict[str, np.ndarray]:
+  """Every tensor of model.safetensors (or of the shards its index names), as float32 numpy."""
+  tensors = LazyTensors(model_dir)
+  return {name: tensors[name] for name in tensors}
+
+
+def params_from_table(tensors: Mapping[str, np.ndarray], table: list[Tensor],
+                      place=None, skip: frozenset[str] = frozenset()) -> dict:
+  """jaxlm's parameter tree of a state dict whose names are the table's; every tensor but those
+  in `skip` must be used, with its shape (one UserError lists every problem).
+
+  Each parameter is assembled as soon as its last part is read and handed to `place(path, value)`
+  (default: kept as float32 numpy), so with a lazy `tensors` (LazyTensors) and a `place` that puts
+  it on the devices, the host holds about one parameter at a time."""
+  names = [t.hf_name for t in table]
+  wrong = [f"{t.hf_name} missing (expected {t.hf_shape})" for t in table
+           if t.hf_name not in tensors]
+  wrong += [f"{t.hf_name} {shape} (expected {t.hf_shape})" for t in table
+            if t.hf_name in tensors and (shape := _shape(tensors, t.hf_name)) != t.hf_shape]
+  unused = sorted(set(tensors) - set(names) - set(skip))
   if wrong or unused:
     raise UserError("the weights do not match config.json: " + "; ".join(
-        wrong + [f"unexpected {name}" for name in sorted(unused)]))
+        wrong + [f"unexpected {name}" for name in unused]))
+  remaining = {}  # path -> parts not read yet
+  for t in table:
+    remaining[t.path] = remaining.get(t.path, 0) + 1
   axes = {t.path: t.part[0] for t in table if t.part}
-  params = {}
-  for path, values in parts.items():
+  parts, params = {}, {}  # parts: path -> {index: value}, stacked once all are read
+  for t in table:
+    value = tensors[t.hf_name]
+    parts.setdefault(t.path, {})[t.part[1] if t.part else None] = (
+        (value.T if t.transpose else value).reshape(t.shape))
+    remaining[t.path] -= 1
+    if remaining[t.path]:
+      continue
+    values = parts.pop(t.path)
+    value = (np.stack([values[i] for i in sorted(values)], axis=axes[t.path])
+             if t.path in axes else values[None])
     node = params
-    for key in path[:-1]:
+    for key in t.path[:-1]:
       node = node.setdefault(key, {})
-    node[path[-1]] = (np.stack([values[i] for i in sorted(values)], axis=axes[path])
-                      if path in axes else values[None])
+    node[t.path[-1]] = value if place is None else place(t.path, value)
   return params
+
+
+def _shape(tensors: Mapping, name: str) -> tuple[int, ...]:
+  if isinstance(tensors, LazyTensors):
+    return tensors.shape(name)
+  return tuple(tensors[name].shape)
 
 
 def params_to_table(params: dict, table: list[Tensor]) -> dict[str, np.ndarray]:

@@ -10,7 +10,8 @@ from jaxlm.config import fixed_by_checkpoint
 from jaxlm.data import pack_documents, save_tokenizer, train_batches
 from jaxlm.data.dataset import TOKENIZER_FILE
 from jaxlm.errors import UserError
-from jaxlm.training import checkpoint
+from jaxlm.models import lora
+from jaxlm.training import checkpoint, finetune, lora_run
 from jaxlm.training.engine import engine_for_config
 
 
@@ -45,12 +46,15 @@ def fresh_data_state() -> dict:
   return iter(train_batches(two_windows, 2, 0, 0, 1)).get_state()
 
 
-def write_run(workdir: str, config: ml_collections.ConfigDict, tokenizer, params: dict) -> int:
-  """Saves `params` as step 0 of a new run in `workdir`; returns the parameter count."""
+def write_run(workdir: str, config: ml_collections.ConfigDict, tokenizer, params) -> int:
+  """Saves `params` (a tree, or a function of the run's engine that returns one) as step 0 of a
+  new run in `workdir`; returns the parameter count."""
   cli.ensure_writable(workdir)
   if checkpoint.latest_step(workdir) is not None:
     raise UserError(f"{workdir} already holds a run; import into a new --workdir")
   engine = engine_for_config(config, tokenizer.vocab_size)
+  if callable(params):  # streamed onto the engine's mesh (convert.streamed_params)
+    params = params(engine)
   state = engine.from_params(params)  # step 0 and a fresh optimizer state, placed on the mesh
   save_tokenizer(tokenizer, os.path.join(workdir, TOKENIZER_FILE))
   mngr = checkpoint.manager(workdir, keep=config.checkpoint.keep)
@@ -60,3 +64,29 @@ def write_run(workdir: str, config: ml_collections.ConfigDict, tokenizer, params
   mngr.close()
   return sum(x.size for x in jax.tree.leaves(params))
 
+
+
+def write_lora_run(workdir: str, config: ml_collections.ConfigDict, pretrained,
+                   adapters: dict) -> int:
+  """Saves imported LoRA `adapters` over the base run `pretrained` (a finetune.Pretrained) as step
+  0 of a new LoRA run in `workdir`; returns the adapters' parameter count."""
+  cli.ensure_writable(workdir)
+  if checkpoint.latest_step(workdir) is not None:
+    raise UserError(f"{workdir} already holds a run; import into a new --workdir")
+  engine = engine_for_config(config, pretrained.tokenizer.vocab_size)
+  params, _ = finetune.restore_params(pretrained.workdir, pretrained.step,
+                                      engine.abstract_state.params, engine.init().params,
+                                      pretrained.config["model"]["max_len"])
+  fresh, base = lora.split(params)
+  if jax.tree.structure(fresh) != jax.tree.structure(adapters):
+    raise UserError("the adapter's modules are not the ones train.lora.targets selects; this is "
+                    "a bug in the import, report it")
+  state = engine.from_params(lora.combine(adapters, base))
+  record = lora_run.base_record(pretrained.workdir, pretrained.step, lora.split(state.params)[1])
+  save_tokenizer(pretrained.tokenizer, os.path.join(workdir, TOKENIZER_FILE))
+  mngr = checkpoint.manager(workdir, keep=config.checkpoint.keep)
+  checkpoint.save(mngr, 0, lora_run.saved_state(state), lora_run.config_json(config, record),
+                  pretrained.tokenizer.to_json(), fresh_data_state())
+  mngr.wait_until_finished()
+  mngr.close()
+  return sum(x.size for x in jax.tree.leaves(adapters))

@@ -7,6 +7,7 @@ module per family (`gpt.py`, `bert.py`), each called as
 
 import flax.linen as nn
 
+from jaxlm.models import lora
 from jaxlm.models.bert import Bert
 from jaxlm.models.config import ModelConfig
 from jaxlm.models.gpt import GPT
@@ -21,5 +22,5 @@ def make_model(cfg: ModelConfig, decode: bool = False) -> nn.Module:
   return FAMILIES[cfg.family](cfg, decode=decode)
 
 
-__all__ = ["FAMILIES", "GPT", "Bert", "ModelConfig", "apply_rope", "make_model", "stack_layers",
+__all__ = ["FAMILIES", "GPT", "Bert", "ModelConfig", "apply_rope", "lora", "make_model", "stack_layers",
            "unstack_layers"]

@@ -28,10 +28,18 @@ class ModelConfig:
   d_model: int
   num_layers: int
   num_heads: int
+  num_kv_heads: int
+  qkv_bias: bool
   mlp_dim: int
   max_len: int
   dropout: float
   positions: str
+  rope_theta: float
+  rope_scaling: str
+  rope_factor: float
+  rope_low_freq_factor: float
+  rope_high_freq_factor: float
+  rope_original_max_len: int
   norm: str
   mlp: str
   tie_embeddings: bool
@@ -41,6 +49,8 @@ class ModelConfig:
   remat: str
   scan_layers: bool
   attention_impl: str
+  # LoRA adapters (models/lora.py), from train.lora; None: none.
+  lora: Any = None
 
   def __post_init__(self):
     if self.d_model % self.num_heads:
@@ -48,14 +58,21 @@ class ModelConfig:
                        f"{self.num_heads}; choose a head count that divides it")
     for field, allowed in (("family", FAMILY_NAMES), ("head", ("lm", *LABEL_HEADS)),
                            ("norm_position", ("pre", "post")),
-                           ("positions", ("learned", "rope")), ("norm", ("layernorm", "rmsnorm")),
+                           ("positions", ("learned", "rope")),
+                           ("rope_scaling", ("none", "llama3")), ("norm", ("layernorm", "rmsnorm")),
                            ("mlp", ("gelu", "gelu_exact", "swiglu")),
                            ("dtype", ("float32", "bfloat16")),
                            ("remat", tuple(REMAT_POLICIES)),
                            ("attention_impl", ("auto", "xla", "cudnn"))):
       if getattr(self, field) not in allowed:
         raise UserError(f"model.{field}={getattr(self, field)!r} is not one of {allowed}")
+    self._check_heads()
     self._check_family()
+
+  def _check_heads(self):
+    if self.num_kv_heads < 0 or self.num_heads % self.kv_heads:
+      raise UserError(f"model.num_kv_heads={self.num_kv_heads} does not divide model.num_heads="
+                      f"{self.num_heads}; use a divisor of it (0 = num_heads)")
 
   def _check_family(self):
     if self.type_vocab_size < 0:
@@ -74,6 +91,16 @@ class ModelConfig:
   @property
   def head_dim(self) -> int:
     return self.d_model // self.num_heads
+
+  @property
+  def kv_heads(self) -> int:
+    """Key/value heads (num_kv_heads, or num_heads when it is 0)."""
+    return self.num_kv_heads or self.num_heads
+
+  @property
+  def fused_qkv(self) -> bool:
+    """One `qkv` projection (multi-head attention) rather than `q` + `kv` (grouped-query)."""
+    return self.kv_heads == self.num_heads
 
   @property
   def compute_dtype(self) -> Any:

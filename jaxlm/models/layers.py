@@ -18,6 +18,8 @@ import jax.numpy as jnp
 from jaxlm.errors import UserError
 from jaxlm.models.config import REMAT_POLICIES, ModelConfig
 from jaxlm.models.dense import project
+from jaxlm.models.lora import adapter_delta
+from jaxlm.models.rope import apply_rope, model_frequencies
 
 Array = jax.Array
 AXES_NORM = ("norm",)
@@ -49,28 +51,20 @@ class Linear(nn.Module):
   use_bias: bool
   dtype: Any
   in_dims: int = 1
+  lora: Any = None  # a models.lora.LoraConfig: adapters when its targets match this module's path
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     in_shape = x.shape[-self.in_dims:]
     kernel = self.param("kernel", param_init(self.stddev, self.axes), (*in_shape, *self.features))
     y = project(x.astype(self.dtype), kernel.astype(self.dtype), self.in_dims)
+    if self.lora is not None and self.lora.matches(self.path):
+      y = y + adapter_delta(self, self.lora, x, self.in_dims, self.features, self.axes,
+                            self.dtype, project)
     if self.use_bias:
       bias = self.param("bias", zeros_init(self.axes[self.in_dims:]), self.features)
       y = y + bias.astype(self.dtype)
     return y
-
-
-def apply_rope(x: Array, positions: Array) -> Array:
-  """Rotates feature pairs of `x  # [batch, seq, heads, head_dim]` by angles set by `positions`."""
-  half = x.shape[-1] // 2
-  inv_freq = 1.0 / (10000.0 ** (jnp.arange(half, dtype=jnp.float32) / half))  # [half]
-  angles = positions[..., None].astype(jnp.float32) * inv_freq  # [batch, seq, half]
-  sin = jnp.sin(angles)[:, :, None, :]  # [batch, seq, 1, half]
-  cos = jnp.cos(angles)[:, :, None, :]
-  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-  return rotated.astype(x.dtype)
 
 
 def attention_implementation(cfg: ModelConfig, decode: bool) -> str:
@@ -91,6 +85,22 @@ def attention_implementation(cfg: ModelConfig, decode: bool) -> str:
   return "xla"
 
 
+def project_qkv(cfg: ModelConfig, x: Array, init_std: float) -> tuple[Array, Array, Array]:
+  """Queries `[batch, seq, heads, head_dim]`, keys and values `[batch, seq, kv_heads, head_dim]`:
+  one fused `qkv` projection for multi-head attention, `q` and `kv` for grouped-query attention
+  (jax.nn.dot_product_attention shares each kv head among heads / kv_heads query heads)."""
+  bias = cfg.use_bias or cfg.qkv_bias
+  if cfg.fused_qkv:
+    qkv = Linear((3, cfg.num_heads, cfg.head_dim), ("embed", None, "heads", "kv"), init_std,
+                 bias, cfg.compute_dtype, lora=cfg.lora, name="qkv")(x)  # [batch, seq, 3, heads, head_dim]
+    return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+  query = Linear((cfg.num_heads, cfg.head_dim), ("embed", "heads", "kv"), init_std, bias,
+                 cfg.compute_dtype, lora=cfg.lora, name="q")(x)  # [batch, seq, heads, head_dim]
+  kv = Linear((2, cfg.kv_heads, cfg.head_dim), ("embed", None, "kv_heads", "kv"), init_std, bias,
+              cfg.compute_dtype, lora=cfg.lora, name="kv")(x)  # [batch, seq, 2, kv_heads, head_dim]
+  return query, kv[:, :, 0], kv[:, :, 1]
+
+
 class Attention(nn.Module):
   cfg: ModelConfig
   decode: bool = False
@@ -99,11 +109,10 @@ class Attention(nn.Module):
   def __call__(self, x: Array, positions: Array, segment_ids: Array) -> Array:
     cfg = self.cfg
     init_std = 0.02
-    qkv = Linear((3, cfg.num_heads, cfg.head_dim), ("embed", None, "heads", "kv"), init_std,
-                 cfg.use_bias, cfg.compute_dtype, name="qkv")(x)  # [batch, seq, 3, heads, head_dim]
-    query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    query, key, value = project_qkv(cfg, x, init_std)
     if cfg.positions == "rope":
-      query, key = apply_rope(query, positions), apply_rope(key, positions)
+      inv_freq = model_frequencies(cfg)
+      query, key = apply_rope(query, positions, inv_freq), apply_rope(key, positions, inv_freq)
 
     query_segments = segment_ids  # [batch, seq]
     implementation = attention_implementation(cfg, self.decode)
@@ -124,7 +133,7 @@ class Attention(nn.Module):
                                          implementation="xla")  # [batch, seq, heads, head_dim]
     out = nn.with_logical_constraint(out, ("act_batch", "act_len", "act_heads", None))
     return Linear((cfg.d_model,), ("heads", "kv", "embed"), init_std / (2 * cfg.num_layers) ** 0.5,
-                  cfg.use_bias, cfg.compute_dtype, in_dims=2, name="out")(out)
+                  cfg.use_bias, cfg.compute_dtype, in_dims=2, lora=cfg.lora, name="out")(out)
 
   def _update_cache(self, key: Array, value: Array, segment_ids: Array):
     """Writes this call's keys/values at the cache index; returns the whole cache to attend to."""
@@ -156,16 +165,16 @@ class Mlp(nn.Module):
     cfg = self.cfg
     if cfg.mlp == "swiglu":
       gate_up = Linear((2, cfg.mlp_dim), ("embed", None, "mlp"), 0.02, cfg.use_bias,
-                       cfg.compute_dtype, name="wi")(x)  # [batch, seq, 2, mlp_dim]
+                       cfg.compute_dtype, lora=cfg.lora, name="wi")(x)  # [batch, seq, 2, mlp_dim]
       hidden = nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]
     else:
       # "gelu": GPT-2's tanh approximation; "gelu_exact": BERT's erf form.
       hidden = nn.gelu(Linear((cfg.mlp_dim,), ("embed", "mlp"), 0.02, cfg.use_bias,
-                              cfg.compute_dtype, name="wi")(x),
+                              cfg.compute_dtype, lora=cfg.lora, name="wi")(x),
                        approximate=cfg.mlp != "gelu_exact")
     hidden = nn.with_logical_constraint(hidden, ("act_batch", "act_len", "act_mlp"))
     return Linear((cfg.d_model,), ("mlp", "embed"), 0.02 / (2 * cfg.num_layers) ** 0.5,
-                  cfg.use_bias, cfg.compute_dtype, name="wo")(hidden)
+                  cfg.use_bias, cfg.compute_dtype, lora=cfg.lora, name="wo")(hidden)
 
 
 class Block(nn.Module):

@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 
 from jaxlm.errors import UserError
+from jaxlm.models import lora
 from jaxlm.training.engine import engine_for_config
 from jaxlm.training.metrics import param_count
 from jaxlm.training.setup import check_config
@@ -79,6 +80,10 @@ def memory_plan(config: ml_collections.ConfigDict, device_memory: int | None = N
       "sequences_per_batch_shard": config.train.batch_size // accum
                                    // math.prod(mesh.shape[a] for a in batch_axes),
       "params_bytes": per_device_bytes(state.params),
+      # What is trained (all parameters, or a LoRA run's adapters) and its gradients, which are
+      # part of the temporaries below.
+      "trainable_params": param_count(lora.split(state.params)[0]),
+      "grads_bytes": per_device_bytes(lora.split(state.params)[0]),
       # Optimizer state, with the step counter and the update guard's few scalars.
       "opt_state_bytes": per_device_bytes((state.opt_state, state.step, state.guard)),
       "batch_bytes": per_device_bytes(batch),
@@ -96,6 +101,26 @@ def human(num_bytes: float) -> str:
     if num_bytes >= size:
       return f"{num_bytes / size:.2f} {unit}"
   return f"{int(num_bytes)} B"
+
+
+COMPARED = (("parameters", "params_bytes"), ("gradients (in temporaries)", "grads_bytes"),
+            ("optimizer state", "opt_state_bytes"), ("batch", "batch_bytes"),
+            ("activations + temporaries", "temp_bytes"), ("peak", "peak_bytes"))
+
+
+def format_comparison(full: dict, adapted: dict) -> str:
+  """A full finetune's plan beside a LoRA run's, per device."""
+  lines = [f"full finetune vs LoRA: {full['num_params'] / 1e6:,.1f}M parameters, "
+           f"{adapted['trainable_params'] / 1e6:,.2f}M trained by LoRA "
+           f"({adapted['trainable_params'] / full['num_params']:.2%})",
+           f"  {'per device':<27}{'full finetune':>22}{'LoRA':>22}"]
+  lines += [f"  {name:<27}{human(full[key]):>22}{human(adapted[key]):>22}"
+            for name, key in COMPARED]
+  if full["fits"] is not None:
+    verdict = {True: "fits", False: "does NOT fit"}
+    lines.append(f"  in {human(full['device_memory_bytes'])}: full finetune "
+                 f"{verdict[full['fits']]}, LoRA {verdict[adapted['fits']]}")
+  return "\n".join(lines)
 
 
 def format_plan(plan: dict) -> str:

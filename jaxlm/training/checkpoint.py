@@ -126,7 +126,9 @@ def restore_params(workdir: str, step: int, abstract_params: Any) -> Any:
   with manager(workdir, read_only=True) as mngr:
     step = _resolve_step(mngr, workdir, step)
     target = {"params": abstract_params}
-    restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), target)
+    # The target's dtype: a LoRA run holds its frozen base in train.lora.base_dtype.
+    restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding,
+                                                               dtype=x.dtype), target)
     with _reading(mngr, step):
       restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
           item=target, restore_args=restore_args, partial_restore=True)))

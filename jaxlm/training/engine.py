@@ -20,7 +20,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxlm.models import ModelConfig, make_model
+from jaxlm.models import ModelConfig, lora, make_model
+from jaxlm.errors import UserError
 from jaxlm.parallel import sharding
 from jaxlm.training.objectives import Objective, SpecialTokens, objective_for
 from jaxlm.training.optim import OptimConfig, make_optimizer
@@ -92,6 +93,7 @@ def build_engine(model_cfg: ModelConfig, optim_cfg: OptimConfig, mesh: Mesh, rul
   make_state = functools.partial(init_state, model, tx, seed, seq_len)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     boxed = jax.eval_shape(make_state)
+  check_lora_targets(model_cfg, boxed.params)
   state_shardings = sharding.logical_shardings(boxed, mesh, rules)
   abstract_state = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -102,11 +104,14 @@ def build_engine(model_cfg: ModelConfig, optim_cfg: OptimConfig, mesh: Mesh, rul
   eval_batch = sharding.batch_sharding(mesh, eval_batch_axes)  # [batch, seq]
   scalar = sharding.replicated(mesh)
   jit_init = jax.jit(lambda: nn.unbox(make_state()), out_shardings=state_shardings)
-  jit_from_params = jax.jit(lambda params: TrainState.create(params, tx),
+  base_dtype = model_cfg.lora.base_dtype if model_cfg.lora else None
+  jit_from_params = jax.jit(lambda params: TrainState.create(params, tx, base_dtype),
                             in_shardings=(params_shardings,), out_shardings=state_shardings)
+  lora_dropout = model_cfg.lora is not None and model_cfg.lora.dropout > 0
   jit_train = jax.jit(
       functools.partial(train_step, model=model, tx=tx, schedule=schedule, z_loss=z_loss,
-                        seed=seed, use_dropout=model_cfg.dropout > 0, spike_sigma=spike_sigma,
+                        seed=seed, spike_sigma=spike_sigma,
+                        use_dropout=model_cfg.dropout > 0 or lora_dropout,
                         objective=objective),
       in_shardings=(state_shardings, train_batch), out_shardings=(state_shardings, scalar),
       donate_argnums=0)
@@ -142,6 +147,20 @@ def mesh_for_config(config: ml_collections.ConfigDict) -> tuple[Mesh, tuple[str,
   return mesh, train_axes, eval_axes
 
 
+def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
+  """The run's architecture, with its LoRA adapters (train.lora) if any."""
+  return ModelConfig.from_config(config.model, vocab_size=vocab_size,
+                                 lora=lora.lora_config(config.train.lora))
+
+
+def check_lora_targets(model_cfg: ModelConfig, params) -> None:
+  """Refuses LoRA targets that match none of the projections of (abstract) `params`."""
+  if model_cfg.lora is not None and not lora.has_adapters(params):
+    raise UserError(f"train.lora.targets={model_cfg.lora.targets!r} matches no projection of "
+                    "this model; use attention, mlp, all or a pattern over module paths such as "
+                    "block_0/attn/qkv")
+
+
 def engine_for_config(config: ml_collections.ConfigDict, vocab_size: int,
                       special: SpecialTokens | None = None) -> Engine:
   """The engine of a run's config, on all devices: what every entry point builds.
@@ -151,7 +170,7 @@ def engine_for_config(config: ml_collections.ConfigDict, vocab_size: int,
   tokenizer's special tokens, for a masked-LM run (None: shapes only, see `objective_for`).
   """
   mesh, train_axes, eval_axes = mesh_for_config(config)
-  model_cfg = ModelConfig.from_config(config.model, vocab_size=vocab_size)
+  model_cfg = model_config(config, vocab_size)
   objective = objective_for(model_cfg, special, config.train.mlm_probability,
                             config.train.whole_word_masking)
   return build_engine(model_cfg, OptimConfig.from_config(config.train), mesh, config.mesh.rules,

@@ -45,6 +45,10 @@ def prepare(config: ml_collections.ConfigDict,
   workdir, step = resolve_source(config.init_from, config.init_step)
   step, saved, tokenizer = checkpoint.restore_metadata(workdir, step)
   saved = from_saved(saved)
+  if saved.train.lora.rank:
+    raise UserError(f"config.init_from={config.init_from} is a LoRA run (its checkpoints hold "
+                    "adapters only); merge it first: python -m jaxlm.convert merge-lora "
+                    f"--workdir={workdir} --out=MERGED, and start from MERGED")
   config, notes = inherit(config, saved.to_dict(), overrides)
   return config, Pretrained(workdir, step, saved.to_dict(), tokenizer_from_json(tokenizer)), notes
 

@@ -19,7 +19,8 @@ from jaxlm.eval import summary
 from jaxlm.eval.scoring import evaluate_split
 from jaxlm.inference.decode import SamplingConfig, generate
 from jaxlm.parallel import sharding
-from jaxlm.training import checkpoint, finetune
+from jaxlm.models import lora
+from jaxlm.training import checkpoint, finetune, lora_run
 from jaxlm.training.metrics import (
   MetricsWriter,
   flops_per_token,
@@ -69,17 +70,19 @@ def start_or_resume(run: Run) -> None:
   parameters with a fresh optimizer, else a fresh initialisation."""
   start_step, pretrained, engine = checkpoint.latest_step(run.workdir), run.pretrained, run.engine
   if start_step is not None:
-    run.state, data_state = checkpoint.restore(run.mngr, start_step, engine.abstract_state)
+    # A LoRA checkpoint holds the adapters only: the base comes from the pretrained run.
+    run.state, data_state = checkpoint.restore(run.mngr, start_step,
+                                               lora_run.saved_state(engine.abstract_state))
+    if lora_run.is_lora(run.config):
+      base = from_pretrained(run).params
+      lora_run.check_base(lora_run.read_record(run.workdir, start_step), run.lora_base,
+                          run.workdir)
+      run.state = run.state.replace(params=lora.combine(run.state.params, lora.split(base)[1]))
     run.iterator.set_state(data_state)
     run.start_step = start_step
     run.log(f"resumed from step {start_step} in {checkpoint.checkpoint_dir(run.workdir)}")
   elif pretrained:
-    params, notes = finetune.restore_params(pretrained.workdir, pretrained.step,
-                                            engine.abstract_state.params, engine.init().params,
-                                            pretrained.config["model"]["max_len"])
-    for note in notes:
-      run.log(note)
-    run.state = engine.from_params(params)
+    run.state = from_pretrained(run, log_notes=True)
   else:
     run.state = engine.init()
   axes = " x ".join(engine.train_batch_axes)
@@ -87,6 +90,22 @@ def start_or_resume(run: Run) -> None:
           f"training batch split over {axes}, evaluation batch over "
           f"{' x '.join(engine.eval_batch_axes)}")
   run.log("parameter shardings:\n" + sharding.sharding_table(run.state.params))
+
+
+def from_pretrained(run: Run, log_notes: bool = False):
+  """Step 0 from the pretrained run's parameters (a LoRA run: with fresh adapters, and the base
+  recorded in `run.lora_base`)."""
+  pretrained, engine = run.pretrained, run.engine
+  params, notes = finetune.restore_params(pretrained.workdir, pretrained.step,
+                                          engine.abstract_state.params, engine.init().params,
+                                          pretrained.config["model"]["max_len"])
+  for note in notes if log_notes else ():
+    run.log(note)
+  state = engine.from_params(params)
+  if lora_run.is_lora(run.config):
+    run.lora_base = lora_run.base_record(pretrained.workdir, pretrained.step,
+                                         lora.split(state.params)[1])
+  return state
 
 
 def train_loop(run: Run) -> tuple[dict, int, bool]:
@@ -125,7 +144,8 @@ def train_loop(run: Run) -> tuple[dict, int, bool]:
       if done % config.checkpoint.every == 0 or done == total or stopping:
         check_guard(jax.device_get({"first_nonfinite": run.state.guard.first_nonfinite}),
                     config.train.on_nonfinite)
-        checkpoint.save(run.mngr, done, run.state, cli.config_to_json(config),
+        checkpoint.save(run.mngr, done, lora_run.saved_state(run.state),
+                        lora_run.config_json(config, run.lora_base),
                         run.dataset.tokenizer.to_json(), prefetched.state())
       if stopping:
         break

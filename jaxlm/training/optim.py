@@ -52,7 +52,8 @@ def make_schedule(c: OptimConfig) -> optax.Schedule:
 # Parameters decayed by weight decay, by their own name: the kernels of projections and an untied
 # output head (a projection too). Biases of any rank (qkv's is [3, heads, head_dim]), norm scales
 # and the embedding tables are left alone, as in GPT-2 practice, unless train.decay_all.
-DECAYED_NAMES = frozenset({"kernel", "head"})
+# LoRA adapters (lora_a, lora_b) are projections too.
+DECAYED_NAMES = frozenset({"kernel", "head", "lora_a", "lora_b"})
 
 
 def decay_mask(params) -> object:

@@ -9,6 +9,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 
 from jaxlm import cli
@@ -23,9 +25,16 @@ from jaxlm.data.dataset import (
 )
 from jaxlm.data.records import PackedRecords
 from jaxlm.errors import UserError
+from jaxlm.models import make_model
 from jaxlm.parallel import sharding
 from jaxlm.training import checkpoint, finetune
-from jaxlm.training.engine import Engine, engine_for_config, mesh_for_config
+from jaxlm.training.engine import (
+  Engine,
+  check_lora_targets,
+  engine_for_config,
+  mesh_for_config,
+  model_config,
+)
 from jaxlm.training.finetune import Pretrained
 from jaxlm.training.metrics import MetricsWriter
 from jaxlm.training.objectives import SpecialTokens
@@ -44,6 +53,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise UserError(f"train.steps={config.train.steps} must be positive")
   if config.train.on_nonfinite not in ("skip", "stop"):
     raise UserError(f"train.on_nonfinite={config.train.on_nonfinite!r} is not one of skip, stop")
+
+
+def check_lora(config: ml_collections.ConfigDict, vocab_size: int) -> None:
+  """The train.lora options, and targets that match a projection (from shapes only)."""
+  model_cfg = model_config(config, vocab_size)
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  shapes = jax.eval_shape(lambda: make_model(model_cfg).init(jax.random.key(0), tokens, tokens,
+                                                             tokens + 1))
+  check_lora_targets(model_cfg, shapes["params"])
 
 
 def check_resume(saved: dict, config: ml_collections.ConfigDict) -> None:
@@ -98,14 +116,20 @@ class Run:
   state: TrainState | None = None
   start_step: int = 0
   started: float = 0.0  # perf_counter at launch
+  lora_base: dict | None = None  # a LoRA run's base run, step and fingerprint (lora_run.py)
 
 
 def set_up(config: ml_collections.ConfigDict, workdir: str, overrides: dict,
            log: Callable[[str], None]) -> Run:
   """Config (with a pretrained run's architecture when finetuning), data, tokenizer and engine."""
   pretrained = None
+  if config.train.lora.rank and not config.init_from:
+    raise UserError("train.lora.rank > 0 needs config.init_from: the run whose parameters the "
+                    "adapters are trained on; set --config.init_from=PRETRAIN_WORKDIR")
   if config.init_from:
     config, pretrained, notes = finetune.prepare(config, overrides)
+    if config.train.lora.rank:  # bad LoRA options fail before anything is logged or written
+      check_lora(config, pretrained.tokenizer.vocab_size)
     log(f"finetuning from step {pretrained.step} of {pretrained.workdir}" +
         "".join(f"\n  changed: {note}" for note in notes))
   check_config(config)

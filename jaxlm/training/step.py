@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxlm.models import lora
 from jaxlm.training.guard import Guard, select
 from jaxlm.training.objectives import CAUSAL_LM, Objective
 from jaxlm.training.optim import applied_lr
@@ -34,10 +35,14 @@ class TrainState:
   guard: Guard
 
   @classmethod
-  def create(cls, params: Any, tx: optax.GradientTransformation) -> "TrainState":
-    """Step 0 with fresh optimizer state for `params`."""
-    return cls(step=jnp.array(0, jnp.int32), params=params, opt_state=tx.init(params),
-               guard=Guard.init())
+  def create(cls, params: Any, tx: optax.GradientTransformation,
+             base_dtype: str | None = None) -> "TrainState":
+    """Step 0 with fresh optimizer state for the trainable part of `params` (all of them, or
+    only the LoRA adapters, the frozen rest then cast to `base_dtype`)."""
+    if base_dtype is not None:
+      params = lora.cast_frozen(params, base_dtype)
+    return cls(step=jnp.array(0, jnp.int32), params=params,
+               opt_state=tx.init(lora.split(params)[0]), guard=Guard.init())
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, seed: int,
@@ -45,7 +50,8 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, seed: int,
   """Fresh parameters (boxed with their logical axes) and optimizer state."""
   tokens = jnp.zeros((1, seq_len), jnp.int32)
   params = model.init(jax.random.key(seed), tokens, tokens, tokens + 1)["params"]
-  return TrainState.create(params, tx)
+  adapters = model.cfg.lora
+  return TrainState.create(params, tx, adapters.base_dtype if adapters else None)
 
 
 def token_losses(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -86,10 +92,12 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
 
   Gradients of the micro-batches are summed in a scan, so memory is that of one micro-batch; the
   result equals one big batch because losses are normalised by the total weight afterwards. The
-  update is applied only if the guard (guard.py) accepts it.
+  update is applied only if the guard (guard.py) accepts it. Only the trainable parameters (the
+  LoRA adapters of a LoRA run, see models/lora.py) are differentiated and updated.
   """
   step_key = jax.random.fold_in(jax.random.key(seed), state.step)
-  grad_fn = jax.grad(loss_fn, has_aux=True)
+  trainable, frozen = lora.split(state.params)
+  grad_fn = jax.grad(lambda t, *args: loss_fn(lora.combine(t, frozen), *args), has_aux=True)
 
   def micro_step(grad_sum, micro):
     index, micro_batch = micro
@@ -97,14 +105,14 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
     micro_batch = objective.prepare(micro_batch, jax.random.fold_in(micro_key, MASK_STREAM))
     dropout_key = jax.random.fold_in(micro_key, DROPOUT_STREAM) if use_dropout else None
     # Gradient of the *sum* of token losses; dividing once at the end weights all tokens equally.
-    grads, (nll_sum, weight_sum) = grad_fn(state.params, micro_batch, model, z_loss, dropout_key)
+    grads, (nll_sum, weight_sum) = grad_fn(trainable, micro_batch, model, z_loss, dropout_key)
     scale = jnp.maximum(micro_batch["weights"].sum(), 1.0)
     grads = jax.tree.map(lambda g: g * scale, grads)
     grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
     return grad_sum, (nll_sum, weight_sum)
 
   accum_steps = batch["inputs"].shape[0]
-  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  zeros = jax.tree.map(jnp.zeros_like, trainable)
   grad_sum, (nll_sums, weight_sums) = jax.lax.scan(
       micro_step, zeros, (jnp.arange(accum_steps), batch))
   total_weight = jnp.maximum(weight_sums.sum(), 1.0)
@@ -113,8 +121,8 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
   loss = nll_sums.sum() / total_weight
   grad_norm = optax.tree.norm(grads)
   apply, guard = state.guard.judge(state.step, loss, grad_norm, spike_sigma)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  updates, opt_state = tx.update(grads, state.opt_state, trainable)
+  params = lora.combine(optax.apply_updates(trainable, updates), frozen)
   metrics = {
       "loss": loss,
       "grad_norm": grad_norm,

@@ -1,0 +1,93 @@
+"""Peak host memory of `convert from-hf` on a ~1 GB random Llama in sharded safetensors.
+
+    python tools/import_memory.py [--dir=/tmp/llama_1gb] [--shard=200MB]
+
+Makes (once) a random LlamaForCausalLM of about 245M float32 parameters (~1 GB) with transformers,
+saved in shards, then runs in fresh processes: (a) `python -m jaxlm.convert from-hf` (tensors
+streamed onto the mesh one at a time), (b) the same import with every tensor read first
+(hf_files.read_hf_weights, the GPT-2/BERT path), and (c) a process that only starts JAX, as the
+baseline. Prints each one's peak RSS (getrusage of the child). On a CPU the "device" arrays live in
+host memory too, so (a) holds the model once; (b) holds it twice.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAPE = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=16,
+             num_attention_heads=16, num_key_value_heads=4, vocab_size=32000,
+             max_position_embeddings=2048, tie_word_embeddings=False)
+
+
+def make_model(directory: str, shard: str) -> None:
+  import tokenizers
+  import torch
+  import transformers
+  if os.path.exists(os.path.join(directory, "model.safetensors.index.json")):
+    return
+  os.makedirs(directory, exist_ok=True)
+  tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.train_from_iterator(["def f(x):\n  return x\n"] * 10, tokenizers.trainers.BpeTrainer(
+      vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False))
+  tok.save(os.path.join(directory, "tokenizer.json"))
+  torch.manual_seed(0)
+  config = transformers.LlamaConfig(eos_token_id=tok.token_to_id("<|endoftext|>"), **SHAPE)
+  transformers.LlamaForCausalLM(config).save_pretrained(directory, max_shard_size=shard)
+
+
+MEASURE = """
+import resource, subprocess, sys
+subprocess.run(sys.argv[1:], check=True, capture_output=True)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
+"""
+
+
+def peak_rss(code: list[str]) -> tuple[int, float]:
+  """(peak RSS in bytes, seconds) of a command, measured by a wrapper process of its own (the
+  children's maximum of getrusage covers that one command only)."""
+  import time
+  env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
+  start = time.perf_counter()
+  out = subprocess.run([sys.executable, "-c", MEASURE, *code], cwd=REPO, env=env, check=True,
+                       capture_output=True, text=True).stdout
+  return int(out.strip().splitlines()[-1]), time.perf_counter() - start
+
+
+WHOLE = """
+import sys
+from jaxlm import convert
+from jaxlm.config import base_config
+from jaxlm.interop import hf_files
+convert.LazyTensors = lambda d: hf_files.read_hf_weights(d)  # every tensor read first
+convert.from_hf(sys.argv[1], sys.argv[2], base_config())
+"""
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--dir", default="/tmp/llama_1gb")
+  parser.add_argument("--shard", default="200MB")
+  args = parser.parse_args()
+  make_model(args.dir, args.shard)
+  shards = [f for f in os.listdir(args.dir) if f.endswith(".safetensors")]
+  sizes = [os.path.getsize(os.path.join(args.dir, f)) for f in shards]
+  results = {"model_bytes": sum(sizes), "shards": len(shards), "largest_shard_bytes": max(sizes)}
+  results["baseline_rss"], _ = peak_rss([sys.executable, "-c", "import jax; jax.devices()"])
+  with tempfile.TemporaryDirectory() as tmp:
+    results["streamed_rss"], results["streamed_seconds"] = peak_rss(
+        [sys.executable, "-m", "jaxlm.convert", "from-hf", f"--model={args.dir}",
+         f"--workdir={tmp}/streamed"])
+  with tempfile.TemporaryDirectory() as tmp:
+    results["whole_rss"], results["whole_seconds"] = peak_rss(
+        [sys.executable, "-c", WHOLE, args.dir, f"{tmp}/whole"])
+  print(json.dumps(results))
+
+
+if __name__ == "__main__":
+  main()
