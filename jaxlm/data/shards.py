@@ -139,11 +139,23 @@ class ShardedTokens:
     return np.concatenate(tokens), np.concatenate(docs)
 
   def rows(self, ks: np.ndarray) -> dict[str, np.ndarray]:
-    """Full windows `ks  # [n]`, each field [n, seq_len], as PackedTokens.rows."""
-    spans = [self.span(int(k) * self.seq_len, self.seq_len + 1) for k in np.asarray(ks)]
-    window = np.stack([tokens for tokens, _ in spans])  # [n, seq_len + 1]
-    docs = np.stack([doc_ids[:-1] for _, doc_ids in spans])  # [n, seq_len]
-    return PackedTokens._fields(window, docs)  # noqa: SLF001  (the one definition of the fields)
+    """Full windows `ks  # [n]`, each field [n, seq_len], as PackedTokens.rows: one gather per
+    shard for the windows inside it, `span` for the few that cross a shard boundary."""
+    length = self.seq_len + 1
+    starts = np.asarray(ks, dtype=np.int64) * self.seq_len  # [n]
+    first = np.searchsorted(self.token_base, starts, side="right") - 1  # [n] shard of each start
+    last = np.searchsorted(self.token_base, starts + length - 1, side="right") - 1  # [n]
+    window = np.empty((len(starts), length), np.int32)  # [n, seq_len + 1]
+    docs = np.empty((len(starts), length), np.int64)  # [n, seq_len + 1]
+    for shard in np.unique(first[first == last]):
+      at = np.flatnonzero((first == shard) & (last == shard))
+      local = starts[at, None] - self.token_base[shard] + np.arange(length)  # [m, seq_len + 1]
+      window[at] = self.tokens[shard][local]
+      docs[at] = (np.searchsorted(self.doc_starts[shard], local, side="right") - 1 +
+                  self.doc_base[shard])
+    for i in np.flatnonzero(first != last):
+      window[i], docs[i] = self.span(int(starts[i]), length)
+    return PackedTokens._fields(window, docs[:, :-1])  # noqa: SLF001  (the fields' one definition)
 
   def __getitem__(self, k: int) -> dict[str, np.ndarray]:
     """Window k, the partial last one shorter, as PackedTokens[k]."""
