@@ -56,7 +56,9 @@ def check_data_source(c) -> None:
                       f"prepared (not {c.source!r}) or drop data.mixture")
     return
   if c.mixture and c.path:
-    raise UserError("set data.path (one prepared directory) or data.mixture (several), not both")
+    raise UserError(f"data.path={c.path!r} and data.mixture are both set; give one prepared "
+                    "directory in data.path or several in data.mixture (--config.data.path= to "
+                    "clear data.path)")
   if c.mixture_stages and not c.mixture:
     raise UserError("data.mixture_stages changes the weights of data.mixture, which is empty; "
                     "set data.mixture or drop data.mixture_stages")
