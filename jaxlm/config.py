@@ -36,11 +36,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   # Where text comes from: "stdlib" (this Python's standard library sources, built in, no download),
   # "files" (data.path: a .txt/.jsonl/.jsonl.gz/.parquet file, a directory, or a glob), "tfds"
-  # (data.path: a TFDS name), "task" (data.path: a built-in prompt/completion task, e.g.
+  # (data.path: a TFDS name), "hf" (data.path: a Hugging Face `datasets` hub name or local
+  # directory, streamed), "task" (data.path: a built-in prompt/completion task, e.g.
   # "pyfunc_names") or "prepared" (data.path: a directory written by `python -m jaxlm.prepare`,
   # read as token shards; or several, weighted, in data.mixture).
   c.data.source = "stdlib"
-  # File, directory or glob for source="files"; dataset or task name for "tfds"/"task"; the
+  # File, directory or glob for source="files"; dataset or task name for "tfds"/"hf"/"task"; the
   # prepared directory for "prepared"; "" for "stdlib".
   c.data.path = ""
   # data.source=prepared only: several prepared directories, mixed by weight, as

@@ -83,13 +83,16 @@ def read_parquet(path: str, text_field: str) -> list[str]:
   """The `text_field` column of a Parquet file, one document per row."""
   import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel  (tfds brings pyarrow)
   try:
-    table = pq.read_table(path, columns=[text_field])
-  except (KeyError, ValueError) as e:
-    raise UserError(f"{path}: no column {text_field!r} ({e}); set --config.data.text_field to the "
-                    "column that holds the text") from None
-  except OSError as e:
-    raise UserError(f"{path} is not a readable Parquet file ({e}); check data.path") from None
-  column = table.column(text_field)
+    names = pq.read_schema(path).names
+    if text_field not in names:
+      raise UserError(f"{path}: no column {text_field!r} (columns: {', '.join(names)}); set "
+                      "--config.data.text_field to the column that holds the text")
+    column = pq.read_table(path, columns=[text_field]).column(text_field)
+  except (OSError, ValueError) as e:
+    if isinstance(e, UserError):
+      raise
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise UserError(f"{path} is not a readable Parquet file ({first}); check data.path") from None
   if not (column.type.equals("string") or column.type.equals("large_string")):
     raise UserError(f"{path}: column {text_field!r} holds {column.type}, not strings; set "
                     "--config.data.text_field to the column that holds the text")

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from jaxlm.data.clean import iter_clean
 from jaxlm.data.file_source import load_files
+from jaxlm.data.hf_source import load_hf
 from jaxlm.data.splits import check_val_fraction
 from jaxlm.data.stdlib_source import load_stdlib
 from jaxlm.data.tfds_source import load_tfds
@@ -23,7 +24,7 @@ def _read_stdlib(path: str, text_field: str, val_fraction: float) -> tuple[list[
   del text_field  # stdlib files are plain text
   if path:
     raise UserError(
-      f"data.path={path!r} is only for data.source=files or tfds; leave it empty for data.source=stdlib"
+      f"data.path={path!r} is only for data.source=files, tfds or hf; leave it empty for data.source=stdlib"
     )
   return load_stdlib(val_fraction)
 
@@ -32,13 +33,14 @@ _READERS: dict[str, Callable[[str, str, float], tuple[list[str], list[str]]]] = 
   "stdlib": _read_stdlib,
   "files": load_files,
   "tfds": load_tfds,
+  "hf": load_hf,
 }
 
 
 def load_corpus(
   source: str, path: str, text_field: str, val_fraction: float, dedup: bool
 ) -> Corpus:
-  """Reads `source` ("stdlib", "files" or "tfds"), splits it deterministically
+  """Reads `source` ("stdlib", "files", "tfds" or "hf"), splits it deterministically
   and cleans both splits (see clean.clean_documents)."""
   raw_train, raw_val = read_raw(source, path, text_field, val_fraction)
   seen: set[bytes] = set()  # train's digests first: val drops what train holds
