@@ -23,14 +23,8 @@ SEQ_LEN, BATCH = 32, 16
 
 def write_other_corpus(directory) -> str:
   """Another toy grammar over the same characters (so one char tokenizer covers both)."""
-  rng = np.random.default_rng(1)
-  words = "dog log ran then slowly under".split()
-  os.makedirs(directory, exist_ok=True)
-  for doc in range(10):
-    sentences = [" ".join(rng.choice(words, size=rng.integers(2, 5))) + "." for _ in range(25)]
-    with open(os.path.join(directory, f"other{doc:02d}.txt"), "w") as f:
-      f.write("\n".join(sentences))
-  return str(directory)
+  return write_corpus(directory, "dog log ran then slowly under".split(), seed=1, docs=10,
+                      name="other")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from test_train import read_metrics, tiny_config, write_corpus
+from test_train import corpus_dir, read_metrics, tiny_config  # noqa: F401  (a fixture)
 
 from jaxlm.data import pack_documents, train_batches
 from jaxlm.data.dataset import DataConfig, read_corpus
@@ -36,11 +36,6 @@ def prepared_config(corpus_dir, path, steps=40):
   c = tiny_config(corpus_dir, steps)
   c.data.source, c.data.path = "prepared", str(path)
   return c
-
-
-@pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory):
-  return write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,8 @@ def check_batch_split(global_batch: int, seed: int, process_index: int,
   _check_processes(process_index, process_count)
   if global_batch < 1 or global_batch % process_count:
     raise UserError(
-      f"global batch size {global_batch} must be a positive multiple of the process count {process_count}; "
+      f"global batch size {global_batch} must be a positive multiple of the process count "
+      f"{process_count}; "
       "change the batch size"
     )
   if not 0 <= seed < 2**32:
@@ -44,7 +45,8 @@ def check_batch_split(global_batch: int, seed: int, process_index: int,
 
 
 def train_batches(
-  packed: PackedTokens | ShardedTokens, global_batch: int, seed: int, process_index: int, process_count: int
+  packed: PackedTokens | ShardedTokens, global_batch: int, seed: int, process_index: int,
+  process_count: int
 ) -> grain.IterDataset:
   """Endless batches of this process's rows, each field
   [global_batch // process_count, seq_len]. The global order is one seeded

@@ -1,4 +1,4 @@
-"""The bounded, seeded sample of training text that a tokenizer learns from (data.tokenizer_sample_chars).
+"""The bounded, seeded sample of training text a tokenizer learns from (tokenizer_sample_chars).
 
 Each document gets a key from a stable hash of (seed, its index); the sample is the documents of the
 smallest keys that fit the budget, kept in corpus order. One pass, memory bounded by the budget,

@@ -36,7 +36,8 @@ def describe(metrics: dict) -> str:
     source, _, name = key.rpartition("/")  # "web/loss": a mixture source's
     prefix = f"{source}: " if source else ""
     if name in ("tokens", "masked_tokens", "labelled"):
-      parts.append(f"{prefix}over {value:,} {'tokens' if name == 'tokens' else name.replace('_', ' ')}")
+      what = "tokens" if name == "tokens" else name.replace("_", " ")
+      parts.append(f"{prefix}over {value:,} {what}")
     else:
       parts.append(f"{prefix}{name.replace('_', ' ')} {value:.4f}")
   return "  ".join(parts)

@@ -145,7 +145,8 @@ def log_train(run: Run, step: int, metrics: dict, speed: "Throughput", progress,
   if sources is not None and sources.schedule is not None:
     seen = tokens_seen(data_state, sources.names, run.config.data.seq_len)
     metrics.update(seen)
-    if (run.config.eval.every and step % run.config.eval.every == 0) or step == run.config.train.steps:
+    every = run.config.eval.every
+    if (every and step % every == 0) or step == run.config.train.steps:
       run.log(f"step {step}: training tokens seen " +
               ", ".join(f"{k.removeprefix('tokens_')} {v:,}" for k, v in seen.items()))
   run.writer.write(step, metrics)
