@@ -14,6 +14,7 @@ from test_train import corpus_dir, read_metrics, tiny_config  # noqa: F401  (a f
 from jaxlm.data import pack_documents, train_batches
 from jaxlm.data.dataset import DataConfig, read_corpus
 from jaxlm.data.manifest import open_prepared
+from jaxlm.data import prepare as prepare_lib
 from jaxlm.data.prepare import prepare
 from jaxlm.data.tokenizer_sample import sample_documents
 from jaxlm.inference import trained
@@ -109,9 +110,12 @@ def test_training_batches_from_shards_equal_those_in_memory_on_any_process_count
 
 
 def test_prepare_twice_gives_byte_identical_files_whatever_the_worker_count(corpus_dir, prepared,
-                                                                             tmp_path):
+                                                                             tmp_path,
+                                                                             monkeypatch):
   out, _ = prepared
-  prepare_tiny(corpus_dir, tmp_path / "again", workers=2)  # worker processes this time
+  # Worker processes this time, each shard tokenised in several pieces spread over both.
+  monkeypatch.setattr(prepare_lib, "PIECE_CHARS", 400)
+  prepare_tiny(corpus_dir, tmp_path / "again", workers=2)
   assert file_bytes(tmp_path / "again") == file_bytes(out)
 
 

@@ -2,8 +2,9 @@
 
 `prepare` reads data.source as training does (`sources.read_raw`, then `clean.iter_clean`), so the
 splits and documents are the ones an in-memory run would use. It streams documents in corpus order
-into chunks of about `shard_chars` characters; each chunk is tokenised by a worker process (the
-documents go to it over a pipe, never to disk) and written as one shard (shards.py). A shard's
+into chunks of about `shard_chars` characters, one shard each (shards.py); a chunk is tokenised in
+pieces by worker processes (the documents go to them over a pipe, never to disk) and written by
+this process, in order. A shard's
 record holds the SHA-256 of its input text and the tokenizer, so a rerun after an interruption
 keeps every finished shard whose input is unchanged and redoes the rest; files are written to a
 temporary name and renamed. The manifest (manifest.py) is written last.
@@ -32,6 +33,10 @@ from jaxlm.errors import UserError
 
 SPLITS = ("train", "val")
 
+# Documents go to the workers in pieces of about this many characters, so that even one shard is
+# tokenised by every worker.
+PIECE_CHARS = 1_000_000
+
 _worker_tokenizer: Tokenizer | None = None
 
 
@@ -40,9 +45,9 @@ def _init_worker(tokenizer_json: dict) -> None:
   _worker_tokenizer = tokenizer_from_json(tokenizer_json)
 
 
-def _tokenize_shard(prefix: str, docs: list[str], eos_id: int, dtype: str, extra: dict) -> dict:
-  token_docs = _worker_tokenizer.encode_batch(docs)
-  return shards.write_shard(prefix, token_docs, eos_id, np.dtype(dtype), extra)
+def _tokenize(docs: list[str], dtype: str) -> tuple[np.ndarray, np.ndarray]:
+  """A worker's job: the documents' tokens, flat, and their lengths (see shards.flatten)."""
+  return shards.flatten(_worker_tokenizer.encode_batch(docs), np.dtype(dtype))
 
 
 def check_preparable(c: DataConfig) -> None:
@@ -101,8 +106,8 @@ def finished(prefix: str, digest: str, dtype) -> dict | None:
 
 
 class Workers:
-  """Tokenises shards in `count` processes (inline when 1), at most 2 * count in flight, results
-  in submission order."""
+  """Tokenises shards in pieces over `count` processes (inline when 1) and writes them in order;
+  at most two shards' pieces in flight, so memory stays bounded by about two shards of text."""
 
   def __init__(self, count: int, tokenizer: Tokenizer):
     self.pool = None
@@ -111,18 +116,21 @@ class Workers:
       self.pool = context.Pool(count, _init_worker, (tokenizer.to_json(),))
     else:
       _init_worker(tokenizer.to_json())
-    self.limit = max(2 * count, 1)
+    self.eos_id, self.dtype = tokenizer.eos_id, shards.token_dtype(tokenizer.vocab_size)
     self.pending: collections.deque = collections.deque()
 
-  def submit(self, args: tuple | None, done: dict | None) -> Iterator[dict]:
-    """Queues one shard (`done` if it is already finished); yields the records now complete."""
+  def submit(self, prefix: str, docs: list[str] | None, extra: dict,
+             done: dict | None) -> Iterator[dict]:
+    """Queues one shard (`done`: its record, if already finished); yields the records of the
+    shards now written."""
     if done is not None:
       self.pending.append(done)
-    elif self.pool is None:
-      self.pending.append(_tokenize_shard(*args))
     else:
-      self.pending.append(self.pool.apply_async(_tokenize_shard, args))
-    while len(self.pending) > self.limit:
+      pieces = [(piece, self.dtype.str) for piece in chunks(docs, PIECE_CHARS)]
+      jobs = ([_tokenize(*args) for args in pieces] if self.pool is None else
+              [self.pool.apply_async(_tokenize, args) for args in pieces])
+      self.pending.append((prefix, jobs, extra))
+    while len(self.pending) > 2:
       yield self._pop()
 
   def drain(self) -> Iterator[dict]:
@@ -131,7 +139,11 @@ class Workers:
 
   def _pop(self) -> dict:
     item = self.pending.popleft()
-    return item if isinstance(item, dict) else item.get()
+    if isinstance(item, dict):
+      return item
+    prefix, jobs, extra = item
+    pieces = [job if isinstance(job, tuple) else job.get() for job in jobs]
+    return shards.write_shard(prefix, pieces, self.eos_id, self.dtype, extra)
 
   def close(self) -> None:
     if self.pool is not None:
@@ -162,7 +174,7 @@ def write_split(out: str, split: str, docs: Iterable[str], tokenizer: Tokenizer,
     extra = {"name": name, "input_sha256": digest, "chars": sum(len(d) for d in chunk)}
     done = finished(prefix, digest, dtype)
     kept += done is not None
-    collect(workers.submit((prefix, chunk, tokenizer.eos_id, dtype.str, extra), done))
+    collect(workers.submit(prefix, chunk, extra, done))
   collect(workers.drain())
   return {"docs": sum(r["docs"] for r in records), "tokens": sum(r["tokens"] for r in records),
           "bytes": num_bytes, "text_sha256": text_digest.hexdigest(), "kept_shards": kept,

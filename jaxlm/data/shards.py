@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Sequence
@@ -46,16 +47,27 @@ def write_atomic(path: str, data: bytes) -> None:
   os.replace(tmp, path)
 
 
-def write_shard(prefix: str, token_docs: Sequence[Sequence[int]], eos_id: int, dtype: np.dtype,
-                extra: dict) -> dict:
-  """Writes the shard `prefix`.{tokens,docs,json} of `token_docs` (each packed as [EOS] + tokens)
-  and returns its record (also the content of the .json, with `extra` merged in)."""
-  lengths = np.array([len(doc) + 1 for doc in token_docs], dtype=np.int64)  # [num_docs]
+def flatten(token_docs: Sequence[Sequence[int]],
+            dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+  """Token lists as one flat array [total] of `dtype` and their lengths [num_docs] int64."""
+  lengths = np.array([len(doc) for doc in token_docs], dtype=np.int64)
+  flat = np.fromiter(itertools.chain.from_iterable(token_docs), dtype=np.int64,
+                     count=int(lengths.sum()))
+  return flat.astype(dtype), lengths
+
+
+def write_shard(prefix: str, pieces: Sequence[tuple[np.ndarray, np.ndarray]], eos_id: int,
+                dtype: np.dtype, extra: dict) -> dict:
+  """Writes the shard `prefix`.{tokens,docs,json} of the documents in `pieces` (`flatten`'s
+  (tokens, lengths), in order), each packed as [EOS] + tokens; returns its record (also the
+  content of the .json, with `extra` merged in)."""
+  lengths = np.concatenate([piece_lengths for _, piece_lengths in pieces]) + 1  # [num_docs]
   starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(DOC_DTYPE)  # [num_docs]
   stream = np.empty(int(lengths.sum()), dtype=dtype)  # [num_tokens]
-  for start, doc in zip(starts, token_docs):
-    stream[start] = eos_id
-    stream[start + 1 : start + 1 + len(doc)] = doc
+  is_eos = np.zeros(len(stream), dtype=bool)
+  is_eos[starts] = True
+  stream[is_eos] = eos_id
+  stream[~is_eos] = np.concatenate([tokens for tokens, _ in pieces])
   write_atomic(prefix + ".tokens", stream.tobytes())
   write_atomic(prefix + ".docs", starts.tobytes())
   record = {"docs": len(lengths), "tokens": int(lengths.sum()),
