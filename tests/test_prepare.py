@@ -9,6 +9,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
+from test_cli import TINY, jaxlm, last_json
 from test_train import corpus_dir, read_metrics, tiny_config  # noqa: F401  (a fixture)
 
 from jaxlm.data import pack_documents, train_batches
@@ -191,3 +192,18 @@ def test_the_manifest_records_settings_and_checksums(prepared):
   for shard in manifest["splits"]["train"]["shards"]:
     assert hashlib.sha256((out / f"{shard['name']}.tokens").read_bytes()).hexdigest() == \
         shard["tokens_sha256"]
+
+
+def test_the_prepare_verb_writes_the_same_directory_and_prints_a_summary(corpus_dir, prepared,
+                                                                         tmp_path):
+  out, manifest = prepared
+  config = tmp_path / "tiny.py"
+  config.write_text(TINY.format(path=corpus_dir))  # the same data settings as tiny_config's
+  result = jaxlm("prepare", f"--config={config}", f"--out={tmp_path / 'p'}", "--workers=1",
+                 f"--shard_mb={SHARD_CHARS / 1e6}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  summary = last_json(result.stdout)
+  assert summary["train_tokens"] == manifest["splits"]["train"]["tokens"]
+  assert summary["shards"] == sum(len(e["shards"]) for e in manifest["splits"].values())
+  assert "prepare train" in result.stderr  # the progress bar
+  assert file_bytes(tmp_path / "p") == file_bytes(out)
