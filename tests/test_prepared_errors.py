@@ -73,13 +73,13 @@ def test_bad_prepared_data_trains_nothing(root, case, args, fragment):
 
 
 def test_a_workdir_resumed_on_data_of_another_tokenizer_is_refused_untouched(root):
-  workdir = root / "run_a"
-  result = train_on(root, workdir, f"--config.data.path={root / 'a'}")
-  assert result.returncode == 0, result.stderr[-2000:]
+  workdir = root / "run_a"  # as a run on DIR/a leaves it (its checkpoints aside): a's tokenizer
+  workdir.mkdir()
+  shutil.copy(root / "a" / "tokenizer.json", workdir / "tokenizer.json")
   before = tree_hash(workdir)
   result = train_on(root, workdir, f"--config.data.path={root / 'own'}")
   user_error(result, root, "Resuming on data prepared with another tokenizer",
-             "was prepared with another tokenizer than this workdir's", logs=True, workdir=workdir)
+             "was prepared with another tokenizer than this workdir's", workdir=workdir)
   assert tree_hash(workdir) == before
 
 
