@@ -35,11 +35,30 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   # Where text comes from: "stdlib" (this Python's standard library sources, built in, no download),
-  # "files" (data.path: a .txt/.jsonl file, a directory, or a glob), "tfds" (data.path: a TFDS
-  # name) or "task" (data.path: a built-in prompt/completion task, e.g. "pyfunc_names").
+  # "files" (data.path: a .txt/.jsonl/.jsonl.gz/.parquet file, a directory, or a glob), "tfds"
+  # (data.path: a TFDS name), "hf" (data.path: a Hugging Face `datasets` hub name or local
+  # directory, streamed), "task" (data.path: a built-in prompt/completion task, e.g.
+  # "pyfunc_names") or "prepared" (data.path: a directory written by `python -m jaxlm.prepare`,
+  # read as token shards; or several, weighted, in data.mixture).
   c.data.source = "stdlib"
-  # File, directory or glob for source="files"; dataset or task name for "tfds"/"task"; "" for "stdlib".
+  # File, directory or glob for source="files"; dataset or task name for "tfds"/"hf"/"task"; the
+  # prepared directory for "prepared"; "" for "stdlib".
   c.data.path = ""
+  # data.source=prepared only: several prepared directories, mixed by weight, as
+  # ((name, directory, weight), ...), e.g. (("web", "/p/web", 0.8), ("code", "/p/code", 0.2)).
+  # Every row of a batch is drawn from one source, deterministically, so that each source's share
+  # of the rows drawn so far stays within one row of its weight's; weights are normalised. Names
+  # label per-source metrics. All sources must share one tokenizer (prepare the second with
+  # data.tokenizer_file set to the first's DIR/tokenizer.json). () reads data.path alone.
+  c.data.mixture = ()
+  # Weights that change during training: ((step, (weight, ...)), ...), one weight per source of
+  # data.mixture, in force from that step on (the batch of step `step` + 1 is the first drawn so).
+  c.data.mixture_stages = ()
+  # Characters of training text the tokenizer trains on: a seeded sample of whole documents (see
+  # data/tokenizer_sample.py); 0 = all of it. A corpus within this trains on all of it, in order.
+  c.data.tokenizer_sample_chars = 100_000_000
+  # A tokenizer.json to use instead of training one (a prepared directory's, or a run's workdir).
+  c.data.tokenizer_file = ""
   # "text" (documents), "prompt_completion" (JSONL records {"prompt", "completion"}; the loss covers
   # the completion only), "classification" (JSONL {"text", "label"}, optionally "text_pair"; a
   # label is a string or an integer), "tagging" (JSONL {"tokens": [words], "tags": [BIO tags]}) or

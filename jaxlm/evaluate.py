@@ -21,7 +21,9 @@ from jaxlm import cli
 from jaxlm.config import base_config
 from jaxlm.data.dataset import DataConfig, pack_any, read_corpus
 from jaxlm.eval import generation, label_eval, summary
-from jaxlm.eval.scoring import evaluate_split
+from jaxlm.data.prepared_data import open_sources
+from jaxlm.errors import UserError
+from jaxlm.eval.scoring import evaluate_sets
 from jaxlm.inference import trained
 
 
@@ -43,12 +45,20 @@ def evaluate(workdir: str, step: int | None, overrides: dict) -> dict[str, float
   run = trained.load(workdir, step, overrides)
   data_cfg = DataConfig.from_config(run.config.data)
   labels = tuple(run.config.data.labels)
-  records = read_corpus(data_cfg).val
-  val, bytes_per_token = pack_any(data_cfg, records, run.tokenizer, "val", labels)
+  if data_cfg.source == "prepared":  # every source's own validation split, and all together
+    sources = open_sources(data_cfg)
+    if sources.tokenizer.to_json() != run.tokenizer.to_json():
+      raise UserError(f"{sources.opened[0].directory} was prepared with another tokenizer than "
+                      f"the run in {workdir}; evaluate on data prepared with its tokenizer")
+    sets = sources.val_sets()
+  else:
+    records = read_corpus(data_cfg).val
+    val, bytes_per_token = pack_any(data_cfg, records, run.tokenizer, "val", labels)
+    sets = [("", val, bytes_per_token)]
   cfg = run.model_cfg
-  metrics = summary.select(evaluate_split(run.engine, run.params, val, run.config.eval.batch_size,
-                                          run.config.eval.max_batches, bytes_per_token),
-                           cfg.family, cfg.head)
+  metrics = summary.select_sets(evaluate_sets(run.engine, run.params, sets,
+                                              run.config.eval.batch_size,
+                                              run.config.eval.max_batches), cfg.family, cfg.head)
   print(f"step {run.step}: validation {summary.describe(metrics)}")
   if cfg.head in ("classify", "tag"):
     metrics.update(label_metrics(run, workdir, val, records, labels))

@@ -134,7 +134,7 @@ def test_missing_path_empty_glob_and_empty_directory(tmp_path):
     _files(tmp_path / "nope.txt")
   with _raises_one_line("matches no files"):
     _files(str(tmp_path / "*.txt"))
-  with _raises_one_line("holds no .txt or .jsonl files"):
+  with _raises_one_line("holds no .txt, .jsonl, .jsonl.gz or .parquet files"):
     _files(tmp_path)
   with _raises_one_line("data.path is empty"):
     _files("")
@@ -184,9 +184,9 @@ def test_empty_corpus_and_empty_validation_errors(tmp_path):
 
 
 def test_bad_source_path_and_val_fraction():
-  with _raises_one_line("unknown data.source='web'; choose one of files, stdlib, tfds"):
+  with _raises_one_line("unknown data.source='web'; choose one of files, hf, stdlib, tfds"):
     load_corpus("web", "", "text", 0.1, True)
-  with _raises_one_line("data.path='x' is only for data.source=files or tfds"):
+  with _raises_one_line("data.path='x' is only for data.source=files, tfds or hf"):
     load_corpus("stdlib", "x", "text", 0.1, True)
   with _raises_one_line("data.val_fraction=1.5 must be between 0 and 1"):
     load_corpus("stdlib", "", "text", 1.5, True)

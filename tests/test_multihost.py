@@ -204,3 +204,34 @@ def test_sigterm_on_one_host_stops_both_at_the_same_step_with_a_checkpoint(tmp_p
   stopped = {name: last_json(path.read_text())["stopped_at"] for name, path in logs.items()}
   assert stopped["process0"] == stopped["process1"] >= 3
   assert trained.load(str(workdir)).step == stopped["process0"]
+
+
+MIXTURE_STEPS = 10
+
+
+def test_two_processes_train_a_mixture_of_prepared_sources_like_one(tmp_path):
+  """Each process maps the shared shards and reads only its rows of each mixed batch; the losses,
+  the tokens drawn per source and the per-source validation metrics equal one process's."""
+  from test_mixture import write_other_corpus  # noqa: PLC0415  (its fixtures are not needed here)
+  from test_prepare import prepare_tiny  # noqa: PLC0415
+
+  prepare_tiny(write_corpus(tmp_path / "corpus_a"), tmp_path / "a")
+  prepare_tiny(write_other_corpus(tmp_path / "corpus_b"), tmp_path / "b",
+               tokenizer_file=str(tmp_path / "a" / "tokenizer.json"))
+  mixture = f"(('a', '{tmp_path / 'a'}', 0.75), ('b', '{tmp_path / 'b'}', 0.25))"
+  workdirs, logs = launch(tmp_path, [*OVERRIDES, "--config.data.source=prepared",
+                                     "--config.data.path=", f"--config.data.mixture={mixture}",
+                                     "--config.data.mixture_stages=((5, (0.25, 0.75)),)",
+                                     f"--config.train.steps={MIXTURE_STEPS}",
+                                     f"--config.checkpoint.every={MIXTURE_STEPS}"])
+  pair, single = (read_metrics(str(workdirs[name])) for name in ("pair", "single"))
+  train_rows = [[r for r in records if r["split"] == "train"] for records in (pair, single)]
+  assert len(train_rows[0]) == len(train_rows[1]) == MIXTURE_STEPS
+  np.testing.assert_allclose([r["loss"] for r in train_rows[0]],
+                             [r["loss"] for r in train_rows[1]], atol=1e-5)
+  assert [(r["tokens_a"], r["tokens_b"]) for r in train_rows[0]] == \
+      [(r["tokens_a"], r["tokens_b"]) for r in train_rows[1]]
+  final = {name: {k: v for k, v in last_json(logs[name]).items() if k != "wall_seconds"}
+           for name in ("process0", "single")}
+  assert {"a/loss", "b/loss", "loss"} <= set(final["single"])
+  assert final["process0"] == pytest.approx(final["single"], rel=1e-5)

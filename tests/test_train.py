@@ -20,13 +20,13 @@ from jaxlm.training.loop import train
 WORDS = "the a cat dog sat ran on under mat log and then quickly slowly".split()
 
 
-def write_corpus(directory) -> str:
+def write_corpus(directory, words=tuple(WORDS), seed=0, docs=12, name="doc") -> str:
   """Twelve small documents of a toy grammar: learnable structure, no download."""
-  rng = np.random.default_rng(0)
+  rng = np.random.default_rng(seed)
   os.makedirs(directory, exist_ok=True)
-  for doc in range(12):
-    sentences = [" ".join(rng.choice(WORDS, size=rng.integers(3, 7))) + "." for _ in range(30)]
-    with open(os.path.join(directory, f"doc{doc:02d}.txt"), "w") as f:
+  for doc in range(docs):
+    sentences = [" ".join(rng.choice(words, size=rng.integers(3, 7))) + "." for _ in range(30)]
+    with open(os.path.join(directory, f"{name}{doc:02d}.txt"), "w") as f:
       f.write("\n".join(sentences))
   return str(directory)
 

@@ -32,8 +32,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxlm.data import train_batches, train_tokenizer
-from jaxlm.data.dataset import DataConfig, build_dataset, read_corpus, texts_of
+from jaxlm.data import train_batches
+from jaxlm.data.dataset import DataConfig, build_dataset, make_tokenizer, read_corpus
 from jaxlm.inference.decode import SamplingConfig, generate
 from jaxlm.models import GPT, ModelConfig
 from jaxlm.parallel import sharding
@@ -186,8 +186,7 @@ def load_data(config):
   if data_cfg.source == "files" and not data_cfg.path:
     return None, {}
   corpus = read_corpus(data_cfg)
-  tokenizer = train_tokenizer(data_cfg.tokenizer, texts_of(corpus.train), data_cfg.vocab_size,
-                              data_cfg.sp_model_type)
+  tokenizer = make_tokenizer(data_cfg, corpus.train)
   start = time.perf_counter()
   dataset = build_dataset(data_cfg, corpus, tokenizer)  # tokenize + pack, both splits
   seconds = time.perf_counter() - start

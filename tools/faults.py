@@ -1,6 +1,7 @@
 """Fault injection: kill a training run at random moments, restart it, and compare with a clean run.
 
     python tools/faults.py --kills=20 [--steps=300] [--seed=0] [--workdir=/tmp/jaxlm_faults]
+        [--data=files|prepared|mixture]
 
 A tiny model trains on a generated corpus, first uninterrupted (the reference), then again in a
 second workdir where each attempt is SIGKILLed at a random step, every other time at the moment a
@@ -35,11 +36,15 @@ def get_config():
   c.train.log_every = 1  # every step's loss is compared with the reference
   c.eval.every, c.eval.sample_tokens = 0, 0
   c.checkpoint.every, c.checkpoint.keep = {every}, 2
+{data}
   return c
 """
 
 
-def write_inputs(root: str, steps: int, every: int) -> str:
+def write_inputs(root: str, steps: int, every: int, data: str = "files") -> str:
+  """The corpus and the config; with `data` "prepared" the corpus prepared once and trained from
+  its shards, with "mixture" prepared twice (two validation splits, one tokenizer) and mixed
+  0.7/0.3, then 0.3/0.7 from half-way."""
   rng = random.Random(0)
   corpus = os.path.join(root, "corpus")
   os.makedirs(corpus, exist_ok=True)
@@ -48,7 +53,23 @@ def write_inputs(root: str, steps: int, every: int) -> str:
       f.write("\n".join(" ".join(rng.choices(WORDS, k=rng.randint(3, 7))) for _ in range(40)))
   config = os.path.join(root, "config.py")
   with open(config, "w") as f:
-    f.write(CONFIG.format(corpus=corpus, steps=steps, every=every))
+    f.write(CONFIG.format(corpus=corpus, steps=steps, every=every, data=""))
+  if data == "files":
+    return config
+  first, second = os.path.join(root, "prepared"), os.path.join(root, "prepared_b")
+  prepare = [sys.executable, "-m", "jaxlm.prepare", f"--config={config}", "--workers=1"]
+  subprocess.run([*prepare, f"--out={first}"], cwd=REPO, env=env(), check=True,
+                 capture_output=True)
+  lines = f"  c.data.source, c.data.path = 'prepared', {first!r}"
+  if data == "mixture":
+    subprocess.run([*prepare, f"--out={second}", "--config.data.val_fraction=0.4",
+                    f"--config.data.tokenizer_file={first}/tokenizer.json"], cwd=REPO, env=env(),
+                   check=True, capture_output=True)
+    lines = (f"  c.data.source, c.data.path = 'prepared', ''\n"
+             f"  c.data.mixture = (('a', {first!r}, 0.7), ('b', {second!r}, 0.3))\n"
+             f"  c.data.mixture_stages = (({steps // 2}, (0.3, 0.7)),)")
+  with open(config, "w") as f:
+    f.write(CONFIG.format(corpus=corpus, steps=steps, every=every, data=lines))
   return config
 
 
@@ -126,10 +147,10 @@ def attempt(config: str, workdir: str, kill_at: int | None, during_save: bool,
     return outcome, in_save, f.read()
 
 
-def run(kills: int, steps: int, every: int, seed: int, root: str) -> dict:
+def run(kills: int, steps: int, every: int, seed: int, root: str, data: str = "files") -> dict:
   shutil.rmtree(root, ignore_errors=True)
   os.makedirs(root)
-  config = write_inputs(root, steps, every)
+  config = write_inputs(root, steps, every, data)
   reference, faulty = os.path.join(root, "reference"), os.path.join(root, "faulty")
   started = time.perf_counter()
   outcome, _, output = attempt(config, reference, None, False, os.path.join(root, "ref.log"))
@@ -206,8 +227,11 @@ def main() -> None:
   parser.add_argument("--checkpoint_every", type=int, default=10)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--workdir", default="/tmp/jaxlm_faults")
+  parser.add_argument("--data", choices=("files", "prepared", "mixture"), default="files",
+                      help="train on the files, on them prepared, or on a mixture of two "
+                      "prepared directories with a stage change half-way")
   args = parser.parse_args()
-  report = run(args.kills, args.steps, args.checkpoint_every, args.seed, args.workdir)
+  report = run(args.kills, args.steps, args.checkpoint_every, args.seed, args.workdir, args.data)
   for key, value in report.items():
     print(f"{key:<22} {value}")
   print(json.dumps(report))

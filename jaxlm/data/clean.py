@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from jaxlm.errors import UserError
 
 
 def read_utf8(path: str) -> str:
-  """Returns the text of `path`, which must be UTF-8 (a leading BOM is dropped)."""
-  with open(path, "rb") as f:
+  """Returns the text of `path`, which must be UTF-8 (a leading BOM is dropped); a `.gz` file is
+  decompressed first."""
+  with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
     raw = f.read()
   try:
     text = raw.decode("utf-8")
@@ -37,18 +40,23 @@ def normalize_text(text: str) -> str:
   return text
 
 
-def clean_documents(docs: Iterable[str], dedup: bool) -> list[str]:
-  """Normalises `docs`, drops blank ones and, if `dedup`, exact duplicates
-  (keeping the first occurrence; order is preserved)."""
-  seen: set[str] = set()
-  cleaned = []
+def iter_clean(docs: Iterable[str], dedup: bool, seen: set[bytes]) -> Iterator[str]:
+  """Normalised `docs` without blank ones and, if `dedup`, without any whose digest is in `seen`
+  (to which each kept one's is added): streamed, so a corpus need not fit in memory. Sharing
+  `seen` between the splits (train first) drops validation documents that occur in train."""
   for doc in docs:
     doc = normalize_text(doc)
     if not doc.strip():
       continue
     if dedup:
-      if doc in seen:
+      digest = hashlib.sha1(doc.encode("utf-8", "surrogatepass")).digest()
+      if digest in seen:
         continue
-      seen.add(doc)
-    cleaned.append(doc)
-  return cleaned
+      seen.add(digest)
+    yield doc
+
+
+def clean_documents(docs: Iterable[str], dedup: bool) -> list[str]:
+  """Normalises `docs`, drops blank ones and, if `dedup`, exact duplicates
+  (keeping the first occurrence; order is preserved)."""
+  return list(iter_clean(docs, dedup, set()))

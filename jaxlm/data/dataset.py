@@ -10,6 +10,7 @@ finds one there (or is handed one from a checkpoint) uses it and never retrains.
 
 import dataclasses
 import os
+from typing import Any
 
 import jax
 from jax.experimental import multihost_utils
@@ -50,9 +51,11 @@ from jaxlm.data.records import (
   split_records,
 )
 from jaxlm.data.tasks import load_task
+from jaxlm.data.tokenizer_sample import sample_documents
 from jaxlm.errors import UserError
 
 TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_SAMPLE_SEED = 0  # fixed: the sample is part of the data, not of a run's seed
 
 
 @section_dataclass("data")
@@ -71,6 +74,10 @@ class DataConfig:
   truncate: str
   val_path: str
   labels: tuple
+  mixture: tuple
+  mixture_stages: tuple
+  tokenizer_sample_chars: int
+  tokenizer_file: str
 
   @property
   def resolved_format(self) -> str:
@@ -80,6 +87,8 @@ class DataConfig:
       raise UserError(f"data.format={self.format!r} is not one of {', '.join(formats)}")
     if self.format != "auto":
       return self.format
+    if self.source == "prepared":
+      return "text"
     if self.source == "task":
       return LABEL_TASKS[self.path].format if self.path in LABEL_TASKS else "prompt_completion"
     if self.source == "files":
@@ -103,6 +112,15 @@ class Dataset:
   val_bytes_per_token: float  # UTF-8 bytes of the scored validation text per scored token
   labels: tuple[str, ...] = ()  # label names in id order (classification / tagging)
   val_records: tuple = ()  # the validation records behind `val` (labelled data), for metrics
+  # data.source=prepared: the directories read (train and val above are the first one's; a
+  # mixture trains on all, see prepared_data.py, and evaluates each).
+  sources: Any = None
+
+  def val_sets(self) -> list[tuple[str, Any, float]]:
+    """(source name, validation windows, bytes per token) to evaluate: "" for the one split."""
+    if self.sources is not None:
+      return self.sources.val_sets()
+    return [("", self.val, self.val_bytes_per_token)]
 
 
 def read_corpus(c: DataConfig) -> Corpus:
@@ -139,17 +157,30 @@ def read_labelled_corpus(c: DataConfig) -> Corpus:
   return Corpus(train=train, val=val)
 
 
-def texts_of(docs: list) -> list[str]:
-  """The text a tokenizer learns from: documents as they are, records' text fields joined."""
-  def text(doc) -> str:
-    if isinstance(doc, Record):
-      return doc.prompt + doc.completion
-    if isinstance(doc, ClassificationRecord):
-      return doc.text + ("\n" + doc.text_pair if doc.text_pair else "")
-    if isinstance(doc, TaggingRecord):
-      return " ".join(doc.tokens)
-    return doc
-  return [text(d) for d in docs]
+def text_of(doc) -> str:
+  """The text a tokenizer learns from: a document as it is, a record's text fields joined."""
+  if isinstance(doc, Record):
+    return doc.prompt + doc.completion
+  if isinstance(doc, ClassificationRecord):
+    return doc.text + ("\n" + doc.text_pair if doc.text_pair else "")
+  if isinstance(doc, TaggingRecord):
+    return " ".join(doc.tokens)
+  return doc
+
+
+def make_tokenizer(c: DataConfig, train_docs) -> Tokenizer:
+  """data.tokenizer_file's tokenizer, else one trained on a bounded sample of `train_docs`
+  (an iterable of documents or records, read once)."""
+  if c.tokenizer_file:
+    tokenizer = load_tokenizer(c.tokenizer_file)
+    if tokenizer.kind != c.tokenizer:
+      raise UserError(f"data.tokenizer_file {c.tokenizer_file} holds a {tokenizer.kind} tokenizer, "
+                      f"but data.tokenizer={c.tokenizer!r}; set --config.data.tokenizer="
+                      f"{tokenizer.kind} or give a {c.tokenizer} tokenizer")
+    return tokenizer
+  texts = sample_documents((text_of(doc) for doc in train_docs), c.tokenizer_sample_chars,
+                           TOKENIZER_SAMPLE_SEED)
+  return train_tokenizer(c.tokenizer, texts, c.vocab_size, c.sp_model_type)
 
 
 def workdir_tokenizer(c: DataConfig, corpus: Corpus, workdir: str,
@@ -163,8 +194,7 @@ def workdir_tokenizer(c: DataConfig, corpus: Corpus, workdir: str,
   path = os.path.join(workdir, TOKENIZER_FILE)
   tokenizer = None
   if jax.process_index() == 0 and not os.path.exists(path):
-    tokenizer = pretrained or train_tokenizer(c.tokenizer, texts_of(corpus.train), c.vocab_size,
-                                              c.sp_model_type)
+    tokenizer = pretrained or make_tokenizer(c, corpus.train)
     save_tokenizer(tokenizer, path)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("jaxlm: workdir tokenizer saved")

@@ -1,16 +1,20 @@
-"""User text files: .txt (one document per file) and .jsonl (one per line)."""
+"""User text files: .txt (one document per file), .jsonl / .jsonl.gz (one per line) and .parquet
+(one per row, from the text column)."""
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
+from collections.abc import Iterator, Sequence
 
 from jaxlm.data.clean import read_utf8
 from jaxlm.data.splits import split_by_hash, split_tail, split_text
 from jaxlm.errors import UserError
 
-_DIR_SUFFIXES = (".txt", ".jsonl")
+_DIR_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet")
+_RECORD_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")  # files of many documents
 
 
 def resolve_files(path: str) -> tuple[list[str], str]:
@@ -29,7 +33,8 @@ def resolve_files(path: str) -> tuple[list[str], str]:
     )
     if not files:
       raise UserError(
-        f"directory {path} holds no .txt or .jsonl files; point data.path at your data"
+        f"directory {path} holds no .txt, .jsonl, .jsonl.gz or .parquet files; point data.path "
+        "at your data"
       )
     return files, path
   if glob.has_magic(path):
@@ -74,25 +79,59 @@ def read_jsonl(path: str, text_field: str) -> list[str]:
   return docs
 
 
+def read_parquet(path: str, text_field: str) -> list[str]:
+  """The `text_field` column of a Parquet file, one document per row."""
+  import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel  (tfds brings pyarrow)
+  try:
+    names = pq.read_schema(path).names
+    if text_field not in names:
+      raise UserError(f"{path}: no column {text_field!r} (columns: {', '.join(names)}); set "
+                      "--config.data.text_field to the column that holds the text")
+    column = pq.read_table(path, columns=[text_field]).column(text_field)
+  except (OSError, ValueError) as e:
+    if isinstance(e, UserError):
+      raise
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise UserError(f"{path} is not a readable Parquet file ({first}); check data.path") from None
+  if not (column.type.equals("string") or column.type.equals("large_string")):
+    raise UserError(f"{path}: column {text_field!r} holds {column.type}, not strings; set "
+                    "--config.data.text_field to the column that holds the text")
+  return [text for text in column.to_pylist() if text is not None]
+
+
 def read_documents(path: str, text_field: str) -> list[str]:
-  """.jsonl files hold one document per line; any other file is one document."""
-  if path.endswith(".jsonl"):
+  """.jsonl(.gz) files hold one document per line, .parquet one per row; any other file is one
+  document."""
+  if path.endswith((".jsonl", ".jsonl.gz")):
     return read_jsonl(path, text_field)
+  if path.endswith(".parquet"):
+    return read_parquet(path, text_field)
   return [read_utf8(path)]
 
 
+@dataclasses.dataclass(frozen=True)
+class FileDocuments:
+  """The documents of some files, read one file at a time each time it is iterated."""
+  files: Sequence[str]
+  text_field: str
+
+  def __iter__(self) -> Iterator[str]:
+    for path in self.files:
+      yield from read_documents(path, self.text_field)
+
+
 def load_files(path: str, text_field: str, val_fraction: float) -> tuple[list[str], list[str]]:
-  """Returns raw (train, val) documents. Several files are split by a stable
+  """Returns raw (train, val) documents (for several files, iterables that read a file at a time,
+  each time they are iterated). Several files are split by a stable
   hash of their relative paths; a single file is split inside: by characters
   for a text file (as nanoGPT does), by trailing documents for .jsonl."""
   files, root = resolve_files(path)
   if len(files) == 1:
-    if files[0].endswith(".jsonl"):
-      return split_tail(read_jsonl(files[0], text_field), val_fraction)
+    if files[0].endswith(_RECORD_SUFFIXES):
+      return split_tail(read_documents(files[0], text_field), val_fraction)
     train_text, val_text = split_text(read_utf8(files[0]), val_fraction)
     return [train_text], [val_text]
   keys = [os.path.relpath(f, root).replace(os.sep, "/") for f in files]
   train_idx, val_idx = split_by_hash(keys, val_fraction)
-  train = [doc for i in train_idx for doc in read_documents(files[i], text_field)]
-  val = [doc for i in val_idx for doc in read_documents(files[i], text_field)]
-  return train, val
+  return (FileDocuments([files[i] for i in train_idx], text_field),
+          FileDocuments([files[i] for i in val_idx], text_field))

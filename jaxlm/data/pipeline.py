@@ -10,6 +10,7 @@ import grain
 import numpy as np
 
 from jaxlm.data.packing import PackedTokens
+from jaxlm.data.shards import ShardedTokens
 from jaxlm.data.tokenizer import Tokenizer
 from jaxlm.errors import UserError
 
@@ -29,8 +30,23 @@ def _check_processes(process_index: int, process_count: int) -> None:
     raise UserError(f"process_index={process_index} must be in [0, process_count={process_count})")
 
 
+def check_batch_split(global_batch: int, seed: int, process_index: int,
+                      process_count: int) -> None:
+  """The global batch must split evenly over the processes, the seed fit grain's shuffle."""
+  _check_processes(process_index, process_count)
+  if global_batch < 1 or global_batch % process_count:
+    raise UserError(
+      f"global batch size {global_batch} must be a positive multiple of the process count "
+      f"{process_count}; "
+      "change the batch size"
+    )
+  if not 0 <= seed < 2**32:
+    raise UserError(f"seed={seed} must be in [0, 2**32) for shuffling")
+
+
 def train_batches(
-  packed: PackedTokens, global_batch: int, seed: int, process_index: int, process_count: int
+  packed: PackedTokens | ShardedTokens, global_batch: int, seed: int, process_index: int,
+  process_count: int
 ) -> grain.IterDataset:
   """Endless batches of this process's rows, each field
   [global_batch // process_count, seq_len]. The global order is one seeded
@@ -40,14 +56,7 @@ def train_batches(
   batch and reads only those windows. So the global batches do not depend on
   the process count, and all processes share one iterator position.
   `iter(ds)` has get_state()/set_state() for checkpoints."""
-  _check_processes(process_index, process_count)
-  if global_batch < 1 or global_batch % process_count:
-    raise UserError(
-      f"global batch size {global_batch} must be a positive multiple of the process count {process_count}; "
-      "change the batch size"
-    )
-  if not 0 <= seed < 2**32:
-    raise UserError(f"seed={seed} must be in [0, 2**32) for shuffling")
+  check_batch_split(global_batch, seed, process_index, process_count)
   num_windows = packed.num_full_windows  # a partial last window is for evaluation only
   if num_windows < global_batch:
     raise UserError(

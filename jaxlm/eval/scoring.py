@@ -86,3 +86,22 @@ def evaluate_split(engine: Engine, params, packed: PackedTokens | PackedRecords,
       "token_accuracy": totals["correct_sum"] / tokens,
       "tokens": tokens,
   }
+
+
+def evaluate_sets(engine: Engine, params, sets, batch_size: int,
+                  max_batches: int) -> dict[str, dict[str, float]]:
+  """`evaluate_split` of every (name, packed, bytes per token) in `sets`, by name; with several,
+  also "" overall: the NLL and counts of all their tokens together (weighted by tokens)."""
+  results = {name: evaluate_split(engine, params, packed, batch_size, max_batches, bytes_per_token)
+             for name, packed, bytes_per_token in sets}
+  if len(results) > 1:
+    tokens = sum(r["tokens"] for r in results.values())
+    nll = sum(r["loss"] * r["tokens"] for r in results.values())
+    num_bytes = sum(r["tokens"] * bpt for (_, _, bpt), r in zip(sets, results.values()))
+    loss = nll / tokens
+    results[""] = {"loss": loss, "perplexity": math.exp(loss),
+                   "bits_per_byte": nll / math.log(2) / num_bytes,
+                   "token_accuracy": sum(r["token_accuracy"] * r["tokens"]
+                                         for r in results.values()) / tokens,
+                   "tokens": tokens}
+  return results

@@ -33,8 +33,20 @@ def describe(metrics: dict) -> str:
   """`loss 2.1234  perplexity 8.371 ...` over the metrics `select` returned."""
   parts = []
   for key, value in metrics.items():
-    if key in ("tokens", "masked_tokens", "labelled"):
-      parts.append(f"over {value:,} {'tokens' if key == 'tokens' else key.replace('_', ' ')}")
+    source, _, name = key.rpartition("/")  # "web/loss": a mixture source's
+    prefix = f"{source}: " if source else ""
+    if name in ("tokens", "masked_tokens", "labelled"):
+      what = "tokens" if name == "tokens" else name.replace("_", " ")
+      parts.append(f"{prefix}over {value:,} {what}")
     else:
-      parts.append(f"{key.replace('_', ' ')} {value:.4f}")
+      parts.append(f"{prefix}{name.replace('_', ' ')} {value:.4f}")
   return "  ".join(parts)
+
+
+def select_sets(results: dict[str, dict], family: str, head: str) -> dict:
+  """`select` of the overall metrics (name ""), then each named set's as "name/metric"."""
+  out = select(results[""], family, head)
+  for name, metrics in results.items():
+    if name:
+      out.update({f"{name}/{key}": value for key, value in select(metrics, family, head).items()})
+  return out

@@ -14,9 +14,10 @@ import ml_collections
 import tqdm
 
 from jaxlm import cli, report
+from jaxlm.data.mixture import tokens_seen
 from jaxlm.errors import UserError
 from jaxlm.eval import summary
-from jaxlm.eval.scoring import evaluate_split
+from jaxlm.eval.scoring import evaluate_sets
 from jaxlm.inference.decode import SamplingConfig, generate
 from jaxlm.parallel import sharding
 from jaxlm.models import lora
@@ -137,7 +138,7 @@ def train_loop(run: Run) -> tuple[dict, int, bool]:
       progress.update(1)
       stopping = preemption.agreed(done)
       if done % log_every == 0 or done == total or stopping:
-        log_train(run, done, metrics, speed, progress)
+        log_train(run, done, metrics, speed, progress, prefetched.state())
       if not stopping and ((config.eval.every and done % config.eval.every == 0) or done == total):
         val_metrics = evaluate(run, done)
         speed.restart()  # evaluation time is not training throughput
@@ -152,12 +153,22 @@ def train_loop(run: Run) -> tuple[dict, int, bool]:
   return val_metrics, done, stopping
 
 
-def log_train(run: Run, step: int, metrics: dict, speed: "Throughput", progress) -> None:
-  """One train line: the step's metrics (a device sync) and the window's speed."""
+def log_train(run: Run, step: int, metrics: dict, speed: "Throughput", progress,
+              data_state: dict) -> None:
+  """One train line: the step's metrics (a device sync), the window's speed and, for a mixture,
+  the training tokens drawn so far from each source."""
   metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
   del metrics["tokens"]
   check_guard(metrics, run.config.train.on_nonfinite)
   metrics.update(speed.read())
+  sources = run.dataset.sources
+  if sources is not None and sources.schedule is not None:
+    seen = tokens_seen(data_state, sources.names, run.config.data.seq_len)
+    metrics.update(seen)
+    every = run.config.eval.every
+    if (every and step % every == 0) or step == run.config.train.steps:
+      run.log(f"step {step}: training tokens seen " +
+              ", ".join(f"{k.removeprefix('tokens_')} {v:,}" for k, v in seen.items()))
   run.writer.write(step, metrics)
   progress.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.2e}")
 
@@ -167,10 +178,9 @@ def evaluate(run: Run, step: int | None = None) -> dict[str, float]:
   eval_start = time.perf_counter()
   config, dataset = run.config, run.dataset
   model_cfg = run.engine.model.cfg
-  val_metrics = summary.select(
-      evaluate_split(run.engine, run.state.params, dataset.val, config.eval.batch_size,
-                     config.eval.max_batches, dataset.val_bytes_per_token),
-      model_cfg.family, model_cfg.head)
+  val_metrics = summary.select_sets(
+      evaluate_sets(run.engine, run.state.params, dataset.val_sets(), config.eval.batch_size,
+                    config.eval.max_batches), model_cfg.family, model_cfg.head)
   if step is None:
     return val_metrics
   now = time.perf_counter()

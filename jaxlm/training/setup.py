@@ -23,6 +23,7 @@ from jaxlm.data.dataset import (
   read_corpus,
   workdir_tokenizer,
 )
+from jaxlm.data.prepared_data import check_data_source, open_sources
 from jaxlm.data.records import PackedRecords
 from jaxlm.errors import UserError
 from jaxlm.models import make_model
@@ -136,22 +137,47 @@ def set_up(config: ml_collections.ConfigDict, workdir: str, overrides: dict,
   mesh_for_config(config)  # a mesh or batch that does not fit fails before the data is read
   data_cfg = DataConfig.from_config(config.data)
   check_task(config, data_cfg.resolved_format)
-  corpus = read_corpus(data_cfg)
-  tokenizer = workdir_tokenizer(data_cfg, corpus, workdir,
-                                pretrained.tokenizer if pretrained else None)
-  dataset = build_dataset(data_cfg, corpus, tokenizer)
+  dataset = load_dataset(data_cfg, workdir, pretrained, log)
   if dataset.labels:  # the label names are part of the run: saved with its config
     config.data.labels, config.model.num_labels = dataset.labels, len(dataset.labels)
   if checkpoint.latest_step(workdir) is not None:
     _, saved_config, _ = checkpoint.restore_metadata(workdir)  # the latest step's
     check_resume(cli.config_to_json(from_saved(saved_config)), config)
-  log_data(log, data_cfg, corpus, dataset)
+  tokenizer = dataset.tokenizer
   engine = engine_for_config(config, tokenizer.vocab_size, special_tokens(config, tokenizer))
   feed = engine.train_feed(config.train.batch_size, config.train.grad_accum_steps)
-  iterator = iter(train_batches(dataset.train, config.train.batch_size, config.train.seed,
-                                feed.block, feed.blocks))
+  if dataset.sources is not None:
+    iterator = dataset.sources.iterator(config.train.batch_size, config.train.seed, feed.block,
+                                        feed.blocks)
+  else:
+    iterator = iter(train_batches(dataset.train, config.train.batch_size, config.train.seed,
+                                  feed.block, feed.blocks))
   return Run(config, workdir, log, dataset, engine, iterator, feed,
              checkpoint.manager(workdir, keep=config.checkpoint.keep), pretrained)
+
+
+def load_dataset(data_cfg: DataConfig, workdir: str, pretrained: Pretrained | None,
+                 log: Callable[[str], None]) -> Dataset:
+  """The run's tokenizer and data: prepared directories mapped (nothing tokenised), or the
+  corpus read, tokenised and packed in memory."""
+  given = pretrained.tokenizer if pretrained else None
+  if data_cfg.source != "prepared":
+    check_data_source(data_cfg)
+    corpus = read_corpus(data_cfg)
+    dataset = build_dataset(data_cfg, corpus, workdir_tokenizer(data_cfg, corpus, workdir, given))
+    log_data(log, data_cfg, corpus, dataset)
+    return dataset
+  sources = open_sources(data_cfg)
+  tokenizer = workdir_tokenizer(data_cfg, None, workdir, given or sources.tokenizer)
+  if tokenizer.to_json() != sources.tokenizer.to_json():
+    whose = (f"the pretrained run's ({pretrained.workdir})" if given else
+             f"this workdir's ({workdir}/tokenizer.json)")
+    raise UserError(f"{sources.opened[0].directory} was prepared with another tokenizer than "
+                    f"{whose}; prepare the data with --config.data.tokenizer_file set to that "
+                    "tokenizer.json, or use a new --workdir")
+  first = sources.opened[0]
+  log(f"data: {sources.describe()}; {tokenizer.kind} tokenizer of {tokenizer.vocab_size} ids")
+  return Dataset(tokenizer, first.train, first.val, first.val_bytes_per_token, sources=sources)
 
 
 def log_data(log: Callable[[str], None], data_cfg: DataConfig, corpus, dataset: Dataset) -> None:
