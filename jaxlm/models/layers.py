@@ -109,16 +109,16 @@ class Attention(nn.Module):
     implementation = attention_implementation(cfg, self.decode)
     if self.decode:
       key, value, key_segments, key_index, query_index = self._update_cache(key, value, segment_ids)
-      causal = key_index[None, :] <= query_index[:, None]  # [seq, cache_len]
+      causal = key_index <= query_index[:, :, None]  # [batch, seq, cache_len]
     else:
       key_segments = segment_ids
-      causal = jnp.tril(jnp.ones((x.shape[1], x.shape[1]), dtype=bool))
+      causal = jnp.tril(jnp.ones((x.shape[1], x.shape[1]), dtype=bool))[None]
     same_segment = query_segments[:, :, None] == key_segments[:, None, :]  # [batch, seq, keys]
     if implementation == "cudnn":  # causality as cuDNN's built-in mask; documents as a mask
       out = jax.nn.dot_product_attention(query, key, value, mask=same_segment[:, None],
                                          is_causal=cfg.causal, implementation="cudnn")
     else:
-      allowed = same_segment & causal[None] if cfg.causal else same_segment
+      allowed = same_segment & causal if cfg.causal else same_segment
       mask = allowed[:, None]  # [batch, 1, seq, keys]
       out = jax.nn.dot_product_attention(query, key, value, mask=mask,
                                          implementation="xla")  # [batch, seq, heads, head_dim]
@@ -127,7 +127,9 @@ class Attention(nn.Module):
                   cfg.use_bias, cfg.compute_dtype, in_dims=2, name="out")(out)
 
   def _update_cache(self, key: Array, value: Array, segment_ids: Array):
-    """Writes this call's keys/values at the cache index; returns the whole cache to attend to."""
+    """Writes this call's keys/values at each row's cache index; returns the whole cache to attend
+    to. The index is per row (`[batch]`), so rows of one batch may sit at different positions:
+    a server's slots each hold their own request."""
     batch, seq, heads, head_dim = key.shape
     max_len = self.cfg.max_len
     cached_key = self.variable("cache", "key", jnp.zeros, (batch, max_len, heads, head_dim),
@@ -136,15 +138,15 @@ class Attention(nn.Module):
                                  value.dtype)
     # Segment 0 marks empty slots (and left padding): real query tokens have segment >= 1.
     cached_segments = self.variable("cache", "segments", jnp.zeros, (batch, max_len), jnp.int32)
-    index = self.variable("cache", "index", lambda: jnp.array(0, jnp.int32))
-    start = index.value
-    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, start, 0, 0))
-    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, start, 0, 0))
-    cached_segments.value = jax.lax.dynamic_update_slice(cached_segments.value,
-                                                         segment_ids.astype(jnp.int32), (0, start))
+    index = self.variable("cache", "index", lambda: jnp.zeros((batch,), jnp.int32))
+    start = index.value  # [batch]
+    write = jax.vmap(lambda cache, new, at: jax.lax.dynamic_update_slice_in_dim(cache, new, at, 0))
+    cached_key.value = write(cached_key.value, key, start)
+    cached_value.value = write(cached_value.value, value, start)
+    cached_segments.value = write(cached_segments.value, segment_ids.astype(jnp.int32), start)
     index.value = start + seq
     key_index = jnp.arange(max_len)
-    query_index = start + jnp.arange(seq)
+    query_index = start[:, None] + jnp.arange(seq)  # [batch, seq]
     return cached_key.value, cached_value.value, cached_segments.value, key_index, query_index
 
 
