@@ -81,10 +81,14 @@ class Scheduler:
 
   def submit(self, request: Request) -> bool:
     """Queues a request; False when the waiting queue is full."""
+    return self.submit_all([request])
+
+  def submit_all(self, requests: list[Request]) -> bool:
+    """Queues all the requests, or none (False) when the waiting queue cannot take them."""
     with self.wake:
-      if len(self.waiting) >= self.max_waiting:
+      if len(self.waiting) + len(requests) > self.max_waiting:
         return False
-      self.waiting.append(request)
+      self.waiting.extend(requests)
       self.wake.notify()
     return True
 
