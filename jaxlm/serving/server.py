@@ -99,8 +99,8 @@ def load_service(options: ServeOptions, metrics: Metrics, tokenizer_json: dict) 
 
 def serve(options: ServeOptions) -> None:
   options.check()
-  step, _, tokenizer_json = trained.check_generative(options.workdir, options.step)
   sock = bind(options.host, options.port)
+  step, _, tokenizer_json = trained.check_generative(options.workdir, options.step)
   state = AppState(options.api_key, options.max_body_bytes, Metrics())
   config = uvicorn.Config(create_app(state), log_level="warning", lifespan="off",
                           timeout_graceful_shutdown=options.shutdown_timeout)

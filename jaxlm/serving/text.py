@@ -2,8 +2,9 @@
 
 The generated ids are decoded whole after each token (as `jaxlm.sample` decodes them, so the text
 is the same), and only what is settled is released:
-- a trailing U+FFFD may be the first bytes of a character the next token completes, so it is held
-  back until a later token settles it or the choice ends;
+- a trailing U+FFFD may be the first bytes of a character the next tokens complete, so it is held
+  back until a later token settles it, the choice ends, or it is older than the last 3 tokens
+  (a UTF-8 character has at most 4 bytes: older bytes are invalid for good);
 - text that could be the start of a stop string is held back until the next tokens decide; a stop
   string found ends the choice, and neither it nor anything after it is ever released.
 Each token's logprobs are released with the delta that completes its text.
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from jaxlm.data import Tokenizer
 
 REPLACEMENT = "\ufffd"
+MAX_CHAR_TOKENS = 3  # a UTF-8 character is at most 4 bytes: 3 may wait for the 4th
 
 
 def held_back(text: str, stops: Sequence[str]) -> int:
@@ -64,7 +66,9 @@ class TextStream:
       return self._finish("stop", cut)
     if len(self.ids) >= self.max_tokens:
       return self._finish("length", len(self.text))
-    settled = len(self.text.rstrip(REPLACEMENT))
+    # Only the last MAX_CHAR_TOKENS tokens can hold the start of an unfinished character.
+    final = self.ends[-MAX_CHAR_TOKENS - 1] if len(self.ends) > MAX_CHAR_TOKENS else 0
+    settled = max(len(self.text.rstrip(REPLACEMENT)), min(final, len(self.text)))
     settled -= held_back(self.text[:settled], self.stops)
     return self._release(max(settled, self.released))
 
