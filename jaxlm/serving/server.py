@@ -48,7 +48,7 @@ class ServeOptions:
     for name, low in (("port", 0), ("slots", 1), ("max_body_bytes", 1), ("max_waiting", 1),
                       ("prefills_per_step", 1), ("max_tokens", 0), ("shutdown_timeout", 0)):
       if getattr(self, name) < low:
-        raise UserError(f"--{name}={getattr(self, name)} must be at least {low}")
+        raise UserError(f"--{name}={getattr(self, name)} is below its minimum; give {low} or more")
     if self.port > 65535:
       raise UserError(f"--port={self.port} is not a TCP port; use 1..65535 (0 = any free one)")
     if self.api_key is not None and not self.api_key.strip():
