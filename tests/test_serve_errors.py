@@ -1,4 +1,4 @@
-"""`python -m jaxlm.serve` start-up mistakes: one line, exit status 2 (docs/errors.md, "Serving")."""
+"""`python -m jaxlm.serve` start-up mistakes: one line, exit status 2 (docs/errors.md)."""
 
 import socket
 

@@ -4,7 +4,8 @@ A template renders `messages` (dicts with `role` and `content`) to text; `add_ge
 appends what opens the assistant's reply. `{{ eos_token }}` in a template stands for the EOS id
 (it has no text in jaxlm's tokenizers): the text is split there and EOS ids put in between, so a
 model trained on rendered chats ends its replies with EOS and generation stops there.
-Templates run as Hugging Face runs them (trim_blocks, lstrip_blocks), in Jinja's immutable sandbox: a template from a checkpoint cannot reach Python.
+Templates run as Hugging Face runs them (trim_blocks, lstrip_blocks), in Jinja's immutable
+sandbox: a template from a checkpoint cannot reach Python.
 
 A chat record `{"messages": [...]}` becomes tokens with the loss on the assistant turns only: each
 assistant turn is the text that rendering it adds after the generation prompt of the turns
@@ -25,8 +26,8 @@ from jaxlm.errors import UserError
 # reply closed by EOS instead of a newline.
 DEFAULT_TEMPLATE = (
     "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}"
-    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% else %}{{ '\\n' }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}assistant: {% endif %}")
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% else %}{{ '\\n' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
 ROLES = ("system", "developer", "user", "assistant")
 # Stands for EOS in rendered text; random per process, so message content cannot forge it.
 _EOS_MARK = f"\x00eos-{secrets.token_hex(8)}\x00"

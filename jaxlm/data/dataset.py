@@ -9,6 +9,7 @@ finds one there (or is handed one from a checkpoint) uses it and never retrains.
 """
 
 import dataclasses
+import json
 import os
 
 import jax
@@ -25,6 +26,15 @@ from jaxlm.data import (
   save_tokenizer,
   tokenize_corpus,
   train_tokenizer,
+)
+from jaxlm.data.chat_records import (
+  TASK_SUFFIX,
+  ChatRecord,
+  is_chat_file,
+  load_chat_task,
+  pack_chat_split,
+  read_chat_records,
+  template_of,
 )
 from jaxlm.data.label_tasks import LABEL_TASKS, load_label_task
 from jaxlm.data.labelled import (
@@ -49,6 +59,7 @@ from jaxlm.data.records import (
   read_records,
   split_records,
 )
+from jaxlm.data.splits import split_by_hash
 from jaxlm.data.tasks import load_task
 from jaxlm.errors import UserError
 
@@ -71,15 +82,18 @@ class DataConfig:
   truncate: str
   val_path: str
   labels: tuple
+  chat_template: str
 
   @property
   def resolved_format(self) -> str:
     """data.format, with "auto" decided from the built-in task or the first JSONL record."""
-    formats = ("auto", "text", "prompt_completion", *LABELLED_FORMATS)
+    formats = ("auto", "text", "prompt_completion", "chat", *LABELLED_FORMATS)
     if self.format not in formats:
       raise UserError(f"data.format={self.format!r} is not one of {', '.join(formats)}")
     if self.format != "auto":
       return self.format
+    if self.source == "task" and self.path.endswith(TASK_SUFFIX):
+      return "chat"
     if self.source == "task":
       return LABEL_TASKS[self.path].format if self.path in LABEL_TASKS else "prompt_completion"
     if self.source == "files":
@@ -88,6 +102,8 @@ class DataConfig:
         return labelled
       if is_record_file(self.path):
         return "prompt_completion"
+      if is_chat_file(self.path):
+        return "chat"
     return "text"
 
   @property
@@ -103,6 +119,12 @@ class Dataset:
   val_bytes_per_token: float  # UTF-8 bytes of the scored validation text per scored token
   labels: tuple[str, ...] = ()  # label names in id order (classification / tagging)
   val_records: tuple = ()  # the validation records behind `val` (labelled data), for metrics
+  chat_template: str = ""  # the template chat data was rendered with
+
+  def tokenizer_state(self) -> dict:
+    """The tokenizer's JSON for checkpoints, with the chat template of a chat run."""
+    state = self.tokenizer.to_json()
+    return {**state, "chat_template": self.chat_template} if self.chat_template else state
 
 
 def read_corpus(c: DataConfig) -> Corpus:
@@ -111,6 +133,8 @@ def read_corpus(c: DataConfig) -> Corpus:
     return load_corpus(c.source, c.path, c.text_field, c.val_fraction, c.dedup)
   if c.labelled:
     return read_labelled_corpus(c)
+  if c.resolved_format == "chat":
+    return read_chat_corpus(c)
   if c.source == "task":
     return Corpus(train=load_task(c.path, "train"), val=load_task(c.path, "val"))
   if c.source != "files":
@@ -119,6 +143,19 @@ def read_corpus(c: DataConfig) -> Corpus:
     return Corpus(train=read_records(c.path), val=read_records(c.val_path))
   train, val = split_records(read_records(c.path), c.val_fraction)
   return Corpus(train=train, val=val)
+
+
+def read_chat_corpus(c: DataConfig) -> Corpus:
+  """Train/validation chat records: a built-in task's (`TASK_chat`) or JSONL files'."""
+  if c.source == "task":
+    return Corpus(train=load_chat_task(c.path, "train"), val=load_chat_task(c.path, "val"))
+  if c.source != "files":
+    raise UserError(f"chat data comes from data.source=files or task, not {c.source!r}")
+  if c.val_path:
+    return Corpus(train=read_chat_records(c.path), val=read_chat_records(c.val_path))
+  records = read_chat_records(c.path)
+  train_idx, val_idx = split_by_hash([json.dumps(r.messages) for r in records], c.val_fraction)
+  return Corpus(train=[records[i] for i in train_idx], val=[records[i] for i in val_idx])
 
 
 def read_labelled_corpus(c: DataConfig) -> Corpus:
@@ -144,6 +181,8 @@ def texts_of(docs: list) -> list[str]:
   def text(doc) -> str:
     if isinstance(doc, Record):
       return doc.prompt + doc.completion
+    if isinstance(doc, ChatRecord):
+      return doc.text
     if isinstance(doc, ClassificationRecord):
       return doc.text + ("\n" + doc.text_pair if doc.text_pair else "")
     if isinstance(doc, TaggingRecord):
@@ -208,6 +247,8 @@ def pack_any(c: DataConfig, docs: list, tokenizer: Tokenizer, name: str,
     return pack_labelled(docs, tokenizer, c.seq_len, labels, name), 1.0
   if c.resolved_format == "prompt_completion":
     return pack_record_split(docs, tokenizer, c.seq_len, c.truncate, name)
+  if c.resolved_format == "chat":
+    return pack_chat_split(docs, tokenizer, template_of(c), c.seq_len, c.truncate, name)
   return pack_split(docs, tokenizer, c.seq_len)
 
 
@@ -216,4 +257,5 @@ def build_dataset(c: DataConfig, corpus: Corpus, tokenizer: Tokenizer) -> Datase
   train, _ = pack_any(c, corpus.train, tokenizer, "train", labels)
   val, val_bytes_per_token = pack_any(c, corpus.val, tokenizer, "val", labels)
   return Dataset(tokenizer, train, val, val_bytes_per_token, labels,
-                 tuple(corpus.val) if c.labelled else ())
+                 tuple(corpus.val) if c.labelled else (),
+                 template_of(c) if c.resolved_format == "chat" else "")

@@ -91,7 +91,8 @@ def load_service(options: ServeOptions, metrics: Metrics, tokenizer_json: dict) 
   scheduler.warm_up()
   metrics.watch(scheduler)
   name = options.model_name or os.path.basename(os.path.normpath(options.workdir))
-  template = tokenizer_json.get("chat_template") or chat.DEFAULT_TEMPLATE
+  template = (tokenizer_json.get("chat_template") or run.config.data.get("chat_template")
+              or chat.DEFAULT_TEMPLATE)
   cap = options.max_tokens or run.model_cfg.max_len
   return Service(run.tokenizer, scheduler.start(), run.model_cfg.max_len, name, cap, template,
                  metrics)

@@ -126,7 +126,7 @@ def train_loop(run: Run) -> tuple[dict, int, bool]:
         check_guard(jax.device_get({"first_nonfinite": run.state.guard.first_nonfinite}),
                     config.train.on_nonfinite)
         checkpoint.save(run.mngr, done, run.state, cli.config_to_json(config),
-                        run.dataset.tokenizer.to_json(), prefetched.state())
+                        run.dataset.tokenizer_state(), prefetched.state())
       if stopping:
         break
   return val_metrics, done, stopping
