@@ -4,12 +4,8 @@ directly (random weights, scaled up so that greedy choices are far from ties), a
 import dataclasses
 import http.client
 import json
-import os
 import re
 import subprocess
-import sys
-import threading
-import time
 
 import flax.linen as nn
 import jax
@@ -20,6 +16,7 @@ from jaxlm.config import base_config
 from jaxlm.data.simple_tokenizers import ByteTokenizer
 from jaxlm.interop.run_writer import write_run
 from jaxlm.models import GPT, ModelConfig
+from jaxlm.serving.launch import launch
 
 API_KEY = "test-key-123"
 
@@ -79,32 +76,10 @@ class Server:
     return values
 
 
-def start_server(workdir: str, *args: str, env_extra: dict | None = None,
-                 timeout: float = 240) -> Server:
+def start_server(workdir: str, *args: str, env_extra: dict | None = None) -> Server:
   env = {**subprocess_env(), **(env_extra or {})}
-  process = subprocess.Popen([sys.executable, "-m", "jaxlm.serve", f"--workdir={workdir}",
-                              "--port=0", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
-  log: list[str] = []
-  ready = threading.Event()
-
-  def read():
-    for line in process.stdout:
-      log.append(line)
-      if line.startswith("serving "):
-        ready.set()
-    ready.set()
-
-  threading.Thread(target=read, daemon=True).start()
-  deadline = time.monotonic() + timeout
-  while not ready.wait(1):
-    if time.monotonic() > deadline:
-      process.kill()
-      raise AssertionError("the server did not start:\n" + "".join(log))
-  match = next((re.search(r"http://([\d.]+):(\d+)/v1", line) for line in log
-                if line.startswith("serving ")), None)
-  assert match, "".join(log)
-  return Server(process, match[1], int(match[2]), log)
+  process, host, port, log = launch(workdir, *args, env=env, cwd=REPO)
+  return Server(process, host, port, log)
 
 
 def sse_events(raw: bytes) -> list:

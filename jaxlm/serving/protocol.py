@@ -44,6 +44,7 @@ class Sampling(Strict):
   presence_penalty: Literal[0, 0.0] = 0
   frequency_penalty: Literal[0, 0.0] = 0
   logit_bias: Annotated[dict[str, float], Field(max_length=0)] | None = None
+  ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever (for benchmarks)
 
   @property
   def stops(self) -> list[str]:

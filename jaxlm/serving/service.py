@@ -116,7 +116,7 @@ class Service:
     for p, prompt in enumerate(prompts):
       for c in range(request.n):
         index = p * request.n + c
-        stream = TextStream(self.tokenizer, max_tokens, request.stops)
+        stream = TextStream(self.tokenizer, max_tokens, request.stops, request.ignore_eos)
         sink = ChoiceSink(loop, queue, index, stream, (prompt.text, prompt.ids[1:]) if echo
                           else None, self.metrics)
         sink.request = Request(prompt.ids, request_key(seed, index), request.temperature, top_k,

@@ -41,8 +41,9 @@ class Delta:
 class TextStream:
   """Feed tokens with `push`; each returns the Delta that may be released (possibly empty)."""
 
-  def __init__(self, tokenizer: Tokenizer, max_tokens: int, stops: Sequence[str] = ()):
-    self.tokenizer, self.max_tokens = tokenizer, max_tokens
+  def __init__(self, tokenizer: Tokenizer, max_tokens: int, stops: Sequence[str] = (),
+               ignore_eos: bool = False):
+    self.tokenizer, self.max_tokens, self.ignore_eos = tokenizer, max_tokens, ignore_eos
     self.stops = [s for s in stops if s]
     self.ids: list[int] = []
     self.ends: list[int] = []  # text length after each token
@@ -55,7 +56,7 @@ class TextStream:
 
   def push(self, token: int, logprobs=None) -> Delta:
     self.generated += 1
-    if token == self.tokenizer.eos_id:
+    if token == self.tokenizer.eos_id and not self.ignore_eos:
       return self._finish("stop", len(self.text))
     self.ids.append(token)
     self.logprobs.append(logprobs)
