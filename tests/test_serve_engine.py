@@ -17,10 +17,11 @@ from jaxlm.serving.engine import Engine, buckets, request_key
 from jaxlm.serving.scheduler import Request, Scheduler
 
 
-@pytest.fixture(scope="module", params=["learned", "rope"])
-def sharp_model(request, tiny_model_cfg):
-  """A random model with large weights, so greedy choices are far from ties."""
-  cfg = dataclasses.replace(tiny_model_cfg, positions=request.param)
+@pytest.fixture(scope="module")
+def sharp_model(tiny_model_cfg):
+  """A random model with large weights, so greedy choices are far from ties. RoPE: positions
+  enter every attention call (learned positions are served in test_serve.py)."""
+  cfg = dataclasses.replace(tiny_model_cfg, positions="rope")
   tokens = jnp.zeros((1, 8), jnp.int32)
   params = nn.unbox(GPT(cfg).init(jax.random.key(4), tokens, tokens, tokens + 1)["params"])
   params = jax.tree.map(lambda x: x * 4 if x.ndim >= 2 else x, params)
@@ -107,6 +108,23 @@ def test_logprobs_are_the_log_softmax_of_the_full_forward(sharp_model):
     np.testing.assert_allclose(chosen, row[tokens[i]], atol=1e-4)
     assert top_ids == np.argsort(-row)[:5].tolist()
     np.testing.assert_allclose(top_lp, np.sort(row)[::-1][:5], atol=1e-4)
+
+
+def test_parameters_sharded_over_8_devices_serve_the_same_tokens(sharp_model):
+  cfg, params = sharp_model
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]), ("fsdp",))
+  assert len(jax.devices()) >= 8
+
+  def place(x):  # fsdp-style: split the first axis that 8 divides
+    axis = next((i for i, size in enumerate(x.shape) if size % 8 == 0), None)
+    spec = [None] * x.ndim
+    if axis is not None:
+      spec[axis] = "fsdp"
+    return jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec)))
+
+  sharded = jax.tree.map(place, params)
+  specs = [([5, 9, 2], 8, 0.0, 0, 1.0, 0), ([7] * 12, 8, 1.0, 0, 1.0, 3)]
+  assert run_all(cfg, sharded, specs, slots=2)[0] == run_all(cfg, params, specs, slots=2)[0]
 
 
 def test_buckets_are_powers_of_two_up_to_the_context():
