@@ -10,7 +10,6 @@ printed after a separator line; the last line of stdout is a JSON list of the sa
 from absl import app, flags
 
 from jaxlm import cli
-from jaxlm.errors import UserError
 from jaxlm.inference import trained
 from jaxlm.inference.decode import SamplingConfig, generate
 

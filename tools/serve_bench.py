@@ -3,7 +3,7 @@
     python tools/serve_bench.py --workdir=runs/default [--concurrency=1,4,16,32] [--slots=32]
         [--prompt_tokens=32] [--output_tokens=64] [--requests=2]
 
-Starts the server (`--slots`, then `--slots=1` for comparison), and for each concurrency C runs
+Starts the server (`--slots`, then `--slots=1` at `--baseline_concurrency`), and for each concurrency C runs
 C client threads that each send `--requests` streaming completions one after the other: a fixed
 prompt of `--prompt_tokens` tokens, `--output_tokens` tokens out (`ignore_eos`). Reports vLLM's
 measures: request throughput and output tokens/s over the wall time of the level; TTFT (request
@@ -122,13 +122,15 @@ def main():
   parser.add_argument("--prompt_tokens", type=int, default=32)
   parser.add_argument("--output_tokens", type=int, default=64)
   parser.add_argument("--requests", type=int, default=2, help="per client, one after another")
-  parser.add_argument("--skip_baseline", action="store_true", help="no --slots=1 server")
+  parser.add_argument("--baseline_concurrency", default="1,16",
+                      help="levels run against a --slots=1 server too ('' = none)")
   args = parser.parse_args()
   levels = [int(c) for c in args.concurrency.split(",")]
   prompt = prompt_of(args.workdir, args.prompt_tokens)
   rows = bench_server(args.workdir, args.slots, levels, prompt, args.output_tokens, args.requests)
-  if not args.skip_baseline:
-    rows += bench_server(args.workdir, 1, levels, prompt, args.output_tokens, args.requests)
+  if args.baseline_concurrency:
+    baseline = [int(c) for c in args.baseline_concurrency.split(",")]
+    rows += bench_server(args.workdir, 1, baseline, prompt, args.output_tokens, args.requests)
   sample = sample_tokens_per_s(args.workdir, prompt, args.output_tokens)
   header = ["slots", "concurrency", "requests", "req_per_s", "out_tok_per_s", "ttft_p50_ms",
             "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms", "itl_p50_ms", "itl_p99_ms"]

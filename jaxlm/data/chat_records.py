@@ -8,11 +8,13 @@ tokens after the leading EOS (`data.truncate=left`) or is dropped (`drop`).
 """
 
 import dataclasses
+import json
 
 from jaxlm.data import chat
 from jaxlm.data.clean import normalize_text
-from jaxlm.data.file_source import iter_jsonl, resolve_files
+from jaxlm.data.file_source import first_jsonl_record, iter_jsonl, resolve_files
 from jaxlm.data.records import PackedRecords, pack_pieces
+from jaxlm.data.splits import split_by_hash
 from jaxlm.data.tasks import load_task
 from jaxlm.data.tokenizer import Tokenizer
 from jaxlm.errors import UserError
@@ -36,15 +38,14 @@ def template_of(data_cfg) -> str:
 
 def is_chat_file(path: str) -> bool:
   """True when data.path names JSONL whose first record has a "messages" field."""
-  try:
-    files, _ = resolve_files(path)
-  except UserError:
-    return False
-  if not files[0].endswith(".jsonl"):
-    return False
-  for _, record in iter_jsonl(files[0]):
-    return MESSAGES in record
-  return False
+  return MESSAGES in (first_jsonl_record(path) or {})
+
+
+def split_chat_records(records: list[ChatRecord],
+                       val_fraction: float) -> tuple[list[ChatRecord], list[ChatRecord]]:
+  """A held-out subset chosen by a hash of each chat (identical chats stay together)."""
+  train_idx, val_idx = split_by_hash([json.dumps(r.messages) for r in records], val_fraction)
+  return [records[i] for i in train_idx], [records[i] for i in val_idx]
 
 
 def read_chat_records(path: str) -> list[ChatRecord]:

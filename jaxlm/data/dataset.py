@@ -9,7 +9,6 @@ finds one there (or is handed one from a checkpoint) uses it and never retrains.
 """
 
 import dataclasses
-import json
 import os
 
 import jax
@@ -34,6 +33,7 @@ from jaxlm.data.chat_records import (
   load_chat_task,
   pack_chat_split,
   read_chat_records,
+  split_chat_records,
   template_of,
 )
 from jaxlm.data.label_tasks import LABEL_TASKS, load_label_task
@@ -59,7 +59,6 @@ from jaxlm.data.records import (
   read_records,
   split_records,
 )
-from jaxlm.data.splits import split_by_hash
 from jaxlm.data.tasks import load_task
 from jaxlm.errors import UserError
 
@@ -134,28 +133,21 @@ def read_corpus(c: DataConfig) -> Corpus:
   if c.labelled:
     return read_labelled_corpus(c)
   if c.resolved_format == "chat":
-    return read_chat_corpus(c)
+    return read_record_corpus(c, "chat", load_chat_task, read_chat_records, split_chat_records)
+  return read_record_corpus(c, "prompt/completion", load_task, read_records, split_records)
+
+
+def read_record_corpus(c: DataConfig, kind: str, from_task, read, split) -> Corpus:
+  """Train/validation records of a built-in task, of data.path and data.val_path, or of data.path
+  split by data.val_fraction."""
   if c.source == "task":
-    return Corpus(train=load_task(c.path, "train"), val=load_task(c.path, "val"))
+    return Corpus(train=from_task(c.path, "train"), val=from_task(c.path, "val"))
   if c.source != "files":
-    raise UserError(f"prompt/completion data comes from data.source=files or task, not {c.source!r}")
+    raise UserError(f"{kind} data comes from data.source=files or task, not {c.source!r}")
   if c.val_path:
-    return Corpus(train=read_records(c.path), val=read_records(c.val_path))
-  train, val = split_records(read_records(c.path), c.val_fraction)
+    return Corpus(train=read(c.path), val=read(c.val_path))
+  train, val = split(read(c.path), c.val_fraction)
   return Corpus(train=train, val=val)
-
-
-def read_chat_corpus(c: DataConfig) -> Corpus:
-  """Train/validation chat records: a built-in task's (`TASK_chat`) or JSONL files'."""
-  if c.source == "task":
-    return Corpus(train=load_chat_task(c.path, "train"), val=load_chat_task(c.path, "val"))
-  if c.source != "files":
-    raise UserError(f"chat data comes from data.source=files or task, not {c.source!r}")
-  if c.val_path:
-    return Corpus(train=read_chat_records(c.path), val=read_chat_records(c.val_path))
-  records = read_chat_records(c.path)
-  train_idx, val_idx = split_by_hash([json.dumps(r.messages) for r in records], c.val_fraction)
-  return Corpus(train=[records[i] for i in train_idx], val=[records[i] for i in val_idx])
 
 
 def read_labelled_corpus(c: DataConfig) -> Corpus:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from jaxlm.data.clean import normalize_text
-from jaxlm.data.file_source import iter_jsonl, resolve_files
+from jaxlm.data.file_source import first_jsonl_record, iter_jsonl, resolve_files
 from jaxlm.data.splits import split_by_hash
 from jaxlm.errors import UserError
 
@@ -30,16 +30,8 @@ class Record:
 
 def is_record_file(path: str) -> bool:
   """True when data.path names JSONL whose first record has prompt and completion fields."""
-  try:
-    files, _ = resolve_files(path)
-  except UserError:
-    return False
-  first = files[0]
-  if not first.endswith(".jsonl"):
-    return False
-  for _, record in iter_jsonl(first):
-    return PROMPT in record and COMPLETION in record
-  return False
+  record = first_jsonl_record(path) or {}
+  return PROMPT in record and COMPLETION in record
 
 
 def read_records(path: str) -> list[Record]:
