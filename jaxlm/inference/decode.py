@@ -83,10 +83,17 @@ def choose_rows(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_
   """Next token ids `[batch]`, each row with its own key and settings (all `[batch]`); a row
   with temperature 0 is greedy. A row's choice depends on nothing but its own inputs."""
   greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  scaled = logits / jnp.where(temperature > 0, temperature, 1.0)[:, None]
-  filtered = filter_logits(scaled, top_k, top_p)
-  sampled = jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, filtered)
-  return jnp.where(temperature > 0, sampled.astype(jnp.int32), greedy)
+  vocab = logits.shape[-1]
+
+  def sample():
+    scaled = logits / jnp.where(temperature > 0, temperature, 1.0)[:, None]
+    # Sorting the vocabulary is most of a small model's step: only when some row filters.
+    filtered = jax.lax.cond(jnp.any((top_k > 0) & (top_k < vocab)) | jnp.any(top_p < 1),
+                            lambda x: filter_logits(x, top_k, top_p), lambda x: x, scaled)
+    sampled = jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, filtered)
+    return jnp.where(temperature > 0, sampled.astype(jnp.int32), greedy)
+
+  return jax.lax.cond(jnp.any(temperature > 0), sample, lambda: greedy)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sampling"))

@@ -91,6 +91,19 @@ def attention_implementation(cfg: ModelConfig, decode: bool) -> str:
   return "xla"
 
 
+def single_query_attention(query: Array, key: Array, value: Array, allowed: Array) -> Array:
+  """Softmax attention of one query per row, `query  # [batch, 1, heads, head_dim]`, over
+  `key, value  # [batch, keys, heads, head_dim]` where `allowed  # [batch, keys]`, in float32, as
+  elementwise products and sums (a KV-cache step attends with one query; XLA:CPU runs these
+  several times faster than the batched matmuls of `dot_product_attention`)."""
+  scale = query.shape[-1] ** -0.5
+  scores = jnp.sum(query.astype(jnp.float32) * key.astype(jnp.float32), axis=-1) * scale
+  scores = jnp.where(allowed[:, :, None], scores, jnp.finfo(jnp.float32).min)  # [batch, keys, h]
+  weights = jax.nn.softmax(scores, axis=1)
+  out = jnp.sum(weights[..., None] * value.astype(jnp.float32), axis=1)  # [batch, heads, head_dim]
+  return out[:, None].astype(value.dtype)
+
+
 class Attention(nn.Module):
   cfg: ModelConfig
   decode: bool = False
@@ -120,8 +133,11 @@ class Attention(nn.Module):
     else:
       allowed = same_segment & causal if cfg.causal else same_segment
       mask = allowed[:, None]  # [batch, 1, seq, keys]
-      out = jax.nn.dot_product_attention(query, key, value, mask=mask,
-                                         implementation="xla")  # [batch, seq, heads, head_dim]
+      if query.shape[1] == 1:  # a decode step: elementwise beats XLA:CPU's tiny batched matmuls
+        out = single_query_attention(query, key, value, allowed[:, 0])
+      else:
+        out = jax.nn.dot_product_attention(query, key, value, mask=mask,
+                                           implementation="xla")  # [batch, seq, heads, head_dim]
     out = nn.with_logical_constraint(out, ("act_batch", "act_len", "act_heads", None))
     return Linear((cfg.d_model,), ("heads", "kv", "embed"), init_std / (2 * cfg.num_layers) ** 0.5,
                   cfg.use_bias, cfg.compute_dtype, in_dims=2, name="out")(out)

@@ -101,8 +101,10 @@ class Scheduler:
     """Compiles the decode step and the smallest prefill before the first request."""
     request = Request([0], np.zeros(2, np.uint32), 0.0, 0, 1.0, sink=None)
     prefix, sampling = self._prefill(request)
-    state = self.engine.insert(self.state, prefix, 0, 1, sampling)
-    self.state, tokens, _ = self.engine.step(self.params, state)
+    # Twice: the fresh state and the steps' outputs are placed differently (two compilations).
+    for _ in range(2):
+      state = self.engine.insert(self.state, prefix, 0, 1, sampling)
+      self.state, tokens, _ = self.engine.step(self.params, state)
     jax.block_until_ready(tokens)
 
   def _prefill(self, request: Request):
