@@ -283,6 +283,12 @@ def test_context_overflow_unknown_model_and_caps_are_openai_errors(server, clien
     client.completions.create(model=MODEL, prompt="x" * 100, max_tokens=40)
   with pytest.raises(openai.NotFoundError, match="does not exist"):
     client.completions.create(model="gpt-4", prompt="x", max_tokens=4)
+  long_prompt = "the cat sat on a mat. " * 10  # 221 tokens with the start token
+  kept = client.completions.create(model=MODEL, prompt=long_prompt, max_tokens=8, temperature=0,
+                                   extra_body={"truncate_prompt_tokens": 50})
+  tail = client.completions.create(model=MODEL, prompt=long_prompt[-50:], max_tokens=8,
+                                   temperature=0)  # one byte per token: the same 50 tokens
+  assert kept.choices[0].text == tail.choices[0].text and kept.usage.prompt_tokens == 51
   status, raw = server.request("POST", "/v1/completions", "{" + " " * 70000 + "}")
   assert status == 413 and json.loads(raw)["error"]["code"] == "body_too_large"
 

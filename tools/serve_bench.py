@@ -3,8 +3,8 @@
     python tools/serve_bench.py --workdir=runs/default [--concurrency=1,4,16,32] [--slots=32]
         [--prompt_tokens=32] [--output_tokens=64] [--requests=2]
 
-Starts the server (`--slots`, then `--slots=1` at `--baseline_concurrency`), and for each concurrency C runs
-C client threads that each send `--requests` streaming completions one after the other: a fixed
+Starts the server (`--slots`, then `--slots=1` at `--baseline_concurrency`), and for each
+concurrency C runs C client threads that each send `--requests` streaming completions one after the other: a fixed
 prompt of `--prompt_tokens` tokens, `--output_tokens` tokens out (`ignore_eos`). Reports vLLM's
 measures: request throughput and output tokens/s over the wall time of the level; TTFT (request
 sent to first chunk), TPOT ((latency - TTFT) / (output tokens - 1)) and ITL (the gaps between
@@ -69,7 +69,8 @@ def run_level(host, port, model, prompt, output_tokens, concurrency, requests) -
   ttft, tpot = [r["ttft"] for r in results], [r["tpot"] for r in results]
   itl = [gap for r in results for gap in r["itl"]]
   return {"concurrency": concurrency, "requests": len(results),
-          "req_per_s": len(results) / wall, "out_tok_per_s": sum(r["tokens"] for r in results) / wall,
+          "req_per_s": len(results) / wall,
+          "out_tok_per_s": sum(r["tokens"] for r in results) / wall,
           "ttft_p50_ms": pct(ttft, 50), "ttft_p99_ms": pct(ttft, 99),
           "tpot_p50_ms": pct(tpot, 50), "tpot_p99_ms": pct(tpot, 99),
           "itl_p50_ms": pct(itl, 50), "itl_p99_ms": pct(itl, 99)}

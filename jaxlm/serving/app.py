@@ -145,8 +145,9 @@ async def completions(request: Request) -> Response:
   service = _service(request)
   body = await _body(request, CompletionRequest)
   service.check_model(body.model)
-  prompts = [service.text_prompt(p) if isinstance(p, str) else service.token_prompt(p)
-             for p in body.prompts]
+  prompts = service.truncated(body, [
+      service.text_prompt(p) if isinstance(p, str) else service.token_prompt(p)
+      for p in body.prompts])
   max_tokens = service.max_tokens(body, prompts, COMPLETIONS_DEFAULT_MAX_TOKENS)
   prompt_logprobs = body.echo and body.logprobs is not None
   generation = service.start(body, prompts, max_tokens, body.echo, prompt_logprobs)
@@ -164,7 +165,7 @@ async def chat_completions(request: Request) -> Response:
   except ValueError as e:
     raise ApiError(400, f"the chat template cannot render these messages: {e}",
                    param="messages") from None
-  prompt = dataclasses.replace(service.text_prompt(""), ids=ids)
+  prompt, = service.truncated(body, [dataclasses.replace(service.text_prompt(""), ids=ids)])
   max_tokens = service.max_tokens(body, [prompt], None)
   generation = service.start(body, [prompt], max_tokens)
   top = (body.top_logprobs or 0) if body.logprobs else None

@@ -45,6 +45,9 @@ class Sampling(Strict):
   frequency_penalty: Literal[0, 0.0] = 0
   logit_bias: Annotated[dict[str, float], Field(max_length=0)] | None = None
   ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever (for benchmarks)
+  # vLLM's extension: keep only the last k prompt tokens (after the start token). Without it, a
+  # prompt that does not fit is an error, never cut silently.
+  truncate_prompt_tokens: Annotated[int, Field(ge=1)] | None = None
 
   @property
   def stops(self) -> list[str]:

@@ -86,6 +86,15 @@ class Service:
       raise ApiError(404, f"the model {name!r} does not exist; this server serves "
                           f"{self.model_name!r}", param="model", code="model_not_found")
 
+  def truncated(self, request: Sampling, prompts: list[Prompt]) -> list[Prompt]:
+    """The prompts cut to their last `truncate_prompt_tokens` tokens (and the start token)."""
+    keep = request.truncate_prompt_tokens
+    if keep is None:
+      return prompts
+    cut = lambda p: Prompt(p.ids[:1] + p.ids[1:][-keep:], self.tokenizer.decode(  # noqa: E731
+        p.ids[1:][-keep:])) if len(p.ids) - 1 > keep else p
+    return [cut(p) for p in prompts]
+
   def max_tokens(self, request: Sampling, prompts: list[Prompt], default: int | None) -> int:
     """The request's max_tokens (or the default, clamped to the context), checked."""
     longest = max(len(p.ids) for p in prompts)
