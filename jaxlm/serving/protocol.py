@@ -25,7 +25,6 @@ class Strict(BaseModel):
 
 class StreamOptions(Strict):
   include_usage: bool = False
-  continuous_usage_stats: bool = False
 
 
 class Sampling(Strict):
