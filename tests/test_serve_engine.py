@@ -13,6 +13,7 @@ from test_decode import reference_greedy
 
 from jaxlm.inference.decode import SamplingConfig, generate
 from jaxlm.models import GPT
+from jaxlm.models.layers import stack_layers
 from jaxlm.serving.engine import Engine, buckets, request_key
 from jaxlm.serving.scheduler import Request, Scheduler
 
@@ -73,6 +74,15 @@ def test_greedy_equals_generate_and_recomputing_the_whole_context(sharp_model):
   expected = generate(params, cfg, prompts, SamplingConfig(max_new_tokens=steps, temperature=0))
   assert served == expected
   assert served == [reference_greedy(params, cfg, p, steps) for p in prompts]
+
+
+def test_scanned_layers_serve_the_same_tokens(sharp_model):
+  """With `scan_layers` the cache has a leading layer axis: rows are inserted on axis 1."""
+  cfg, params = sharp_model
+  scanned = dataclasses.replace(cfg, scan_layers=True)
+  specs = [([5, 9, 2, 7], 10, 0.0, 0, 1.0, 0), ([11, 3], 10, 0.0, 0, 1.0, 0)]
+  expected = run_all(cfg, params, specs, slots=2)[0]
+  assert run_all(scanned, stack_layers(params, cfg.num_layers), specs, slots=2)[0] == expected
 
 
 def test_mixed_concurrent_requests_equal_each_alone(sharp_model):
