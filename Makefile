@@ -3,6 +3,8 @@
 #               task and compare task metrics before and after, with examples and what to try next
 #   make run-bert  the same for a BERT: masked-LM pretraining on the built-in corpus, then a
 #               classification finetune on the built-in task, evaluated (accuracy, macro-F1)
+#   make chat   finetune the pretrained run (make run's) as a chat model on the built-in task as
+#               chats, then serve it on http://127.0.0.1:8000/v1 (Ctrl-C stops it)
 #   make test   the test suite
 PYTHON ?= python3
 VENV := .venv
@@ -12,8 +14,9 @@ FT_DIR ?= runs/finetune
 TASK ?= pyfunc_params
 BERT_DIR ?= runs/bert
 BERT_FT_DIR ?= runs/bert_classify
+CHAT_DIR ?= runs/chat
 
-.PHONY: run run-bert test clean
+.PHONY: run run-bert chat test clean
 
 # constraints.txt pins every package to the versions CI tests, so a fresh clone installs the same.
 $(VENV)/installed: pyproject.toml constraints.txt
@@ -45,6 +48,12 @@ run-bert: $(VENV)/installed
 	$(PY) -m jaxlm.train --config=configs/bert_classify.py --config.init_from=$(BERT_DIR) \
 	    --workdir=$(BERT_FT_DIR)
 	$(PY) -m jaxlm.evaluate --workdir=$(BERT_FT_DIR)
+
+chat: $(VENV)/installed
+	test -d $(RUN_DIR)/checkpoints || $(PY) -m jaxlm.train --config=configs/default.py --workdir=$(RUN_DIR)
+	$(PY) -m jaxlm.train --config=configs/finetune_chat.py --config.init_from=$(RUN_DIR) \
+	    --workdir=$(CHAT_DIR)
+	$(PY) -m jaxlm.serve --workdir=$(CHAT_DIR)
 
 test: $(VENV)/installed-test
 	$(PY) -m pytest -q -n 2 --dist loadfile

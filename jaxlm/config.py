@@ -61,9 +61,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.tokenizer_file = ""
   # "text" (documents), "prompt_completion" (JSONL records {"prompt", "completion"}; the loss covers
   # the completion only), "classification" (JSONL {"text", "label"}, optionally "text_pair"; a
-  # label is a string or an integer), "tagging" (JSONL {"tokens": [words], "tags": [BIO tags]}) or
+  # label is a string or an integer), "tagging" (JSONL {"tokens": [words], "tags": [BIO tags]}),
+  # "chat" (JSONL {"messages": [{"role", "content"}, ...]}, or data.source=task with data.path
+  # TASK_chat; rendered with data.chat_template, the loss on the assistant turns only) or
   # "auto": decided by the built-in task, or by the fields of the first JSONL record, else text.
   c.data.format = "auto"
+  # The Jinja chat template (Hugging Face's format) that renders chat data and that `serve` uses
+  # for /v1/chat/completions; "" = the plain default of jaxlm/data/chat.py. Saved with the
+  # tokenizer in every checkpoint of a chat run.
+  c.data.chat_template = ""
   # Label names of a classification / tagging run, in id order; () takes the sorted labels of the
   # training split. Saved with the run: evaluation data with another label is an error.
   c.data.labels = ()

@@ -10,10 +10,8 @@ printed after a separator line; the last line of stdout is a JSON list of the sa
 from absl import app, flags
 
 from jaxlm import cli
-from jaxlm.errors import UserError
 from jaxlm.inference import trained
 from jaxlm.inference.decode import SamplingConfig, generate
-from jaxlm.training import checkpoint
 
 
 def define_flags() -> None:
@@ -28,19 +26,9 @@ def define_flags() -> None:
   flags.DEFINE_integer("seed", 0, "Random seed.")
 
 
-def check_generative(workdir: str, step: int | None) -> None:
-  """Only a GPT generates: refused, before any parameter is read, for an encoder."""
-  _, config, _ = checkpoint.restore_metadata(workdir, step)
-  family = config["model"].get("family", "gpt")
-  if family != "gpt":
-    raise UserError(f"{workdir} holds a {family} run: an encoder has no next-token head and "
-                    "cannot generate text; evaluate it with `python -m jaxlm.evaluate "
-                    f"--workdir={workdir}`, or sample from a gpt run")
-
-
 def sample(workdir: str, step: int | None, prompt: str, sampling: SamplingConfig,
            num_samples: int, seed: int) -> list[str]:
-  check_generative(workdir, step)
+  trained.check_generative(workdir, step)
   run = trained.load(workdir, step)
   prompt_ids = [run.tokenizer.eos_id] + run.tokenizer.encode(prompt)
   outputs = generate(run.params, run.model_cfg, [prompt_ids] * num_samples, sampling, seed,

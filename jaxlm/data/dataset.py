@@ -27,6 +27,16 @@ from jaxlm.data import (
   tokenize_corpus,
   train_tokenizer,
 )
+from jaxlm.data.chat_records import (
+  TASK_SUFFIX,
+  ChatRecord,
+  is_chat_file,
+  load_chat_task,
+  pack_chat_split,
+  read_chat_records,
+  split_chat_records,
+  template_of,
+)
 from jaxlm.data.label_tasks import LABEL_TASKS, load_label_task
 from jaxlm.data.labelled import (
   FORMATS as LABELLED_FORMATS,
@@ -78,17 +88,20 @@ class DataConfig:
   mixture_stages: tuple
   tokenizer_sample_chars: int
   tokenizer_file: str
+  chat_template: str
 
   @property
   def resolved_format(self) -> str:
     """data.format, with "auto" decided from the built-in task or the first JSONL record."""
-    formats = ("auto", "text", "prompt_completion", *LABELLED_FORMATS)
+    formats = ("auto", "text", "prompt_completion", "chat", *LABELLED_FORMATS)
     if self.format not in formats:
       raise UserError(f"data.format={self.format!r} is not one of {', '.join(formats)}")
     if self.format != "auto":
       return self.format
     if self.source == "prepared":
       return "text"
+    if self.source == "task" and self.path.endswith(TASK_SUFFIX):
+      return "chat"
     if self.source == "task":
       return LABEL_TASKS[self.path].format if self.path in LABEL_TASKS else "prompt_completion"
     if self.source == "files":
@@ -97,6 +110,8 @@ class DataConfig:
         return labelled
       if is_record_file(self.path):
         return "prompt_completion"
+      if is_chat_file(self.path):
+        return "chat"
     return "text"
 
   @property
@@ -115,12 +130,18 @@ class Dataset:
   # data.source=prepared: the directories read (train and val above are the first one's; a
   # mixture trains on all, see prepared_data.py, and evaluates each).
   sources: Any = None
+  chat_template: str = ""  # the template chat data was rendered with
 
   def val_sets(self) -> list[tuple[str, Any, float]]:
     """(source name, validation windows, bytes per token) to evaluate: "" for the one split."""
     if self.sources is not None:
       return self.sources.val_sets()
     return [("", self.val, self.val_bytes_per_token)]
+
+  def tokenizer_state(self) -> dict:
+    """The tokenizer's JSON for checkpoints, with the chat template of a chat run."""
+    state = self.tokenizer.to_json()
+    return {**state, "chat_template": self.chat_template} if self.chat_template else state
 
 
 def read_corpus(c: DataConfig) -> Corpus:
@@ -129,13 +150,21 @@ def read_corpus(c: DataConfig) -> Corpus:
     return load_corpus(c.source, c.path, c.text_field, c.val_fraction, c.dedup)
   if c.labelled:
     return read_labelled_corpus(c)
+  if c.resolved_format == "chat":
+    return read_record_corpus(c, "chat", load_chat_task, read_chat_records, split_chat_records)
+  return read_record_corpus(c, "prompt/completion", load_task, read_records, split_records)
+
+
+def read_record_corpus(c: DataConfig, kind: str, from_task, read, split) -> Corpus:
+  """Train/validation records of a built-in task, of data.path and data.val_path, or of data.path
+  split by data.val_fraction."""
   if c.source == "task":
-    return Corpus(train=load_task(c.path, "train"), val=load_task(c.path, "val"))
+    return Corpus(train=from_task(c.path, "train"), val=from_task(c.path, "val"))
   if c.source != "files":
-    raise UserError(f"prompt/completion data comes from data.source=files or task, not {c.source!r}")
+    raise UserError(f"{kind} data comes from data.source=files or task, not {c.source!r}")
   if c.val_path:
-    return Corpus(train=read_records(c.path), val=read_records(c.val_path))
-  train, val = split_records(read_records(c.path), c.val_fraction)
+    return Corpus(train=read(c.path), val=read(c.val_path))
+  train, val = split(read(c.path), c.val_fraction)
   return Corpus(train=train, val=val)
 
 
@@ -161,6 +190,8 @@ def text_of(doc) -> str:
   """The text a tokenizer learns from: a document as it is, a record's text fields joined."""
   if isinstance(doc, Record):
     return doc.prompt + doc.completion
+  if isinstance(doc, ChatRecord):
+    return doc.text
   if isinstance(doc, ClassificationRecord):
     return doc.text + ("\n" + doc.text_pair if doc.text_pair else "")
   if isinstance(doc, TaggingRecord):
@@ -238,6 +269,8 @@ def pack_any(c: DataConfig, docs: list, tokenizer: Tokenizer, name: str,
     return pack_labelled(docs, tokenizer, c.seq_len, labels, name), 1.0
   if c.resolved_format == "prompt_completion":
     return pack_record_split(docs, tokenizer, c.seq_len, c.truncate, name)
+  if c.resolved_format == "chat":
+    return pack_chat_split(docs, tokenizer, template_of(c), c.seq_len, c.truncate, name)
   return pack_split(docs, tokenizer, c.seq_len)
 
 
@@ -246,4 +279,5 @@ def build_dataset(c: DataConfig, corpus: Corpus, tokenizer: Tokenizer) -> Datase
   train, _ = pack_any(c, corpus.train, tokenizer, "train", labels)
   val, val_bytes_per_token = pack_any(c, corpus.val, tokenizer, "val", labels)
   return Dataset(tokenizer, train, val, val_bytes_per_token, labels,
-                 tuple(corpus.val) if c.labelled else ())
+                 tuple(corpus.val) if c.labelled else (),
+                 chat_template=template_of(c) if c.resolved_format == "chat" else "")

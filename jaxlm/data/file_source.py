@@ -45,6 +45,17 @@ def resolve_files(path: str) -> tuple[list[str], str]:
   raise UserError(f"data.path {path!r} does not exist; give a file, a directory or a glob")
 
 
+def first_jsonl_record(path: str) -> dict | None:
+  """The first record of the first file at data.path, when that is a .jsonl file (else None)."""
+  try:
+    files, _ = resolve_files(path)
+  except UserError:
+    return None
+  if not files[0].endswith(".jsonl"):
+    return None
+  return next((record for _, record in iter_jsonl(files[0])), None)
+
+
 def iter_jsonl(path: str):
   """(line number, record) for every non-blank line; a line that is not a JSON
   object is an error naming the file and line."""

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from jaxlm.data.clean import normalize_text
-from jaxlm.data.file_source import iter_jsonl, resolve_files
+from jaxlm.data.file_source import first_jsonl_record, iter_jsonl, resolve_files
 from jaxlm.data.splits import split_by_hash
 from jaxlm.errors import UserError
 
@@ -49,18 +49,11 @@ LabelledRecord = ClassificationRecord | TaggingRecord
 def detect_format(path: str) -> str | None:
   """"classification" or "tagging" from the fields of the first JSONL record at `path`; None when
   it is neither (or not JSONL)."""
-  try:
-    files, _ = resolve_files(path)
-  except UserError:
-    return None
-  if not files[0].endswith(".jsonl"):
-    return None
-  for _, record in iter_jsonl(files[0]):
-    if "tokens" in record and "tags" in record:
-      return "tagging"
-    if "text" in record and "label" in record:
-      return "classification"
-    return None
+  record = first_jsonl_record(path) or {}
+  if "tokens" in record and "tags" in record:
+    return "tagging"
+  if "text" in record and "label" in record:
+    return "classification"
   return None
 
 

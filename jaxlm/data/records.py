@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from jaxlm.data.clean import normalize_text
-from jaxlm.data.file_source import iter_jsonl, resolve_files
+from jaxlm.data.file_source import first_jsonl_record, iter_jsonl, resolve_files
 from jaxlm.data.splits import split_by_hash
 from jaxlm.errors import UserError
 
@@ -30,16 +30,8 @@ class Record:
 
 def is_record_file(path: str) -> bool:
   """True when data.path names JSONL whose first record has prompt and completion fields."""
-  try:
-    files, _ = resolve_files(path)
-  except UserError:
-    return False
-  first = files[0]
-  if not first.endswith(".jsonl"):
-    return False
-  for _, record in iter_jsonl(first):
-    return PROMPT in record and COMPLETION in record
-  return False
+  record = first_jsonl_record(path) or {}
+  return PROMPT in record and COMPLETION in record
 
 
 def read_records(path: str) -> list[Record]:
@@ -132,20 +124,32 @@ def pack_records(
   """Packs tokenized (prompt, completion) pairs greedily, in order, into rows."""
   if truncate not in TRUNCATE_MODES:
     raise UserError(f"data.truncate={truncate!r} is not one of {TRUNCATE_MODES}")
-  width = seq_len + 1
-  rows: list[list[tuple[list[int], int]]] = [[]]
-  used, truncated, dropped = 0, 0, 0
+  pieces, truncated, dropped = [], 0, 0
   for prompt, completion in token_records:
     fitted = fit_record(prompt, completion, eos_id, seq_len, truncate)
     if fitted is None:
       dropped += 1
       continue
     truncated += fitted[1] - 1 < len(prompt)
-    if used + len(fitted[0]) > width:
+    piece, prompt_len = fitted
+    pieces.append((piece, [False] * prompt_len + [True] * (len(piece) - prompt_len)))
+  return pack_pieces(pieces, seq_len, truncated, dropped, split_name)
+
+
+def pack_pieces(pieces: Sequence[tuple[list[int], list[bool]]], seq_len: int, truncated: int = 0,
+                dropped: int = 0, split_name: str = "data") -> PackedRecords:
+  """Packs whole records, each (tokens, which tokens are targets) of at most seq_len + 1 tokens,
+  greedily and in order into rows; the loss covers the target tokens (as predictions of the
+  record's tokens before them)."""
+  width = seq_len + 1
+  rows: list[list[tuple[list[int], list[bool]]]] = [[]]
+  used = 0
+  for piece in pieces:
+    if used + len(piece[0]) > width:
       rows.append([])
       used = 0
-    rows[-1].append(fitted)
-    used += len(fitted[0])
+    rows[-1].append(piece)
+    used += len(piece[0])
   rows = [row for row in rows if row]
   if not rows:
     raise UserError(
@@ -158,14 +162,14 @@ def pack_records(
   is_target = np.zeros((len(rows), width), bool)  # tokens that the loss should predict
   for r, row in enumerate(rows):
     start = 0
-    for segment, (piece, prompt_len) in enumerate(row, start=1):
+    for segment, (piece, targets) in enumerate(row, start=1):
       end = start + len(piece)
       tokens[r, start:end] = piece
       segments[r, start:end] = segment
       positions[r, start:end] = np.arange(len(piece))
-      is_target[r, start + prompt_len : end] = True  # completion and its closing EOS
+      is_target[r, start:end] = targets
       start = end
-  # A target is weighted when it is a completion token of the same record as its input.
+  # A target is weighted when it is a target token of the same record as its input.
   same_record = (segments[:, 1:] == segments[:, :-1]) & (segments[:, 1:] > 0)
   weights = (is_target[:, 1:] & same_record).astype(np.float32)
   return PackedRecords(tokens, segments, positions, weights, int(truncated), dropped)

@@ -42,18 +42,31 @@ def left_pad(prompts: Sequence[Sequence[int]],
   return tokens, positions, segments
 
 
-def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
-  """Sets logits outside the top-k / nucleus (top-p) set to -inf. logits: [batch, vocab]."""
-  if 0 < top_k < logits.shape[-1]:
-    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]  # [batch, 1]
+def filter_logits(logits: jax.Array, top_k, top_p) -> jax.Array:
+  """Sets logits outside the top-k / nucleus (top-p) set to -inf. logits: [batch, vocab].
+
+  top_k (0 = off) and top_p (1 = off) are Python numbers for the whole batch, or arrays `[batch]`,
+  one per row, so that one compiled step serves requests with different settings."""
+  vocab = logits.shape[-1]
+  static = isinstance(top_k, int) and isinstance(top_p, float | int)
+  use_k = not static or 0 < top_k < vocab
+  use_p = not static or top_p < 1.0
+  if not (use_k or use_p):
+    return logits
+  top_k = jnp.broadcast_to(jnp.asarray(top_k, jnp.int32), logits.shape[:1])[:, None]  # [batch, 1]
+  top_p = jnp.broadcast_to(jnp.asarray(top_p, jnp.float32), logits.shape[:1])[:, None]
+  kept_count = jnp.where((top_k > 0) & (top_k < vocab), top_k, vocab)  # [batch, 1]
+  sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]  # [batch, vocab], descending
+  if use_k:
+    kth = jnp.take_along_axis(sorted_logits, kept_count - 1, axis=-1)  # [batch, 1]
     logits = jnp.where(logits < kth, -jnp.inf, logits)
-  if top_p < 1.0:
-    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+    sorted_logits = jnp.where(jnp.arange(vocab) < kept_count, sorted_logits, -jnp.inf)
+  if use_p:
     cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
     # Keep the smallest set whose probability reaches top_p (always at least the best token).
-    cutoff_index = jnp.sum(cumulative < top_p, axis=-1, keepdims=True)
+    cutoff_index = jnp.minimum(jnp.sum(cumulative < top_p, axis=-1, keepdims=True), vocab - 1)
     cutoff = jnp.take_along_axis(sorted_logits, cutoff_index, axis=-1)
-    logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+    logits = jnp.where((top_p < 1.0) & (logits < cutoff), -jnp.inf, logits)
   return logits
 
 
@@ -63,6 +76,24 @@ def choose(logits: jax.Array, key: jax.Array, s: SamplingConfig) -> jax.Array:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   logits = filter_logits(logits / s.temperature, s.top_k, s.top_p)
   return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+def choose_rows(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_k: jax.Array,
+                top_p: jax.Array) -> jax.Array:
+  """Next token ids `[batch]`, each row with its own key and settings (all `[batch]`); a row
+  with temperature 0 is greedy. A row's choice depends on nothing but its own inputs."""
+  greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  vocab = logits.shape[-1]
+
+  def sample():
+    scaled = logits / jnp.where(temperature > 0, temperature, 1.0)[:, None]
+    # Sorting the vocabulary is most of a small model's step: only when some row filters.
+    filtered = jax.lax.cond(jnp.any((top_k > 0) & (top_k < vocab)) | jnp.any(top_p < 1),
+                            lambda x: filter_logits(x, top_k, top_p), lambda x: x, scaled)
+    sampled = jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, filtered)
+    return jnp.where(temperature > 0, sampled.astype(jnp.int32), greedy)
+
+  return jax.lax.cond(jnp.any(temperature > 0), sample, lambda: greedy)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sampling"))

@@ -58,3 +58,16 @@ def load(workdir: str, step: int | None = None, overrides: dict | None = None) -
   else:
     params = checkpoint.restore_params(workdir, step, engine.abstract_state.params)
   return TrainedRun(config, tokenizer, engine.model.cfg, engine, params, step)
+
+
+def check_generative(workdir: str, step: int | None) -> tuple[int, dict, dict]:
+  """Only a GPT generates: refused, before any parameter is read, for an encoder. Returns the
+  checkpoint's (step, config dict, tokenizer dict)."""
+  metadata = checkpoint.restore_metadata(workdir, step)
+  config = metadata[1]
+  family = config["model"].get("family", "gpt")
+  if family != "gpt":
+    raise UserError(f"{workdir} holds a {family} run: an encoder has no next-token head and "
+                    "cannot generate text; evaluate it with `python -m jaxlm.evaluate "
+                    f"--workdir={workdir}`, or sample from a gpt run")
+  return metadata

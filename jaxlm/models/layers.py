@@ -101,6 +101,25 @@ def project_qkv(cfg: ModelConfig, x: Array, init_std: float) -> tuple[Array, Arr
   return query, kv[:, :, 0], kv[:, :, 1]
 
 
+def single_query_attention(query: Array, key: Array, value: Array, allowed: Array) -> Array:
+  """Softmax attention of one query per row, `query  # [batch, 1, heads, head_dim]`, over
+  `key, value  # [batch, keys, kv_heads, head_dim]` where `allowed  # [batch, keys]`, in float32,
+  as elementwise products and sums (a KV-cache step attends with one query; XLA:CPU runs these
+  several times faster than the batched matmuls of `dot_product_attention`). Query head h reads
+  kv head h // (heads / kv_heads), as `dot_product_attention` groups them."""
+  batch, _, heads, head_dim = query.shape
+  kv_heads = key.shape[2]
+  grouped = query.reshape(batch, 1, kv_heads, heads // kv_heads, head_dim).astype(jnp.float32)
+  scale = head_dim ** -0.5
+  scores = jnp.sum(grouped * key.astype(jnp.float32)[:, :, :, None], axis=-1) * scale
+  scores = jnp.where(allowed[:, :, None, None], scores,
+                     jnp.finfo(jnp.float32).min)  # [batch, keys, kv_heads, group]
+  weights = jax.nn.softmax(scores, axis=1)
+  out = jnp.sum(weights[..., None] * value.astype(jnp.float32)[:, :, :, None],
+                axis=1)  # [batch, kv_heads, group, head_dim]
+  return out.reshape(batch, 1, heads, head_dim).astype(value.dtype)
+
+
 class Attention(nn.Module):
   cfg: ModelConfig
   decode: bool = False
@@ -118,25 +137,30 @@ class Attention(nn.Module):
     implementation = attention_implementation(cfg, self.decode)
     if self.decode:
       key, value, key_segments, key_index, query_index = self._update_cache(key, value, segment_ids)
-      causal = key_index[None, :] <= query_index[:, None]  # [seq, cache_len]
+      causal = key_index <= query_index[:, :, None]  # [batch, seq, cache_len]
     else:
       key_segments = segment_ids
-      causal = jnp.tril(jnp.ones((x.shape[1], x.shape[1]), dtype=bool))
+      causal = jnp.tril(jnp.ones((x.shape[1], x.shape[1]), dtype=bool))[None]
     same_segment = query_segments[:, :, None] == key_segments[:, None, :]  # [batch, seq, keys]
     if implementation == "cudnn":  # causality as cuDNN's built-in mask; documents as a mask
       out = jax.nn.dot_product_attention(query, key, value, mask=same_segment[:, None],
                                          is_causal=cfg.causal, implementation="cudnn")
     else:
-      allowed = same_segment & causal[None] if cfg.causal else same_segment
+      allowed = same_segment & causal if cfg.causal else same_segment
       mask = allowed[:, None]  # [batch, 1, seq, keys]
-      out = jax.nn.dot_product_attention(query, key, value, mask=mask,
-                                         implementation="xla")  # [batch, seq, heads, head_dim]
+      if query.shape[1] == 1:  # a decode step: elementwise beats XLA:CPU's tiny batched matmuls
+        out = single_query_attention(query, key, value, allowed[:, 0])
+      else:
+        out = jax.nn.dot_product_attention(query, key, value, mask=mask,
+                                           implementation="xla")  # [batch, seq, heads, head_dim]
     out = nn.with_logical_constraint(out, ("act_batch", "act_len", "act_heads", None))
     return Linear((cfg.d_model,), ("heads", "kv", "embed"), init_std / (2 * cfg.num_layers) ** 0.5,
                   cfg.use_bias, cfg.compute_dtype, in_dims=2, lora=cfg.lora, name="out")(out)
 
   def _update_cache(self, key: Array, value: Array, segment_ids: Array):
-    """Writes this call's keys/values at the cache index; returns the whole cache to attend to."""
+    """Writes this call's keys/values at each row's cache index; returns the whole cache to attend
+    to. The index is per row (`[batch]`), so rows of one batch may sit at different positions:
+    a server's slots each hold their own request."""
     batch, seq, heads, head_dim = key.shape
     max_len = self.cfg.max_len
     cached_key = self.variable("cache", "key", jnp.zeros, (batch, max_len, heads, head_dim),
@@ -145,15 +169,15 @@ class Attention(nn.Module):
                                  value.dtype)
     # Segment 0 marks empty slots (and left padding): real query tokens have segment >= 1.
     cached_segments = self.variable("cache", "segments", jnp.zeros, (batch, max_len), jnp.int32)
-    index = self.variable("cache", "index", lambda: jnp.array(0, jnp.int32))
-    start = index.value
-    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, start, 0, 0))
-    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, start, 0, 0))
-    cached_segments.value = jax.lax.dynamic_update_slice(cached_segments.value,
-                                                         segment_ids.astype(jnp.int32), (0, start))
+    index = self.variable("cache", "index", lambda: jnp.zeros((batch,), jnp.int32))
+    start = index.value  # [batch]
+    write = jax.vmap(lambda cache, new, at: jax.lax.dynamic_update_slice_in_dim(cache, new, at, 0))
+    cached_key.value = write(cached_key.value, key, start)
+    cached_value.value = write(cached_value.value, value, start)
+    cached_segments.value = write(cached_segments.value, segment_ids.astype(jnp.int32), start)
     index.value = start + seq
     key_index = jnp.arange(max_len)
-    query_index = start + jnp.arange(seq)
+    query_index = start[:, None] + jnp.arange(seq)  # [batch, seq]
     return cached_key.value, cached_value.value, cached_segments.value, key_index, query_index
 
 

@@ -147,7 +147,7 @@ def train_loop(run: Run) -> tuple[dict, int, bool]:
                     config.train.on_nonfinite)
         checkpoint.save(run.mngr, done, lora_run.saved_state(run.state),
                         lora_run.config_json(config, run.lora_base),
-                        run.dataset.tokenizer.to_json(), prefetched.state())
+                        run.dataset.tokenizer_state(), prefetched.state())
       if stopping:
         break
   return val_metrics, done, stopping

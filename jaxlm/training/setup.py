@@ -42,8 +42,8 @@ from jaxlm.training.objectives import SpecialTokens
 from jaxlm.training.step import TrainState
 
 # data format -> the model head that learns it (text: "lm", next-token or masked)
-HEAD_OF_FORMAT = {"text": "lm", "prompt_completion": "lm", "classification": "classify",
-                  "tagging": "tag"}
+HEAD_OF_FORMAT = {"text": "lm", "prompt_completion": "lm", "chat": "lm",
+                  "classification": "classify", "tagging": "tag"}
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -83,7 +83,7 @@ def check_task(config: ml_collections.ConfigDict, data_format: str) -> None:
   if head != wanted:
     raise UserError(f"data.format={data_format} needs model.head={wanted!r}, but this run has "
                     f"{head!r}; set --config.model.head={wanted} or use the data the head expects")
-  if family == "bert" and data_format == "prompt_completion":
+  if family == "bert" and data_format in ("prompt_completion", "chat"):
     raise UserError("prompt/completion records train a generator; a bert encoder cannot generate: "
                     "use model.family=gpt, or classification / tagging data for bert")
   if family == "bert" and config.data.tokenizer != "wordpiece":

@@ -1,0 +1,171 @@
+"""Continuous batching's device side: a fixed-shape KV cache of `slots` rows under `jit`.
+
+The design follows JetStream's engine API: `prefill` runs one prompt (right-padded to a bucketed
+length, so a few compilations serve every prompt) into a one-row cache and picks its first token;
+`insert` copies that row into a free slot of the decode state; `step` advances every slot by one
+token in one compiled call. Each slot has its own cache index and position (the cache index of
+`layers.Attention` is per row), its own PRNG key and its own temperature / top-k / top-p, so
+requests with different settings share one compiled step and a request's tokens depend only on
+the request: token t of a request is drawn with `fold_in(request_key, t)`, whatever its slot or
+batch-mates. Slots that hold no request run too (fixed shapes) and their output is ignored.
+"""
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlm.inference.decode import choose_rows
+from jaxlm.models import GPT, ModelConfig
+
+TOP_LOGPROBS = 5  # alternatives returned with each token (OpenAI's API allows up to 5)
+MIN_BUCKET = 16
+
+
+class Logprobs(NamedTuple):
+  """Log-probabilities under the model (before temperature and filters) of each row's token."""
+  chosen: jax.Array  # [rows] float32
+  top_ids: jax.Array  # [rows, TOP_LOGPROBS] int32
+  top_logprobs: jax.Array  # [rows, TOP_LOGPROBS] float32
+
+
+class Sampling(NamedTuple):
+  """Per-row sampling settings, each `[rows]`; keys are raw PRNG key data `[rows, 2]` uint32."""
+  keys: jax.Array
+  temperature: jax.Array
+  top_k: jax.Array
+  top_p: jax.Array
+
+
+class DecodeState(NamedTuple):
+  cache: Any  # the model's "cache" collection, `slots` rows
+  tokens: jax.Array  # [slots] the last token of each slot, fed to the next step
+  positions: jax.Array  # [slots] its position
+  generated: jax.Array  # [slots] tokens generated so far: the next token's index for its key
+  sampling: Sampling
+
+
+class Prefix(NamedTuple):
+  """A prefilled prompt: a one-row cache, its first token, and (if asked) the prompt's logprobs."""
+  cache: Any
+  token: jax.Array  # [1]
+  logprobs: Logprobs  # of the first token, rows = 1
+  prompt_logprobs: Logprobs | None  # of prompt tokens 1.. given those before, rows = bucket - 1
+
+
+def request_key(seed: int, choice: int) -> np.ndarray:
+  """Raw key data of choice `choice` of a request with `seed`: one stream per (seed, choice)."""
+  key = jax.random.fold_in(jax.random.key(seed % 2**63), choice)
+  return np.asarray(jax.random.key_data(key))
+
+
+def buckets(max_len: int) -> tuple[int, ...]:
+  """Prefill lengths: powers of two from MIN_BUCKET, and max_len itself."""
+  sizes, size = [], MIN_BUCKET
+  while size < max_len:
+    sizes.append(size)
+    size *= 2
+  return (*sizes, max_len)
+
+
+def _logprobs(logits: jax.Array, tokens: jax.Array) -> Logprobs:
+  """Logprobs of `tokens  # [rows]` and the top alternatives, from `logits  # [rows, vocab]`."""
+  logprobs = jax.nn.log_softmax(logits, axis=-1)
+  chosen = jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
+  top_logprobs, top_ids = jax.lax.top_k(logprobs, TOP_LOGPROBS)
+  return Logprobs(chosen, top_ids.astype(jnp.int32), top_logprobs)
+
+
+def _pick(logits: jax.Array, sampling: Sampling, generated: jax.Array):
+  """Each row's next token `[rows]` (its key folded with its token index) and its logprobs."""
+  keys = jax.vmap(lambda data, index: jax.random.fold_in(jax.random.wrap_key_data(data), index))(
+      sampling.keys, generated)
+  tokens = choose_rows(logits, keys, sampling.temperature, sampling.top_k, sampling.top_p)
+  return tokens, _logprobs(logits, tokens)
+
+
+@dataclasses.dataclass(frozen=True)
+class Engine:
+  """The compiled prefill / insert / step of one model with `slots` rows."""
+  cfg: ModelConfig
+  slots: int
+
+  @property
+  def model(self) -> GPT:
+    return GPT(self.cfg, decode=True)
+
+  def _empty_cache(self, rows: int) -> Any:
+    one = jnp.zeros((rows, 1), jnp.int32)
+    shapes = jax.eval_shape(lambda: self.model.init(jax.random.key(0), one, one, one))["cache"]
+    return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+
+  def init_state(self) -> DecodeState:
+    # Distinct buffers: the state is donated, and one buffer may not be donated twice.
+    zeros = lambda dtype=jnp.int32: jnp.zeros((self.slots,), dtype)  # noqa: E731
+    sampling = Sampling(jnp.zeros((self.slots, 2), jnp.uint32), zeros(jnp.float32), zeros(),
+                        jnp.ones((self.slots,), jnp.float32))
+    return DecodeState(jax.jit(self._empty_cache, static_argnums=0)(self.slots), zeros(), zeros(),
+                       zeros(), sampling)
+
+  @functools.partial(jax.jit, static_argnums=(0, 4))
+  def prefill(self, params: Any, tokens: jax.Array, length: jax.Array,
+              prompt_logprobs: bool, sampling: Sampling) -> Prefix:
+    """tokens `[1, bucket]`: the prompt then padding (segment 0, never attended to); length: the
+    prompt's. `sampling` has one row."""
+    bucket = tokens.shape[1]
+    positions = jnp.arange(bucket, dtype=jnp.int32)[None]
+    segments = (positions < length).astype(jnp.int32)
+    logits, mutated = self.model.apply({"params": params, "cache": self._empty_cache(1)},
+                                       tokens, positions, segments, mutable=["cache"])
+    last = jax.lax.dynamic_index_in_dim(logits[0], length - 1, keepdims=True)  # [1, vocab]
+    token, logprobs = _pick(last, sampling, jnp.zeros((1,), jnp.int32))
+    prompt = _logprobs(logits[0, :-1], tokens[0, 1:]) if prompt_logprobs else None
+    return Prefix(mutated["cache"], token, logprobs, prompt)
+
+  @functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+  def insert(self, state: DecodeState, prefix: Prefix, slot: jax.Array, length: jax.Array,
+             sampling: Sampling) -> DecodeState:
+    """The decode state with `prefix` (a prompt of `length` tokens) in row `slot`."""
+    batch_axis = 1 if self.cfg.scan_layers else 0  # scanned layers stack the cache on axis 0
+
+    def put(path, rows, row):
+      if getattr(path[-1], "key", None) == "index":  # the bucket's padding is not in the prompt
+        row = jnp.full_like(row, length)
+      return jax.lax.dynamic_update_slice_in_dim(rows, row.astype(rows.dtype), slot, batch_axis)
+
+    cache = jax.tree_util.tree_map_with_path(put, state.cache, prefix.cache)
+    set_row = lambda rows, value: rows.at[slot].set(value)  # noqa: E731
+    return DecodeState(cache, set_row(state.tokens, prefix.token[0]),
+                       set_row(state.positions, length), set_row(state.generated, 1),
+                       jax.tree.map(lambda rows, row: set_row(rows, row[0]), state.sampling,
+                                    sampling))
+
+  @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
+  def step(self, params: Any, state: DecodeState) -> tuple[DecodeState, jax.Array, Logprobs]:
+    """One token for every slot: (new state, tokens `[slots]`, their logprobs)."""
+    # Empty slots keep stepping; clamping keeps their positions inside the position table.
+    positions = jnp.minimum(state.positions, self.cfg.max_len - 1)
+    logits, mutated = self.model.apply(
+        {"params": params, "cache": state.cache}, state.tokens[:, None], positions[:, None],
+        jnp.ones((self.slots, 1), jnp.int32), mutable=["cache"])
+    tokens, logprobs = _pick(logits[:, 0], state.sampling, state.generated)
+    new_state = DecodeState(mutated["cache"], tokens, positions + 1, state.generated + 1,
+                            state.sampling)
+    return new_state, tokens, logprobs
+
+
+def sampling_row(key_data: np.ndarray, temperature: float, top_k: int, top_p: float) -> Sampling:
+  """One row of `Sampling`, from host values."""
+  return Sampling(jnp.asarray(key_data, jnp.uint32)[None], jnp.array([temperature], jnp.float32),
+                  jnp.array([top_k], jnp.int32), jnp.array([top_p], jnp.float32))
+
+
+def pad_prompt(prompt: list[int], max_len: int) -> np.ndarray:
+  """`[1, bucket]` int32: the prompt right-padded to the smallest bucket that holds it."""
+  bucket = next(b for b in buckets(max_len) if b >= len(prompt))
+  tokens = np.zeros((1, bucket), np.int32)
+  tokens[0, :len(prompt)] = prompt
+  return tokens
