@@ -33,226 +33,257 @@ def base_config() -> ml_collections.ConfigDict:
   # Checkpoint step of init_from to start from; -1 = its latest.
   c.init_step = -1
 
-  c.data = ml_collections.ConfigDict()
+  c.data = _data_options()
+  c.model = _model_options()
+  c.train = _train_options()
+  c.eval = _eval_options()
+  c.checkpoint = _checkpoint_options()
+  c.mesh = _mesh_options()
+  return c
+
+
+def _data_options() -> ml_collections.ConfigDict:
+  """The `data.*` options."""
+  d = ml_collections.ConfigDict()
   # Where text comes from: "stdlib" (this Python's standard library sources, built in, no download),
   # "files" (data.path: a .txt/.jsonl/.jsonl.gz/.parquet file, a directory, or a glob), "tfds"
   # (data.path: a TFDS name), "hf" (data.path: a Hugging Face `datasets` hub name or local
   # directory, streamed), "task" (data.path: a built-in prompt/completion task, e.g.
   # "pyfunc_names") or "prepared" (data.path: a directory written by `python -m jaxlm.prepare`,
   # read as token shards; or several, weighted, in data.mixture).
-  c.data.source = "stdlib"
+  d.source = "stdlib"
   # File, directory or glob for source="files"; dataset or task name for "tfds"/"hf"/"task"; the
   # prepared directory for "prepared"; "" for "stdlib".
-  c.data.path = ""
+  d.path = ""
   # data.source=prepared only: several prepared directories, mixed by weight, as
   # ((name, directory, weight), ...), e.g. (("web", "/p/web", 0.8), ("code", "/p/code", 0.2)).
   # Every row of a batch is drawn from one source, deterministically, so that each source's share
   # of the rows drawn so far stays within one row of its weight's; weights are normalised. Names
   # label per-source metrics. All sources must share one tokenizer (prepare the second with
   # data.tokenizer_file set to the first's DIR/tokenizer.json). () reads data.path alone.
-  c.data.mixture = ()
+  d.mixture = ()
   # Weights that change during training: ((step, (weight, ...)), ...), one weight per source of
   # data.mixture, in force from that step on (the batch of step `step` + 1 is the first drawn so).
-  c.data.mixture_stages = ()
+  d.mixture_stages = ()
   # Characters of training text the tokenizer trains on: a seeded sample of whole documents (see
   # data/tokenizer_sample.py); 0 = all of it. A corpus within this trains on all of it, in order.
-  c.data.tokenizer_sample_chars = 100_000_000
+  d.tokenizer_sample_chars = 100_000_000
   # A tokenizer.json to use instead of training one (a prepared directory's, or a run's workdir).
-  c.data.tokenizer_file = ""
+  d.tokenizer_file = ""
   # "text" (documents), "prompt_completion" (JSONL records {"prompt", "completion"}; the loss covers
   # the completion only), "classification" (JSONL {"text", "label"}, optionally "text_pair"; a
   # label is a string or an integer), "tagging" (JSONL {"tokens": [words], "tags": [BIO tags]}),
   # "chat" (JSONL {"messages": [{"role", "content"}, ...]}, or data.source=task with data.path
   # TASK_chat; rendered with data.chat_template, the loss on the assistant turns only) or
   # "auto": decided by the built-in task, or by the fields of the first JSONL record, else text.
-  c.data.format = "auto"
+  d.format = "auto"
   # The Jinja chat template (Hugging Face's format) that renders chat data and that `serve` uses
   # for /v1/chat/completions; "" = the plain default of jaxlm/data/chat.py. Saved with the
   # tokenizer in every checkpoint of a chat run.
-  c.data.chat_template = ""
+  d.chat_template = ""
   # Label names of a classification / tagging run, in id order; () takes the sorted labels of the
   # training split. Saved with the run: evaluation data with another label is an error.
-  c.data.labels = ()
+  d.labels = ()
   # Prompt/completion records longer than data.seq_len: "left" cuts the prompt from the left,
   # "drop" skips the record. Both are counted in the log.
-  c.data.truncate = "left"
+  d.truncate = "left"
   # Validation records for prompt/completion data; "" holds out data.val_fraction of data.path.
-  c.data.val_path = ""
+  d.val_path = ""
   # The JSONL / TFDS field holding each document's text.
-  c.data.text_field = "text"
+  d.text_field = "text"
   # Held-out share: of the files when there are several, else of the last characters (as nanoGPT).
-  c.data.val_fraction = 0.1
+  d.val_fraction = 0.1
   # Drop exact duplicate documents after cleaning.
-  c.data.dedup = False
+  d.dedup = False
   # "sentencepiece" (trained on the training split), "char", "byte", "gpt2_bpe" (GPT-2's byte-level
   # BPE: trained on the training split, or imported with a model by `python -m jaxlm.convert from-hf`)
   # or "wordpiece" (BERT's, with [PAD] [UNK] [CLS] [SEP] [MASK]: trained on the training split with
   # `tokenizers`, or imported with a BERT). A BERT needs wordpiece. "hf": a Llama-family model's
   # own tokenizer.json, imported with it by `convert from-hf` (never trained here).
-  c.data.tokenizer = "sentencepiece"
+  d.tokenizer = "sentencepiece"
   # SentencePiece algorithm: "bpe" or "unigram".
-  c.data.sp_model_type = "bpe"
+  d.sp_model_type = "bpe"
   # SentencePiece / gpt2_bpe vocabulary size; char and byte tokenizers size their own vocabulary.
-  c.data.vocab_size = 4096
+  d.vocab_size = 4096
   # Tokens per training window; must be <= model.max_len.
-  c.data.seq_len = 256
+  d.seq_len = 256
+  return d
 
-  c.model = ml_collections.ConfigDict()
+
+def _model_options() -> ml_collections.ConfigDict:
+  """The `model.*` options."""
+  d = ml_collections.ConfigDict()
   # "gpt" (decoder-only: causal attention, next-token loss) or "bert" (encoder-only: bidirectional
   # attention within each document, masked-LM pretraining, classification and tagging heads).
-  c.model.family = "gpt"
+  d.family = "gpt"
   # What the output layer predicts: "lm" (GPT: the next token; BERT: the masked tokens, through an
   # MLM head tied to the embeddings), "classify" (one label per sequence, from a pooler over its
   # first token, [CLS]) or "tag" (one label per token: the first piece of each word). BERT only for
   # classify/tag. A finetune may change it: the new head starts from a fresh initialisation.
-  c.model.head = "lm"
+  d.head = "lm"
   # Size of the classify/tag head; set from data.labels when the run starts.
-  c.model.num_labels = 0
+  d.num_labels = 0
   # "pre" (a norm before each sublayer and a final one: GPT-2) or "post" (a norm after each
   # residual add, and one over the embeddings: the original Transformer and BERT).
-  c.model.norm_position = "pre"
+  d.norm_position = "pre"
   # Token-type (sentence A / B) embeddings: 2 for BERT, 0 for none.
-  c.model.type_vocab_size = 0
-  c.model.d_model = 256
-  c.model.num_layers = 4
-  c.model.num_heads = 4
+  d.type_vocab_size = 0
+  d.d_model = 256
+  d.num_layers = 4
+  d.num_heads = 4
   # Key/value heads: grouped-query attention shares each among num_heads / num_kv_heads query
   # heads (1: multi-query); 0 = num_heads (ordinary multi-head attention). The KV cache holds
   # only these heads. With num_kv_heads < num_heads the projections are `attn/q` and `attn/kv`
   # instead of one fused `attn/qkv`.
-  c.model.num_kv_heads = 0
+  d.num_kv_heads = 0
   # Biases on the query, key and value projections even when model.use_bias is False (Qwen2).
-  c.model.qkv_bias = False
+  d.qkv_bias = False
   # Hidden width of the MLP (for swiglu: the width of each of the two input projections).
-  c.model.mlp_dim = 1024
+  d.mlp_dim = 1024
   # Longest sequence the model can take (size of the learned position table; the KV cache length).
-  c.model.max_len = 256
-  c.model.dropout = 0.0
+  d.max_len = 256
+  d.dropout = 0.0
   # "learned" absolute position embeddings or "rope" rotary embeddings.
-  c.model.positions = "learned"
+  d.positions = "learned"
   # RoPE base: the angle of feature pair i at position p is p / rope_theta^(2i / head_dim)
   # (10000 in the RoPE paper and Llama 2, 500000 in Llama 3, 1000000 in Qwen2).
-  c.model.rope_theta = 10000.0
+  d.rope_theta = 10000.0
   # RoPE frequency scaling for contexts longer than training's: "none" or "llama3" (Llama 3.1:
   # wavelengths above rope_original_max_len / rope_low_freq_factor are divided by rope_factor,
   # below rope_original_max_len / rope_high_freq_factor kept, and blended in between).
-  c.model.rope_scaling = "none"
-  c.model.rope_factor = 8.0
-  c.model.rope_low_freq_factor = 1.0
-  c.model.rope_high_freq_factor = 4.0
-  c.model.rope_original_max_len = 8192
+  d.rope_scaling = "none"
+  d.rope_factor = 8.0
+  d.rope_low_freq_factor = 1.0
+  d.rope_high_freq_factor = 4.0
+  d.rope_original_max_len = 8192
   # "layernorm" or "rmsnorm".
-  c.model.norm = "layernorm"
+  d.norm = "layernorm"
   # "gelu" (tanh approximation, as GPT-2), "gelu_exact" (erf, as BERT) or "swiglu".
-  c.model.mlp = "gelu"
+  d.mlp = "gelu"
   # Use the input embedding matrix as the output projection.
-  c.model.tie_embeddings = True
+  d.tie_embeddings = True
   # Add biases to dense layers and LayerNorm (GPT-2 has them).
-  c.model.use_bias = True
+  d.use_bias = True
   # Epsilon added to the variance in LayerNorm / RMSNorm (GPT-2 uses 1e-5).
-  c.model.norm_eps = 1e-5
+  d.norm_eps = 1e-5
   # Activation/compute dtype: "float32" or "bfloat16". Parameters and the loss stay float32.
-  c.model.dtype = "float32"
+  d.dtype = "float32"
   # Rematerialisation (activation recomputation in the backward pass, per layer): "none", "full"
   # (keep only each layer's input) or "dots" (keep matmul outputs, recompute the rest). Same numbers;
   # less activation memory for more compute.
-  c.model.remat = "none"
+  d.remat = "none"
   # One nn.scan over the layers instead of a Python loop: compile time independent of depth. The
   # parameters then sit under `blocks` with a leading layer axis (mesh rule "layers"); checkpoints
   # of the two layouts do not mix, and Hugging Face export needs the unscanned one.
-  c.model.scan_layers = False
+  d.scan_layers = False
   # Attention kernel: "xla", "cudnn" (cuDNN flash attention; GPU only, bfloat16/float16) or "auto"
   # (cudnn on a GPU when model.dtype is bfloat16, else xla). KV-cache decoding always uses xla.
-  c.model.attention_impl = "auto"
+  d.attention_impl = "auto"
+  return d
 
-  c.train = ml_collections.ConfigDict()
+
+def _train_options() -> ml_collections.ConfigDict:
+  """The `train.*` options."""
+  d = ml_collections.ConfigDict()
   # Global batch in sequences per optimizer step, over all devices and accumulation micro-steps.
-  c.train.batch_size = 32
+  d.batch_size = 32
   # Micro-batches per optimizer step (gradient accumulation); divides train.batch_size.
-  c.train.grad_accum_steps = 1
-  c.train.steps = 2000
+  d.grad_accum_steps = 1
+  d.steps = 2000
   # Peak learning rate.
-  c.train.lr = 1e-3
+  d.lr = 1e-3
   # "warmup_cosine", "warmup_linear", "constant" (after warmup) or "rsqrt" (lr * sqrt(warmup/step)).
-  c.train.schedule = "warmup_cosine"
-  c.train.warmup_steps = 100
+  d.schedule = "warmup_cosine"
+  d.warmup_steps = 100
   # Final learning rate of the cosine/linear decay as a fraction of train.lr.
-  c.train.min_lr_ratio = 0.1
+  d.min_lr_ratio = 0.1
   # "adamw", "adam" or "sgd".
-  c.train.optimizer = "adamw"
-  c.train.b1 = 0.9
-  c.train.b2 = 0.95
+  d.optimizer = "adamw"
+  d.b1 = 0.9
+  d.b2 = 0.95
   # Weight decay: decoupled for adamw; added to the gradient (classic L2) for adam and sgd.
-  c.train.weight_decay = 0.1
+  d.weight_decay = 0.1
   # Also decay norm scales, biases and embeddings (GPT-2 practice is to exclude them).
-  c.train.decay_all = False
+  d.decay_all = False
   # SGD momentum and Nesterov.
-  c.train.momentum = 0.9
-  c.train.nesterov = False
+  d.momentum = 0.9
+  d.nesterov = False
   # Clip gradients to this global norm; 0 disables clipping.
-  c.train.grad_clip = 1.0
+  d.grad_clip = 1.0
   # Weight of the z-loss (log(Z)^2) that keeps the softmax normaliser near 1; 0 disables it.
-  c.train.z_loss = 0.0
-  c.train.seed = 0
+  d.z_loss = 0.0
+  d.seed = 0
   # A non-finite loss or gradient: "skip" the update (parameters and optimizer state untouched,
   # counted as `skipped` in the log) or "stop" the run with an error naming the step. Either way
   # no non-finite value reaches the parameters or a checkpoint.
-  c.train.on_nonfinite = "skip"
+  d.on_nonfinite = "skip"
   # Skip updates whose loss is more than this many standard deviations above its running mean
   # (over about the last 100 updates, after the first 20); 0 turns the spike guard off.
-  c.train.spike_sigma = 0.0
+  d.spike_sigma = 0.0
   # Masked LM (BERT with head "lm"): share of tokens chosen for the loss, drawn afresh each step
   # from the step's key; of those 80% become [MASK], 10% a random token and 10% stay as they are.
-  c.train.mlm_probability = 0.15
+  d.mlm_probability = 0.15
   # Masked LM: choose whole words (every WordPiece piece of a word) instead of single pieces.
-  c.train.whole_word_masking = False
+  d.whole_word_masking = False
   # Steps between lines in metrics.jsonl / TensorBoard.
-  c.train.log_every = 10
+  d.log_every = 10
   # LoRA finetuning (needs init_from: the base run): low-rank adapters on the projections that
   # train.lora.targets names, the base parameters frozen (no gradients, no optimizer state).
   # Checkpoints hold the adapters, their optimizer state and a reference to the base run and step.
-  c.train.lora = ml_collections.ConfigDict()
+  d.lora = ml_collections.ConfigDict()
   # Adapter rank; 0 = no LoRA (a full finetune).
-  c.train.lora.rank = 0
+  d.lora.rank = 0
   # The adapters' output is scaled by alpha / rank.
-  c.train.lora.alpha = 16.0
+  d.lora.alpha = 16.0
   # Dropout on the adapters' input during training.
-  c.train.lora.dropout = 0.0
+  d.lora.dropout = 0.0
   # Which projections get adapters: "attention" (attn/qkv, q, kv, out), "mlp" (mlp/wi, wo), "all"
   # (both), or a regular expression searched in module paths such as "block_0/attn/qkv".
-  c.train.lora.targets = "all"
+  d.lora.targets = "all"
   # Dtype the frozen base parameters are held in: "float32" or "bfloat16" (adapters stay float32).
-  c.train.lora.base_dtype = "float32"
+  d.lora.base_dtype = "float32"
+  return d
 
-  c.eval = ml_collections.ConfigDict()
+
+def _eval_options() -> ml_collections.ConfigDict:
+  """The `eval.*` options."""
+  d = ml_collections.ConfigDict()
   # Steps between evaluations on the validation split during training; 0 = only at the end.
-  c.eval.every = 500
+  d.every = 500
   # Sequences per eval batch (global).
-  c.eval.batch_size = 32
+  d.batch_size = 32
   # Batches per evaluation; 0 = the whole validation split.
-  c.eval.max_batches = 0
+  d.max_batches = 0
   # Tokens sampled into the log at each evaluation; 0 disables it.
-  c.eval.sample_tokens = 64
+  d.sample_tokens = 64
+  return d
 
-  c.checkpoint = ml_collections.ConfigDict()
+
+def _checkpoint_options() -> ml_collections.ConfigDict:
+  """The `checkpoint.*` options."""
+  d = ml_collections.ConfigDict()
   # Steps between checkpoints; a checkpoint is always written at the end.
-  c.checkpoint.every = 500
+  d.every = 500
   # Checkpoints kept (the oldest are deleted).
-  c.checkpoint.keep = 3
+  d.keep = 3
+  return d
 
-  c.mesh = ml_collections.ConfigDict()
+
+def _mesh_options() -> ml_collections.ConfigDict:
+  """The `mesh.*` options."""
+  d = ml_collections.ConfigDict()
   # CPU hosts only: split the host into this many XLA devices before JAX starts (0 = JAX's choice:
   # one device, or --xla_force_host_platform_device_count). XLA:CPU spreads one small step poorly
   # over cores; one device per core, each with its share of the batch, is 1.35-1.5x faster for
   # small models (docs/benchmarks.md). It does not change GPU/TPU device counts.
-  c.mesh.cpu_devices = 0
+  d.cpu_devices = 0
   # Devices on each mesh axis; -1 takes the devices left over (at most one axis may say -1).
-  c.mesh.data = -1
-  c.mesh.fsdp = 1
-  c.mesh.tensor = 1
+  d.data = -1
+  d.fsdp = 1
+  d.tensor = 1
   # Logical axis -> mesh axes. Parameter axes: vocab, embed, heads, kv, mlp, pos, norm.
   # Activation axes (act_*) are separate so FSDP shards weights without sharding activations' features.
-  c.mesh.rules = (
+  d.rules = (
       ("act_batch", ("data", "fsdp")),
       ("act_len", None),
       ("act_embed", None),
@@ -271,7 +302,7 @@ def base_config() -> ml_collections.ConfigDict:
       ("norm", None),
       ("layers", None),
   )
-  return c
+  return d
 
 
 def shakespeare_char_config() -> ml_collections.ConfigDict:
