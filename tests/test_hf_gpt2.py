@@ -135,8 +135,9 @@ def test_imported_tokenizer_encodes_as_transformers_does(imported, hf_dir):
   assert ours.eos_id == theirs.eos_token_id
 
 
-def test_greedy_sampling_matches_transformers_generate(imported, hf_model):
-  run = trained.load(imported)
+def assert_greedy_matches_generate(workdir: str, hf_model) -> None:
+  """12 greedy tokens of the jaxlm run in `workdir` equal transformers' `generate` on `hf_model`."""
+  run = trained.load(workdir)
   prompt = run.tokenizer.encode("def add(")
   ours = generate(jax.device_get(run.params), run.model_cfg, [prompt],
                   SamplingConfig(max_new_tokens=12, temperature=0.0), seed=0)[0]
@@ -145,6 +146,10 @@ def test_greedy_sampling_matches_transformers_generate(imported, hf_model):
                                max_new_tokens=12, do_sample=False, eos_token_id=None,
                                pad_token_id=run.tokenizer.eos_id)
   assert list(ours) == theirs[0, len(prompt):].tolist()
+
+
+def test_greedy_sampling_matches_transformers_generate(imported, hf_model):
+  assert_greedy_matches_generate(imported, hf_model)
 
 
 def test_export_of_an_import_reloads_in_transformers_unchanged(imported, hf_model, hf_dir,

@@ -9,20 +9,19 @@ torch and transformers are test-only dependencies; nothing is downloaded.
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 import tokenizers
-from test_hf_gpt2 import CORPUS, assert_same_logits, hf_logits, jaxlm_logits, token_batch
+from test_hf_gpt2 import (CORPUS, assert_greedy_matches_generate, assert_same_logits, hf_logits,
+                          jaxlm_logits, token_batch)
 
 from jaxlm import convert
 from jaxlm.config import base_config
 from jaxlm.errors import UserError
 from jaxlm.inference import trained
-from jaxlm.inference.decode import SamplingConfig, generate
 from jaxlm.interop import hf_llama
 from jaxlm.training.loop import train
 
@@ -116,15 +115,7 @@ def test_tokenizer_and_chat_template_come_over(imported, hf_dir):
 
 
 def test_greedy_decoding_matches_transformers_generate(imported, hf_model):
-  run = trained.load(imported)
-  prompt = run.tokenizer.encode("def add(")
-  ours = generate(jax.device_get(run.params), run.model_cfg, [prompt],
-                  SamplingConfig(max_new_tokens=12, temperature=0.0), seed=0)[0]
-  with torch.no_grad():
-    theirs = hf_model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt)),
-                               max_new_tokens=12, do_sample=False, eos_token_id=None,
-                               pad_token_id=run.tokenizer.eos_id)
-  assert list(ours) == theirs[0, len(prompt):].tolist()
+  assert_greedy_matches_generate(imported, hf_model)
 
 
 def test_export_of_an_import_reloads_unchanged(imported, hf_model, hf_dir, tmp_path):
