@@ -6,7 +6,7 @@ Global batch 512 x 1024 tokens (about 0.5M, as GPT-2/3 small), split into 8 accu
 mesh.fsdp on many devices to shard parameters and optimizer state.
 """
 
-from jaxlm.config import gpt2_config
+from jaxlm.recipes import gpt2_config
 
 
 def get_config():

@@ -9,7 +9,7 @@ AdamW state take about 21 GB, so they are sharded over every device (mesh.fsdp=-
 raise train.grad_accum_steps until the plan fits. docs/scaling.md has its memory plans.
 """
 
-from jaxlm.config import gpt2_config
+from jaxlm.recipes import gpt2_config
 
 
 def get_config():

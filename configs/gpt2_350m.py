@@ -8,7 +8,7 @@ Global batch 512 x 1024 tokens (about 0.5M), in 8 accumulation steps. Parameters
 mesh.fsdp to shard them. docs/scaling.md has its memory plans.
 """
 
-from jaxlm.config import gpt2_config
+from jaxlm.recipes import gpt2_config
 
 
 def get_config():

@@ -7,7 +7,7 @@ One file, so validation is its last 10% of characters, as nanoGPT splits it. nan
 biases and exact GELU; GELU here is the tanh form GPT-2 itself used.
 """
 
-from jaxlm.config import shakespeare_char_config
+from jaxlm.recipes import shakespeare_char_config
 
 
 def get_config():

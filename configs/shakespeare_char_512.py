@@ -10,7 +10,7 @@ batches of 16 x 256 tokens. On a CPU its matmuls are large enough to run near th
 unlike the 128-wide model's. Measurements: docs/benchmarks.md.
 """
 
-from jaxlm.config import shakespeare_char_config
+from jaxlm.recipes import shakespeare_char_config
 
 
 def get_config():

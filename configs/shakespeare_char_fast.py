@@ -9,7 +9,7 @@ projections, about the parameters of a 512-wide GELU MLP), a 3x larger learning 
 warm-up, fewer steps, and one full evaluation at the end only. Measurements: docs/benchmarks.md.
 """
 
-from jaxlm.config import shakespeare_char_config
+from jaxlm.recipes import shakespeare_char_config
 
 
 def get_config():
