@@ -188,8 +188,8 @@ def beam_generate(params: Any, cfg: ModelConfig, prompts: Sequence[Sequence[int]
   EOS dropped), scored as transformers' `generate(num_beams=...)` scores them."""
   check_beam_config(beam)
   if not 1 <= num_return <= beam.beam_size:
-    raise UserError(f"{num_return} hypotheses asked of a beam of {beam.beam_size}; ask at most "
-                    "--beam_size (--num_samples <= --beam_size)")
+    raise UserError(f"num_return={num_return} is not within 1..beam_size={beam.beam_size}; ask "
+                    "for fewer hypotheses or use a larger beam")
   tokens, positions, segments = padded_prompts(prompts, cfg, beam.max_new_tokens, length_multiple)
   result = _beam_generate(params, tokens, positions, segments, cfg=cfg, beam=beam)
   return best_hypotheses(result, beam.eos_id, num_return)
