@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jaxlm.errors import UserError
-from jaxlm.inference.beam import BeamConfig, beam_search, repeat_beams
+from jaxlm.inference.beam import BeamConfig, beam_search_from_start, repeat_beams
 from jaxlm.inference.decode import SamplingConfig, beam_generate, generate
 from jaxlm.models import GPT, ModelConfig
 from jaxlm.models.layers import stack_layers
@@ -19,6 +19,7 @@ from jaxlm.models.layers import stack_layers
 # A fixed random "model" over a tiny vocabulary: the logits depend on the whole prefix (through a
 # code naming it), so that beams interact as they do with a language model.
 VOCAB, EOS, CODES = 5, 0, 997
+START = 99  # the start token fed before the first generated one
 # float32 log-softmax sums against float64 ones, over a few tokens of logits ~3.
 SCORE_TOLERANCE = 1e-5
 
@@ -32,7 +33,8 @@ def table_model(rows: int, seed: int, vocab: int = VOCAB):
 
 
 def table_search(table, extend, beam: BeamConfig):
-  """jaxlm's beam search on the table model: (tokens, lengths, scores), numpy, best first."""
+  """jaxlm's beam search on the table model, fed a start token first as an encoder-decoder's
+  decoder is: (tokens, lengths, scores), numpy, best first."""
 
   def step_fn(cache, tokens, step_index):
     del step_index
@@ -43,7 +45,8 @@ def table_search(table, extend, beam: BeamConfig):
     rows = table.shape[0]
     cache = repeat_beams({"row": jnp.arange(rows), "code": jnp.zeros(rows, jnp.int32)},
                          beam.beam_size)
-    return beam_search(step_fn, cache, jnp.asarray(table)[cache["row"], 0], beam)
+    start_tokens = jnp.full(rows * beam.beam_size, START)
+    return beam_search_from_start(step_fn, cache, start_tokens, beam)
 
   return jax.tree.map(np.asarray, jax.jit(search)())
 
@@ -61,7 +64,7 @@ def exhaustive_best(table, extend, row: int, beam: BeamConfig):
     for tokens in itertools.product(range(table.shape[-1]), repeat=length):
       if EOS in tokens[:-1] or (tokens[-1] != EOS and length < beam.max_new_tokens):
         continue
-      code, total = 0, 0.0
+      code, total = extend(0, START), 0.0
       for token in tokens:
         total += log_softmax(table[row, code])[token]
         code = extend(code, token)
@@ -74,7 +77,8 @@ def reference_beam(table, extend, row: int, beam: BeamConfig):
   needs vocab >= 2 * beam_size). Returns the kept hypotheses, best first: [(score, tokens)]."""
   k, vocab = beam.beam_size, table.shape[-1]
   assert vocab >= 2 * k
-  running, kept, improvable = [(0.0, [], 0)], [], True  # (summed log-prob, tokens, prefix code)
+  running, kept, improvable = [(0.0, [], extend(0, START))], [], True  # (summed log-prob, tokens,
+  # code of the start token and the tokens)
   for step in range(beam.max_new_tokens):
     candidates = [(score + log_softmax(table[row, code])[token], tokens + [token],
                    extend(code, token))
