@@ -11,6 +11,7 @@ self-attention q, k, v `[heads*d_kv, D]` are parts 0, 1, 2 of the fused `attn/qk
 0 and 1 of `cross_attn/kv`; wi_0 (the GELU gate) and wi_1 parts 0 and 1 of `mlp/wi`.
 """
 
+import dataclasses
 import math
 
 from jaxlm.errors import UserError
@@ -108,7 +109,10 @@ def model_fields(settings: dict) -> dict:
           "max_len": settings.get("n_positions") or 512,
           "relative_buckets": settings.get("relative_attention_num_buckets", 32),
           "relative_max_distance": settings.get("relative_attention_max_distance", 128),
-          "tie_embeddings": bool(settings.get("tie_word_embeddings", True)),
+          # transformers < 5 wrote T5 v1.1 as tie_word_embeddings=False (an lm_head of its own,
+          # no output scaling); transformers 5 writes scale_decoder_outputs instead.
+          "tie_embeddings": bool(settings.get("scale_decoder_outputs",
+                                              settings.get("tie_word_embeddings", True))),
           "norm_eps": settings.get("layer_norm_epsilon", 1e-6)}
 
 
@@ -139,9 +143,16 @@ def hf_settings(cfg: ModelConfig, eos_id: int, pad_id: int = 0) -> dict:
 
 def params_from_hf(tensors, cfg: ModelConfig, place=None) -> dict:
   """jaxlm's parameter tree from a T5 state dict (a dict or hf_files.LazyTensors), each parameter
-  handed to `place` (see hf_files.params_from_table)."""
+  handed to `place` (see hf_files.params_from_table).
+
+  An unscaled head without `lm_head.weight` (transformers 5 ties T5's lm_head to `shared` and
+  saves it once) becomes an untied `head` holding a copy of the embedding: the same logits."""
   skip = TIED_COPIES | ({"lm_head.weight"} if cfg.tie_embeddings else frozenset())
-  return params_from_table(tensors, layout(cfg), place, skip)
+  table = layout(cfg)
+  if not cfg.tie_embeddings and "lm_head.weight" not in tensors:
+    table = [dataclasses.replace(t, hf_name="shared.weight") if t.path == ("head",) else t
+             for t in table]
+  return params_from_table(tensors, table, place, skip)
 
 
 def params_to_hf(params: dict, cfg: ModelConfig) -> dict:
