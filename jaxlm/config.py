@@ -113,8 +113,10 @@ def _data_options() -> ml_collections.ConfigDict:
 def _model_options() -> ml_collections.ConfigDict:
   """The `model.*` options."""
   d = ml_collections.ConfigDict()
-  # "gpt" (decoder-only: causal attention, next-token loss) or "bert" (encoder-only: bidirectional
-  # attention within each document, masked-LM pretraining, classification and tagging heads).
+  # "gpt" (decoder-only: causal attention, next-token loss), "bert" (encoder-only: bidirectional
+  # attention within each document, masked-LM pretraining, classification and tagging heads) or
+  # "encdec" (encoder-decoder, T5 / the original Transformer: a bidirectional encoder over the
+  # source, a causal decoder with cross-attention to it; models/encdec.py).
   d.family = "gpt"
   # What the output layer predicts: "lm" (GPT: the next token; BERT: the masked tokens, through an
   # MLM head tied to the embeddings), "classify" (one label per sequence, from a pooler over its
@@ -130,7 +132,12 @@ def _model_options() -> ml_collections.ConfigDict:
   d.type_vocab_size = 0
   d.d_model = 256
   d.num_layers = 4
+  # encdec only: decoder layers (T5's num_decoder_layers); 0 = model.num_layers (the encoder's).
+  d.num_decoder_layers = 0
   d.num_heads = 4
+  # Width of each attention head (T5's d_kv; flan-t5-small: d_model 512, 6 heads of 64); encdec
+  # only. 0 = d_model // num_heads.
+  d.head_size = 0
   # Key/value heads: grouped-query attention shares each among num_heads / num_kv_heads query
   # heads (1: multi-query); 0 = num_heads (ordinary multi-head attention). The KV cache holds
   # only these heads. With num_kv_heads < num_heads the projections are `attn/q` and `attn/kv`
@@ -143,8 +150,16 @@ def _model_options() -> ml_collections.ConfigDict:
   # Longest sequence the model can take (size of the learned position table; the KV cache length).
   d.max_len = 256
   d.dropout = 0.0
-  # "learned" absolute position embeddings or "rope" rotary embeddings.
+  # "learned" absolute position embeddings, "rope" rotary embeddings, or (encdec only) "relative"
+  # (T5: a learned bias on the attention scores per head and distance bucket, one table per stack
+  # shared by its layers; bidirectional buckets in the encoder, causal in the decoder; attention
+  # scores are then not scaled by 1/sqrt(head_size), as in T5) or "sinusoidal" (fixed sin/cos
+  # embeddings, the original Transformer). Positions count from 0 in each document.
   d.positions = "learned"
+  # positions="relative": distance buckets (half per direction in the encoder), exact up to a
+  # quarter (encoder) / half (decoder) of them, logarithmic beyond, up to this distance.
+  d.relative_buckets = 32
+  d.relative_max_distance = 128
   # RoPE base: the angle of feature pair i at position p is p / rope_theta^(2i / head_dim)
   # (10000 in the RoPE paper and Llama 2, 500000 in Llama 3, 1000000 in Qwen2).
   d.rope_theta = 10000.0
@@ -158,9 +173,11 @@ def _model_options() -> ml_collections.ConfigDict:
   d.rope_original_max_len = 8192
   # "layernorm" or "rmsnorm".
   d.norm = "layernorm"
-  # "gelu" (tanh approximation, as GPT-2), "gelu_exact" (erf, as BERT) or "swiglu".
+  # "gelu" (tanh approximation, as GPT-2), "gelu_exact" (erf, as BERT), "swiglu" or "geglu" (T5
+  # v1.1's gated GELU, tanh approximation; as swiglu, mlp/wi holds the gate and up projections).
   d.mlp = "gelu"
-  # Use the input embedding matrix as the output projection.
+  # Use the input embedding matrix as the output projection (encdec: on the decoder's output
+  # scaled by d_model**-0.5, as T5 with tie_word_embeddings).
   d.tie_embeddings = True
   # Add biases to dense layers and LayerNorm (GPT-2 has them).
   d.use_bias = True
@@ -301,6 +318,8 @@ def _mesh_options() -> ml_collections.ConfigDict:
       ("pos", None),
       ("norm", None),
       ("layers", None),
+      # The relative-position bias table of model.positions="relative" ([buckets, heads]).
+      ("relative_buckets", None),
   )
   return d
 
