@@ -25,6 +25,7 @@ from jaxlm.data.dataset import (
 )
 from jaxlm.data.prepared_data import check_data_source, open_sources
 from jaxlm.data.records import PackedRecords
+from jaxlm.data.seq2seq import PackedSeq2Seq
 from jaxlm.errors import UserError
 from jaxlm.models import make_model
 from jaxlm.parallel import sharding
@@ -137,7 +138,8 @@ def set_up(config: ml_collections.ConfigDict, workdir: str, overrides: dict,
   mesh_for_config(config)  # a mesh or batch that does not fit fails before the data is read
   data_cfg = DataConfig.from_config(config.data)
   check_task(config, data_cfg.resolved_format)
-  dataset = load_dataset(data_cfg, workdir, pretrained, log)
+  dataset = load_dataset(data_cfg, workdir, pretrained, log,
+                         encdec=config.model.family == "encdec")
   if dataset.labels:  # the label names are part of the run: saved with its config
     config.data.labels, config.model.num_labels = dataset.labels, len(dataset.labels)
   if checkpoint.latest_step(workdir) is not None:
@@ -157,14 +159,15 @@ def set_up(config: ml_collections.ConfigDict, workdir: str, overrides: dict,
 
 
 def load_dataset(data_cfg: DataConfig, workdir: str, pretrained: Pretrained | None,
-                 log: Callable[[str], None]) -> Dataset:
+                 log: Callable[[str], None], encdec: bool = False) -> Dataset:
   """The run's tokenizer and data: prepared directories mapped (nothing tokenised), or the
-  corpus read, tokenised and packed in memory."""
+  corpus read, tokenised and packed in memory. An `encdec` run's new tokenizer has sentinels."""
   given = pretrained.tokenizer if pretrained else None
   if data_cfg.source != "prepared":
     check_data_source(data_cfg)
     corpus = read_corpus(data_cfg)
-    dataset = build_dataset(data_cfg, corpus, workdir_tokenizer(data_cfg, corpus, workdir, given))
+    tokenizer = workdir_tokenizer(data_cfg, corpus, workdir, given, encdec)
+    dataset = build_dataset(data_cfg, corpus, tokenizer)
     log_data(log, data_cfg, corpus, dataset)
     return dataset
   sources = open_sources(data_cfg)
@@ -187,6 +190,6 @@ def log_data(log: Callable[[str], None], data_cfg: DataConfig, corpus, dataset: 
       f"{data_cfg.seq_len} tokens; {tokenizer.kind} tokenizer of {tokenizer.vocab_size} ids")
   if dataset.labels:
     log(f"labels ({len(dataset.labels)}): {', '.join(dataset.labels)}")
-  if isinstance(dataset.train, PackedRecords):
+  if isinstance(dataset.train, (PackedRecords, PackedSeq2Seq)):
     log(f"records longer than data.seq_len: train {dataset.train.truncated} truncated / "
         f"{dataset.train.dropped} dropped, val {dataset.val.truncated} / {dataset.val.dropped}")
