@@ -95,9 +95,10 @@ def _data_options() -> ml_collections.ConfigDict:
   # training split. Saved with the run: evaluation data with another label is an error.
   d.labels = ()
   # Prompt/completion records longer than data.seq_len: "left" cuts the prompt from the left,
-  # "drop" skips the record. Both are counted in the log. Seq2seq records: "left" cuts a source
-  # longer than data.seq_len - 1 from the left and a target longer than data.target_len - 1 on
-  # the right; "drop" skips the record.
+  # "drop" skips the record. Both are counted in the log. Seq2seq records: a source longer than
+  # data.seq_len - 1 tokens is cut from the "left" (its end kept) or on the "right" (its start
+  # kept: T5's and Hugging Face's choice), a target longer than data.target_len - 1 on the right
+  # either way; "drop" skips the record.
   d.truncate = "left"
   # Validation records for prompt/completion data; "" holds out data.val_fraction of data.path.
   d.val_path = ""

@@ -87,7 +87,7 @@ def test_truncation_modes_cut_and_count():
   assert len(drop) == 1 and drop.num_examples == 1
   with pytest.raises(UserError, match="no data record fits data.seq_len=2"):
     pack_seq2seq([(long_source, [5])], EOS, 2, 6, "drop")
-  with pytest.raises(UserError, match="data.truncate='middle' is not one of"):
+  with pytest.raises(UserError, match="data.truncate='middle' does not apply to seq2seq data"):
     pack_seq2seq(pairs, EOS, 8, 6, "middle")
 
 

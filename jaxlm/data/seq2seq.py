@@ -63,7 +63,8 @@ def read_pairs(path: str) -> list[Pair]:
                         "the line")
       pairs.append(Pair(normalize_text(values[0]), normalize_text(values[1])))
   if not pairs:
-    raise UserError(f"{path} holds no seq2seq records")
+    raise UserError(f"{path} holds no seq2seq records; give one JSON object per line with "
+                    "string fields \"source\" and \"target\"")
   return pairs
 
 
@@ -182,10 +183,11 @@ def pack_seq2seq(token_pairs: Sequence[tuple[list[int], list[int]]], eos_id: int
                  target_len: int, truncate: str, split_name: str = "data") -> PackedSeq2Seq:
   """Packs tokenized (source, target) pairs into encoder / decoder rows (see the module doc)."""
   if truncate not in TRUNCATE_MODES:
-    raise UserError(f"data.truncate={truncate!r} is not one of {TRUNCATE_MODES} for seq2seq data")
+    raise UserError(f"data.truncate={truncate!r} does not apply to seq2seq data; set it to one "
+                    f"of {', '.join(TRUNCATE_MODES)}")
   if seq_len < 2 or target_len < 2:
-    raise UserError(f"data.seq_len={seq_len} and data.target_len={target_len} must both be at "
-                    "least 2 for seq2seq data (a token and EOS)")
+    raise UserError(f"data.seq_len={seq_len} / data.target_len={target_len} leave no room for "
+                    "a token and its EOS; set both to at least 2")
   examples, truncated, dropped = [], 0, 0
   for source, target in token_pairs:
     fitted = fit_example(source, target, eos_id, seq_len, target_len, truncate)

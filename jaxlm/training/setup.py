@@ -43,8 +43,9 @@ from jaxlm.training.objectives import SpecialTokens
 from jaxlm.training.step import TrainState
 
 # data format -> the model head that learns it (text: "lm", next-token or masked)
-HEAD_OF_FORMAT = {"text": "lm", "prompt_completion": "lm", "chat": "lm",
+HEAD_OF_FORMAT = {"text": "lm", "prompt_completion": "lm", "chat": "lm", "seq2seq": "lm",
                   "classification": "classify", "tagging": "tag"}
+ENCDEC_FORMATS = ("text", "seq2seq")  # span corruption of text, or (source, target) pairs
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -87,6 +88,11 @@ def check_task(config: ml_collections.ConfigDict, data_format: str) -> None:
   if family == "bert" and data_format in ("prompt_completion", "chat"):
     raise UserError("prompt/completion records train a generator; a bert encoder cannot generate: "
                     "use model.family=gpt, or classification / tagging data for bert")
+  if (data_format == "seq2seq" and family != "encdec") or (
+      family == "encdec" and data_format not in ENCDEC_FORMATS):
+    raise UserError(f"data.format={data_format} and model.family={family} do not go together: "
+                    "seq2seq pairs train an encdec model, which reads text or seq2seq data; set "
+                    "--config.model.family=encdec or --config.data.format=seq2seq to match")
   if family == "bert" and config.data.tokenizer != "wordpiece":
     raise UserError(f"a bert run needs data.tokenizer=wordpiece (with [CLS] [SEP] [MASK] [PAD]), "
                     f"not {config.data.tokenizer!r}; set --config.data.tokenizer=wordpiece")

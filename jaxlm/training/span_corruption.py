@@ -75,7 +75,8 @@ class SpanCorruption:
       raise UserError("span corruption needs sentinel tokens; set data.num_sentinels >= 1 and "
                       "use a sentencepiece tokenizer trained for an encdec run")
     if self.target_len < 1:
-      raise UserError(f"data.target_len={self.target_len} must be at least 1 (0 = derived)")
+      raise UserError(f"data.target_len={self.target_len} leaves no decoder row; set it to at "
+                      "least 1, or to 0 to derive it from data.seq_len")
 
   def prepare(self, batch: Batch, key: jax.Array) -> Batch:
     inputs = batch["inputs"]  # [batch, seq]
