@@ -49,7 +49,8 @@ def _data_options() -> ml_collections.ConfigDict:
   # "files" (data.path: a .txt/.jsonl/.jsonl.gz/.parquet file, a directory, or a glob), "tfds"
   # (data.path: a TFDS name), "hf" (data.path: a Hugging Face `datasets` hub name or local
   # directory, streamed), "task" (data.path: a built-in prompt/completion task, e.g.
-  # "pyfunc_names") or "prepared" (data.path: a directory written by `python -m jaxlm.prepare`,
+  # "pyfunc_names", or a translation task from the machine's gettext catalogs, "gettext_en_de",
+  # _fr, _es, _it, _ru, _sv: see data/translation_tasks.py) or "prepared" (data.path: a directory written by `python -m jaxlm.prepare`,
   # read as token shards; or several, weighted, in data.mixture).
   d.source = "stdlib"
   # File, directory or glob for source="files"; dataset or task name for "tfds"/"hf"/"task"; the

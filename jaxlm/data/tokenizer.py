@@ -22,6 +22,8 @@ class Tokenizer(Protocol):
   kind: str  # "sentencepiece" | "char" | "byte" | "gpt2_bpe" | "wordpiece"
   vocab_size: int  # includes EOS (and <unk> for char)
   eos_id: int  # starts every packed document; [CLS] for wordpiece
+  # sentencepiece only: `sentinel_ids`, the ids of <extra_id_0>, ... (span corruption's; () when
+  # trained without them).
 
   def encode(self, text: str) -> list[int]:
     """Token ids of `text`; no EOS is added."""
