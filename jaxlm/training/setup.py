@@ -40,6 +40,7 @@ from jaxlm.training.engine import (
 from jaxlm.training.finetune import Pretrained
 from jaxlm.training.metrics import MetricsWriter
 from jaxlm.training.objectives import SpecialTokens
+from jaxlm.training.span_corruption import SpanTokens
 from jaxlm.training.step import TrainState
 
 # data format -> the model head that learns it (text: "lm", next-token or masked)
@@ -98,8 +99,13 @@ def check_task(config: ml_collections.ConfigDict, data_format: str) -> None:
                     f"not {config.data.tokenizer!r}; set --config.data.tokenizer=wordpiece")
 
 
-def special_tokens(config: ml_collections.ConfigDict, tokenizer) -> SpecialTokens | None:
-  """What the masked-LM objective needs from a BERT's tokenizer; None for other runs."""
+def special_tokens(config: ml_collections.ConfigDict,
+                   tokenizer) -> SpecialTokens | SpanTokens | None:
+  """What the masked-LM objective needs from a BERT's tokenizer, span corruption from an
+  encoder-decoder's; None for other runs."""
+  if config.model.family == "encdec":
+    return SpanTokens(tuple(getattr(tokenizer, "sentinel_ids", ()) or ()), tokenizer.eos_id,
+                      tokenizer.kind)
   if config.model.family != "bert":
     return None
   word_start = tokenizer.word_start() if config.train.whole_word_masking else None

@@ -79,6 +79,8 @@ class SpanCorruption:
                       "least 1, or to 0 to derive it from data.seq_len")
 
   def prepare(self, batch: Batch, key: jax.Array) -> Batch:
+    if "encoder_inputs" in batch:  # seq2seq rows (a task evaluated on a pretrained run): ready
+      return batch
     inputs = batch["inputs"]  # [batch, seq]
     keys = jax.random.split(key, inputs.shape[0])  # one per row
     return jax.vmap(self._row)(inputs, batch["segment_ids"], batch["weights"], keys)
@@ -213,6 +215,20 @@ def _document_numbers(segment_ids: jax.Array, real: jax.Array) -> jax.Array:
   has_tokens = jax.ops.segment_max(real.astype(jnp.int32), run, seq) > 0  # [seq] per run
   number = jnp.cumsum(has_tokens)  # [seq] per run
   return jnp.where(real, number[run], 0).astype(jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpanTokens:
+  """What span corruption needs from a run's tokenizer (training.setup.special_tokens)."""
+  sentinel_ids: tuple[int, ...]
+  eos_id: int
+  kind: str
+
+
+def shape_only_tokens(vocab_size: int, num_sentinels: int) -> SpanTokens:
+  """Stand-ins where only shapes matter (`plan`, an engine without a tokenizer): the last ids."""
+  return SpanTokens(tuple(range(vocab_size - 1, vocab_size - 1 - num_sentinels, -1)), 1,
+                    "shape-only")
 
 
 def span_corruption_for(data_format: str, seq_len: int, target_len: int, noise_density: float,
