@@ -49,7 +49,8 @@ def _data_options() -> ml_collections.ConfigDict:
   # "files" (data.path: a .txt/.jsonl/.jsonl.gz/.parquet file, a directory, or a glob), "tfds"
   # (data.path: a TFDS name), "hf" (data.path: a Hugging Face `datasets` hub name or local
   # directory, streamed), "task" (data.path: a built-in prompt/completion task, e.g.
-  # "pyfunc_names") or "prepared" (data.path: a directory written by `python -m jaxlm.prepare`,
+  # "pyfunc_names", or a translation task from the machine's gettext catalogs, "gettext_en_de",
+  # _fr, _es, _it, _ru, _sv: see data/translation_tasks.py) or "prepared" (data.path: a directory written by `python -m jaxlm.prepare`,
   # read as token shards; or several, weighted, in data.mixture).
   d.source = "stdlib"
   # File, directory or glob for source="files"; dataset or task name for "tfds"/"hf"/"task"; the
@@ -74,9 +75,19 @@ def _data_options() -> ml_collections.ConfigDict:
   # the completion only), "classification" (JSONL {"text", "label"}, optionally "text_pair"; a
   # label is a string or an integer), "tagging" (JSONL {"tokens": [words], "tags": [BIO tags]}),
   # "chat" (JSONL {"messages": [{"role", "content"}, ...]}, or data.source=task with data.path
-  # TASK_chat; rendered with data.chat_template, the loss on the assistant turns only) or
-  # "auto": decided by the built-in task, or by the fields of the first JSONL record, else text.
+  # TASK_chat; rendered with data.chat_template, the loss on the assistant turns only),
+  # "seq2seq" (encoder-decoder: JSONL {"source", "target"}, or prompt/completion records read as
+  # source/target, or a built-in translation task; source + EOS in the encoder row of
+  # data.seq_len tokens, target + EOS in the decoder row of data.target_len; see data/seq2seq.py)
+  # or "auto": decided by the built-in task, or by the fields of the first JSONL record, else text.
   d.format = "auto"
+  # Decoder tokens per row of an encoder-decoder run: the targets of seq2seq data; for span
+  # corruption of text, 0 = derived from data.seq_len, train.noise_density and
+  # train.mean_noise_span (see training/span_corruption.py: target_len_for).
+  d.target_len = 0
+  # Sentinel tokens <extra_id_0> ... of a SentencePiece tokenizer trained for an encoder-decoder
+  # run (T5 has 100): span corruption replaces the k-th noise span of a document by sentinel k.
+  d.num_sentinels = 100
   # The Jinja chat template (Hugging Face's format) that renders chat data and that `serve` uses
   # for /v1/chat/completions; "" = the plain default of jaxlm/data/chat.py. Saved with the
   # tokenizer in every checkpoint of a chat run.
@@ -85,7 +96,10 @@ def _data_options() -> ml_collections.ConfigDict:
   # training split. Saved with the run: evaluation data with another label is an error.
   d.labels = ()
   # Prompt/completion records longer than data.seq_len: "left" cuts the prompt from the left,
-  # "drop" skips the record. Both are counted in the log.
+  # "drop" skips the record. Both are counted in the log. Seq2seq records: a source longer than
+  # data.seq_len - 1 tokens is cut from the "left" (its end kept) or on the "right" (its start
+  # kept: T5's and Hugging Face's choice), a target longer than data.target_len - 1 on the right
+  # either way; "drop" skips the record.
   d.truncate = "left"
   # Validation records for prompt/completion data; "" holds out data.val_fraction of data.path.
   d.val_path = ""
@@ -113,8 +127,10 @@ def _data_options() -> ml_collections.ConfigDict:
 def _model_options() -> ml_collections.ConfigDict:
   """The `model.*` options."""
   d = ml_collections.ConfigDict()
-  # "gpt" (decoder-only: causal attention, next-token loss) or "bert" (encoder-only: bidirectional
-  # attention within each document, masked-LM pretraining, classification and tagging heads).
+  # "gpt" (decoder-only: causal attention, next-token loss), "bert" (encoder-only: bidirectional
+  # attention within each document, masked-LM pretraining, classification and tagging heads) or
+  # "encdec" (encoder-decoder, T5 / the original Transformer: a bidirectional encoder over the
+  # source, a causal decoder with cross-attention to it; models/encdec.py).
   d.family = "gpt"
   # What the output layer predicts: "lm" (GPT: the next token; BERT: the masked tokens, through an
   # MLM head tied to the embeddings), "classify" (one label per sequence, from a pooler over its
@@ -130,7 +146,12 @@ def _model_options() -> ml_collections.ConfigDict:
   d.type_vocab_size = 0
   d.d_model = 256
   d.num_layers = 4
+  # encdec only: decoder layers (T5's num_decoder_layers); 0 = model.num_layers (the encoder's).
+  d.num_decoder_layers = 0
   d.num_heads = 4
+  # Width of each attention head (T5's d_kv; flan-t5-small: d_model 512, 6 heads of 64); encdec
+  # only. 0 = d_model // num_heads.
+  d.head_size = 0
   # Key/value heads: grouped-query attention shares each among num_heads / num_kv_heads query
   # heads (1: multi-query); 0 = num_heads (ordinary multi-head attention). The KV cache holds
   # only these heads. With num_kv_heads < num_heads the projections are `attn/q` and `attn/kv`
@@ -143,8 +164,16 @@ def _model_options() -> ml_collections.ConfigDict:
   # Longest sequence the model can take (size of the learned position table; the KV cache length).
   d.max_len = 256
   d.dropout = 0.0
-  # "learned" absolute position embeddings or "rope" rotary embeddings.
+  # "learned" absolute position embeddings, "rope" rotary embeddings, or (encdec only) "relative"
+  # (T5: a learned bias on the attention scores per head and distance bucket, one table per stack
+  # shared by its layers; bidirectional buckets in the encoder, causal in the decoder; attention
+  # scores are then not scaled by 1/sqrt(head_size), as in T5) or "sinusoidal" (fixed sin/cos
+  # embeddings, the original Transformer). Positions count from 0 in each document.
   d.positions = "learned"
+  # positions="relative": distance buckets (half per direction in the encoder), exact up to a
+  # quarter (encoder) / half (decoder) of them, logarithmic beyond, up to this distance.
+  d.relative_buckets = 32
+  d.relative_max_distance = 128
   # RoPE base: the angle of feature pair i at position p is p / rope_theta^(2i / head_dim)
   # (10000 in the RoPE paper and Llama 2, 500000 in Llama 3, 1000000 in Qwen2).
   d.rope_theta = 10000.0
@@ -158,9 +187,11 @@ def _model_options() -> ml_collections.ConfigDict:
   d.rope_original_max_len = 8192
   # "layernorm" or "rmsnorm".
   d.norm = "layernorm"
-  # "gelu" (tanh approximation, as GPT-2), "gelu_exact" (erf, as BERT) or "swiglu".
+  # "gelu" (tanh approximation, as GPT-2), "gelu_exact" (erf, as BERT), "swiglu" or "geglu" (T5
+  # v1.1's gated GELU, tanh approximation; as swiglu, mlp/wi holds the gate and up projections).
   d.mlp = "gelu"
-  # Use the input embedding matrix as the output projection.
+  # Use the input embedding matrix as the output projection (encdec: on the decoder's output
+  # scaled by d_model**-0.5, as T5 with tie_word_embeddings).
   d.tie_embeddings = True
   # Add biases to dense layers and LayerNorm (GPT-2 has them).
   d.use_bias = True
@@ -225,6 +256,11 @@ def _train_options() -> ml_collections.ConfigDict:
   d.mlm_probability = 0.15
   # Masked LM: choose whole words (every WordPiece piece of a word) instead of single pieces.
   d.whole_word_masking = False
+  # Span corruption (encdec with head "lm" on text, T5's objective): the share of each document's
+  # tokens that becomes noise, and the mean length of a noise span (T5: 0.15 and 3.0). Each span is
+  # replaced by a sentinel in the encoder input and the decoder predicts the spans.
+  d.noise_density = 0.15
+  d.mean_noise_span = 3.0
   # Steps between lines in metrics.jsonl / TensorBoard.
   d.log_every = 10
   # LoRA finetuning (needs init_from: the base run): low-rank adapters on the projections that
@@ -301,6 +337,8 @@ def _mesh_options() -> ml_collections.ConfigDict:
       ("pos", None),
       ("norm", None),
       ("layers", None),
+      # The relative-position bias table of model.positions="relative" ([buckets, heads]).
+      ("relative_buckets", None),
   )
   return d
 

@@ -1,4 +1,5 @@
-"""Import a Hugging Face GPT-2 or BERT into a jaxlm workdir, and export a jaxlm run as one.
+"""Import a Hugging Face GPT-2, Llama/Qwen2, BERT or T5 into a jaxlm workdir, and export a jaxlm
+run as one.
 
     python -m jaxlm.convert from-hf --model=DIR --workdir=OUT [--config.data.path=... ...]
     python -m jaxlm.convert to-hf --workdir=W --out=DIR [--step=N] [--peft]
@@ -6,7 +7,8 @@
     python -m jaxlm.convert merge-lora --workdir=L --out=M [--step=N]
 
 from-hf reads DIR's config.json, model.safetensors (or its sharded index) and tokenizer (GPT-2:
-tokenizer.json, or vocab.json + merges.txt; BERT: tokenizer.json or vocab.txt) and writes OUT as a
+tokenizer.json, or vocab.json + merges.txt; BERT: tokenizer.json or vocab.txt; Llama and T5:
+tokenizer.json, T5's with its <extra_id_N> sentinels) and writes OUT as a
 training run at step 0: a checkpoint with the weights, a fresh optimizer state, the full config and
 the tokenizer, so `evaluate`, `sample` and finetuning take it like any other workdir. The
 architecture comes from config.json (its model_type picks the family; a BERT's architectures picks
@@ -14,8 +16,9 @@ the head: BertForMaskedLM "lm", BertForSequenceClassification "classify", BertFo
 "tag", whose id2label becomes data.labels); `--config.*` sets the rest (data, train, eval, mesh,
 model.dropout, model.dtype). data.seq_len defaults to the model's context.
 
-to-hf writes DIR/config.json and DIR/model.safetensors for `transformers.GPT2LMHeadModel` or the
-BertFor* of the run's head, and the tokenizer files when the run's tokenizer has a Hugging Face form
+to-hf writes DIR/config.json and DIR/model.safetensors for `transformers.GPT2LMHeadModel`, a Llama,
+the BertFor* of the run's head or (model.family=encdec) `T5ForConditionalGeneration` (v1.1 layout),
+and the tokenizer files when the run's tokenizer has a Hugging Face form
 (GPT-2 BPE, WordPiece). Options the family's Hugging Face model cannot express are refused.
 Weights are read and written as safetensors only: nothing is unpickled.
 
@@ -46,7 +49,7 @@ from jaxlm.data.hf_tokenizer import HfTokenizer
 from jaxlm.data.wordpiece_tokenizer import WordPieceTokenizer
 from jaxlm.errors import UserError
 from jaxlm.inference import trained
-from jaxlm.interop import hf_bert, hf_gpt2, hf_llama, peft
+from jaxlm.interop import hf_bert, hf_gpt2, hf_llama, hf_t5, peft
 from jaxlm.interop.hf_files import WEIGHTS, LazyTensors, read_hf_weights, read_json
 from jaxlm.interop.run_writer import imported_config, write_lora_run, write_run
 from jaxlm.models import ModelConfig, lora
@@ -54,7 +57,9 @@ from jaxlm.training import checkpoint, finetune, lora_run
 
 COMMANDS = ("from-hf", "to-hf", "merge-lora")
 # config.json's model_type of the models jaxlm reads.
-MODEL_TYPES = ("gpt2", "bert", *hf_llama.ARCHITECTURES)
+MODEL_TYPES = ("gpt2", "bert", "t5", *hf_llama.ARCHITECTURES)
+# Those read one tensor at a time onto the mesh (see streamed_params), by interop module.
+STREAMED = {**{name: hf_llama for name in hf_llama.ARCHITECTURES}, "t5": hf_t5}
 # The tokenizers with a Hugging Face form (`save_hf_files`).
 HF_TOKENIZERS = (Gpt2BpeTokenizer, WordPieceTokenizer, HfTokenizer)
 
@@ -76,8 +81,8 @@ def define_flags() -> None:
 def read_hf_model(model_dir: str, hf_settings: dict) -> tuple[dict, tuple[str, ...], object]:
   """The `ModelConfig` fields, label names and tokenizer of the model in `model_dir`."""
   model_type = hf_settings.get("model_type")
-  if model_type in hf_llama.ARCHITECTURES:
-    return (hf_llama.model_fields(hf_settings), (),
+  if model_type in STREAMED:
+    return (STREAMED[model_type].model_fields(hf_settings), (),
             HfTokenizer.from_hf_dir(model_dir, hf_settings))
   if model_type == "gpt2":
     return (hf_gpt2.model_fields(hf_settings), (),
@@ -99,9 +104,10 @@ def params_from_hf(tensors: dict[str, np.ndarray], model_cfg: ModelConfig) -> di
   return params
 
 
-def streamed_params(tensors: LazyTensors, model_cfg: ModelConfig, engine) -> dict:
-  """A Llama-family state dict read one tensor at a time, each parameter put on `engine`'s mesh
-  as soon as it is assembled: the host holds about one parameter, not the model."""
+def streamed_params(family, tensors: LazyTensors, model_cfg: ModelConfig, engine) -> dict:
+  """A Llama-family or T5 state dict (`family`: its interop module) read one tensor at a time,
+  each parameter put on `engine`'s mesh as soon as it is assembled: the host holds about one
+  parameter, not the model."""
   shardings = engine.state_shardings.params
 
   def place(path, value):
@@ -109,19 +115,21 @@ def streamed_params(tensors: LazyTensors, model_cfg: ModelConfig, engine) -> dic
     for key in path:
       target = target[key]
     return jax.device_put(value, target)
-  return hf_llama.params_from_hf(tensors, model_cfg, place)
+  return family.params_from_hf(tensors, model_cfg, place)
 
 
 def from_hf(model_dir: str, workdir: str, config: ml_collections.ConfigDict,
             overridden: set[str] = frozenset()) -> dict:
-  """Imports the GPT-2 or BERT in `model_dir` as step 0 of a new run in `workdir`."""
+  """Imports the GPT-2, Llama/Qwen2, BERT or T5 in `model_dir` as step 0 of a new run in
+  `workdir`."""
   hf_settings = read_json(os.path.join(model_dir, "config.json"))
   model_fields, labels, tokenizer = read_hf_model(model_dir, hf_settings)
   config = imported_config(config, set(overridden), model_fields, tokenizer, labels)
   model_cfg = ModelConfig.from_config(config.model, vocab_size=tokenizer.vocab_size)
-  if hf_settings.get("model_type") in hf_llama.ARCHITECTURES:
+  family = STREAMED.get(hf_settings.get("model_type"))
+  if family is not None:
     # Streamed: each tensor read and placed on the run's mesh in turn (see streamed_params).
-    params = functools.partial(streamed_params, LazyTensors(model_dir), model_cfg)
+    params = functools.partial(streamed_params, family, LazyTensors(model_dir), model_cfg)
   else:
     params = params_from_hf(read_hf_weights(model_dir), model_cfg)
   num_params = write_run(workdir, config, tokenizer, params)
@@ -155,17 +163,19 @@ def from_peft(adapter_dir: str, workdir: str, config: ml_collections.ConfigDict)
 
 
 def hf_family(cfg: ModelConfig) -> str:
-  """The Hugging Face family a run exports as: BERT; GPT-2 (LayerNorm); else (RMSNorm) Llama, or
-  Qwen2 when its q/k/v have biases."""
+  """The Hugging Face family a run exports as: BERT; T5 (encdec); GPT-2 (LayerNorm); else
+  (RMSNorm) Llama, or Qwen2 when its q/k/v have biases."""
   if cfg.family == "bert":
     return "bert"
+  if cfg.family == "encdec":
+    return "t5"
   return "gpt2" if cfg.norm == "layernorm" else "llama"
 
 
 def hf_module(cfg: ModelConfig):
   """The interop module of the run's Hugging Face family; refuses what that family lacks."""
   family, name = {"bert": (hf_bert, "BERT"), "gpt2": (hf_gpt2, "GPT-2"),
-                  "llama": (hf_llama, "Llama")}[hf_family(cfg)]
+                  "llama": (hf_llama, "Llama"), "t5": (hf_t5, "T5")}[hf_family(cfg)]
   problems = family.inexpressible(cfg)
   if problems:
     raise UserError(f"{name} cannot express this model: " + "; ".join(problems) +
@@ -182,6 +192,8 @@ def hf_model(run: trained.TrainedRun) -> tuple[dict, dict[str, np.ndarray]]:
     settings = hf_bert.hf_settings(cfg, tuple(run.config.data.labels), pad_id)
   elif family is hf_llama:
     settings = hf_llama.hf_settings(cfg, run.tokenizer.eos_id)
+  elif family is hf_t5:
+    settings = hf_t5.hf_settings(cfg, run.tokenizer.eos_id)
   else:
     settings = hf_gpt2.hf_settings(cfg, run.tokenizer.eos_id)
   return settings, family.params_to_hf(merged_params(run), cfg)
@@ -266,7 +278,7 @@ def main(argv):
       result = from_peft(f.model, cli.require_workdir(f.workdir), f.config)
     elif command == "from-hf":
       if not f.model:
-        raise UserError("--model is required: the Hugging Face GPT-2 or BERT directory to import")
+        raise UserError("--model is required: the Hugging Face model directory to import")
       result = from_hf(f.model, cli.require_workdir(f.workdir), f.config,
                        set(f["config"].override_values))
     elif not f.out:

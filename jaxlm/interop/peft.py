@@ -57,9 +57,9 @@ def peft_config(lora: LoraConfig, modules: list[str], conv1d: bool, base: str) -
 
 
 def check_exportable(family: str) -> None:
-  if family == "bert":
+  if family in ("bert", "t5"):
     raise UserError("--peft exports the adapters of GPT-2 and Llama-family runs; this run is a "
-                    "BERT: export it merged (without --peft)")
+                    f"{family.upper()}: export it merged (without --peft)")
 
 
 def read_peft_config(settings: dict) -> tuple[int, float]:

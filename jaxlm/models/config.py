@@ -11,7 +11,7 @@ from jaxlm.errors import UserError
 # model.remat -> what the backward pass may keep from the forward (None: keep nothing: recompute).
 REMAT_POLICIES = {"none": None, "full": None,
                   "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
-FAMILY_NAMES = ("gpt", "bert")
+FAMILY_NAMES = ("gpt", "bert", "encdec")
 LABEL_HEADS = ("classify", "tag")
 
 
@@ -27,13 +27,17 @@ class ModelConfig:
   type_vocab_size: int
   d_model: int
   num_layers: int
+  num_decoder_layers: int
   num_heads: int
+  head_size: int
   num_kv_heads: int
   qkv_bias: bool
   mlp_dim: int
   max_len: int
   dropout: float
   positions: str
+  relative_buckets: int
+  relative_max_distance: int
   rope_theta: float
   rope_scaling: str
   rope_factor: float
@@ -53,14 +57,14 @@ class ModelConfig:
   lora: Any = None
 
   def __post_init__(self):
-    if self.d_model % self.num_heads:
+    if self.d_model % self.num_heads and not self.head_size:
       raise UserError(f"model.d_model={self.d_model} is not divisible by model.num_heads="
                        f"{self.num_heads}; choose a head count that divides it")
     for field, allowed in (("family", FAMILY_NAMES), ("head", ("lm", *LABEL_HEADS)),
                            ("norm_position", ("pre", "post")),
-                           ("positions", ("learned", "rope")),
+                           ("positions", ("learned", "rope", "relative", "sinusoidal")),
                            ("rope_scaling", ("none", "llama3")), ("norm", ("layernorm", "rmsnorm")),
-                           ("mlp", ("gelu", "gelu_exact", "swiglu")),
+                           ("mlp", ("gelu", "gelu_exact", "swiglu", "geglu")),
                            ("dtype", ("float32", "bfloat16")),
                            ("remat", tuple(REMAT_POLICIES)),
                            ("attention_impl", ("auto", "xla", "cudnn"))):
@@ -68,6 +72,7 @@ class ModelConfig:
         raise UserError(f"model.{field}={getattr(self, field)!r} is not one of {allowed}")
     self._check_heads()
     self._check_family()
+    self._check_encdec()
 
   def _check_heads(self):
     if self.num_kv_heads < 0 or self.num_heads % self.kv_heads:
@@ -88,9 +93,42 @@ class ModelConfig:
       raise UserError("model.family='bert' needs model.tie_embeddings=True (its masked-LM "
                        "decoder is the embedding matrix); set model.tie_embeddings=true")
 
+  def _check_encdec(self):
+    """Options of the encoder-decoder alone, and the decoder-only / encoder-only ones it lacks."""
+    if self.family != "encdec":
+      for field, off in (("num_decoder_layers", 0), ("head_size", 0)):
+        if getattr(self, field) != off:
+          raise UserError(f"model.{field}={getattr(self, field)} is an encoder-decoder option; "
+                          f"set model.family=encdec or model.{field}={off}")
+      if self.positions in ("relative", "sinusoidal"):
+        raise UserError(f"model.positions={self.positions!r} needs model.family='encdec'; use "
+                        "'learned' or 'rope' for a gpt or bert model")
+      return
+    if self.type_vocab_size:
+      raise UserError(f"model.type_vocab_size={self.type_vocab_size} is a BERT option (sentence "
+                      "A / B types); an encdec model has none: set model.type_vocab_size=0")
+    if self.num_decoder_layers < 0 or self.head_size < 0:
+      raise UserError(f"model.num_decoder_layers={self.num_decoder_layers} and model.head_size="
+                      f"{self.head_size} must be >= 0 (0 = num_layers, d_model // num_heads)")
+    buckets, distance = self.relative_buckets, self.relative_max_distance
+    if self.positions == "relative" and (buckets < 4 or buckets % 2 or distance <= buckets // 2):
+      raise UserError(f"model.relative_buckets={buckets} must be even and >= 4, and "
+                      f"model.relative_max_distance={distance} > relative_buckets / 2 (T5: 32, 128)")
+
   @property
   def head_dim(self) -> int:
-    return self.d_model // self.num_heads
+    return self.head_size or self.d_model // self.num_heads
+
+  @property
+  def decoder_layers(self) -> int:
+    """Layers of an encdec model's decoder (num_decoder_layers, or num_layers when it is 0)."""
+    return self.num_decoder_layers or self.num_layers
+
+  @property
+  def attention_scale(self) -> float | None:
+    """What attention scores are multiplied by: None = the usual 1/sqrt(head_dim); 1 with T5's
+    relative positions (T5 folds the scale into the query projection's initialisation)."""
+    return 1.0 if self.positions == "relative" else None
 
   @property
   def kv_heads(self) -> int:
