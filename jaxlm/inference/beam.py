@@ -113,7 +113,8 @@ def _penalties(beam: BeamConfig) -> jax.Array:
 
 def _expand(state: _State, beam: BeamConfig):
   """The 2k best continuations per row: (summed log-probs `[batch, 2k]` best first, their
-  sequences `[batch, 2k, max_new_tokens]`, source beams `[batch, 2k]`, last tokens `[batch, 2k]`)."""
+  sequences `[batch, 2k, max_new_tokens]`, source beams `[batch, 2k]`, last tokens
+  `[batch, 2k]`)."""
   batch, k, _ = state.running_tokens.shape
   vocab = state.logits.shape[-1]
   log_probs = jax.nn.log_softmax(state.logits.astype(jnp.float32), axis=-1)
@@ -219,7 +220,8 @@ def beam_search_from_start(step_fn: Callable, cache: Any, start_tokens: jax.Arra
   return beam_search(step_fn, cache, first_logits, beam, reorder_cache)
 
 
-def best_hypotheses(result: BeamResult, eos_id: int | None, count: int = 1) -> list[list[list[int]]]:
+def best_hypotheses(result: BeamResult, eos_id: int | None,
+                    count: int = 1) -> list[list[list[int]]]:
   """The `count` best hypotheses of each row as token lists, a final EOS dropped."""
   tokens, lengths = np.asarray(result.tokens), np.asarray(result.lengths)
   rows = []
