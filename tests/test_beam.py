@@ -208,12 +208,11 @@ def hf_beam(model, prompt: list[int], beam: BeamConfig) -> list[int]:
 # (beam_size, length_penalty, early_stopping, EOS: None or which of the distinct tokens that the
 # prompts' EOS-less beam-4 outputs hold becomes EOS, so that hypotheses end early).
 HF_SETTINGS = [(4, 1.0, False, None), (4, 1.0, False, 1), (3, 2.0, "never", 2),
-               (4, -0.5, True, 3), (2, 0.0, False, 6), (3, 1.0, True, 7)]
+               (4, -0.5, True, 3), (3, 1.0, True, 7)]
 
 
-# Scanned layers only change where the cache's batch axis is: two settings (with EOS) check them.
-@pytest.mark.parametrize("scan_layers, settings", [(False, HF_SETTINGS),
-                                                   (True, HF_SETTINGS[3:4] + HF_SETTINGS[5:])],
+# Scanned layers only change where the cache's batch axis is: one setting (EOS hit) checks them.
+@pytest.mark.parametrize("scan_layers, settings", [(False, HF_SETTINGS), (True, HF_SETTINGS[-1:])],
                          ids=["unscanned", "scanned"])
 def test_beam_search_equals_transformers_generate(hf_gpt2, scan_layers, settings):
   model, cfg, params = hf_gpt2
@@ -232,4 +231,4 @@ def test_beam_search_equals_transformers_generate(hf_gpt2, scan_layers, settings
     theirs = [hf_beam(model, prompt, beam) for prompt in prompts]
     assert ours == theirs, (beam, ours, theirs)
     ended_early += sum(len(t) < max_new_tokens for t in theirs)
-  assert ended_early >= len(settings) // 2  # EOS ended the best hypothesis in several cases
+  assert ended_early >= max(1, len(settings) // 2)  # EOS ended best hypotheses in several cases
