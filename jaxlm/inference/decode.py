@@ -4,6 +4,9 @@ Prompts of different lengths share a batch by left padding: padded slots get seg
 real tokens (segment 1) never attend to, and positions count from each row's first real token.
 Everything from prefill to the last token is one jitted function, compiled once per
 (batch, prompt length, new tokens, sampling settings).
+
+`beam_generate` runs beam.py's search from the same prefill: each prompt once, its KV cache then
+copied into every beam, and `step_logits` as the search's step function.
 """
 
 import dataclasses
