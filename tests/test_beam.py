@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jaxlm.errors import UserError
-from jaxlm.inference.beam import BeamConfig, beam_search, repeat_beams
+from jaxlm.inference.beam import BeamConfig, beam_search_from_start, repeat_beams
 from jaxlm.inference.decode import SamplingConfig, beam_generate, generate
 from jaxlm.models import GPT, ModelConfig
 from jaxlm.models.layers import stack_layers
@@ -19,6 +19,7 @@ from jaxlm.models.layers import stack_layers
 # A fixed random "model" over a tiny vocabulary: the logits depend on the whole prefix (through a
 # code naming it), so that beams interact as they do with a language model.
 VOCAB, EOS, CODES = 5, 0, 997
+START = 99  # the start token fed before the first generated one
 # float32 log-softmax sums against float64 ones, over a few tokens of logits ~3.
 SCORE_TOLERANCE = 1e-5
 
@@ -32,7 +33,8 @@ def table_model(rows: int, seed: int, vocab: int = VOCAB):
 
 
 def table_search(table, extend, beam: BeamConfig):
-  """jaxlm's beam search on the table model: (tokens, lengths, scores), numpy, best first."""
+  """jaxlm's beam search on the table model, fed a start token first as an encoder-decoder's
+  decoder is: (tokens, lengths, scores), numpy, best first."""
 
   def step_fn(cache, tokens, step_index):
     del step_index
@@ -43,7 +45,8 @@ def table_search(table, extend, beam: BeamConfig):
     rows = table.shape[0]
     cache = repeat_beams({"row": jnp.arange(rows), "code": jnp.zeros(rows, jnp.int32)},
                          beam.beam_size)
-    return beam_search(step_fn, cache, jnp.asarray(table)[cache["row"], 0], beam)
+    start_tokens = jnp.full(rows * beam.beam_size, START)
+    return beam_search_from_start(step_fn, cache, start_tokens, beam)
 
   return jax.tree.map(np.asarray, jax.jit(search)())
 
@@ -61,7 +64,7 @@ def exhaustive_best(table, extend, row: int, beam: BeamConfig):
     for tokens in itertools.product(range(table.shape[-1]), repeat=length):
       if EOS in tokens[:-1] or (tokens[-1] != EOS and length < beam.max_new_tokens):
         continue
-      code, total = 0, 0.0
+      code, total = extend(0, START), 0.0
       for token in tokens:
         total += log_softmax(table[row, code])[token]
         code = extend(code, token)
@@ -74,7 +77,8 @@ def reference_beam(table, extend, row: int, beam: BeamConfig):
   needs vocab >= 2 * beam_size). Returns the kept hypotheses, best first: [(score, tokens)]."""
   k, vocab = beam.beam_size, table.shape[-1]
   assert vocab >= 2 * k
-  running, kept, improvable = [(0.0, [], 0)], [], True  # (summed log-prob, tokens, prefix code)
+  running, kept, improvable = [(0.0, [], extend(0, START))], [], True  # (summed log-prob, tokens,
+  # code of the start token and the tokens)
   for step in range(beam.max_new_tokens):
     candidates = [(score + log_softmax(table[row, code])[token], tokens + [token],
                    extend(code, token))
@@ -172,3 +176,60 @@ def test_bad_beam_options_are_refused(sharp_gpt):
     beam_generate(params, cfg, [[1, 2]], BeamConfig(beam_size=2), num_return=3)
   with pytest.raises(UserError, match="exceeds the model's context"):
     beam_generate(params, cfg, [[1] * 30], BeamConfig(max_new_tokens=3))
+
+
+@pytest.fixture(scope="module")
+def hf_gpt2(tmp_path_factory):
+  """A tiny random transformers GPT-2 and the same model in jaxlm: (hf_model, cfg, params)."""
+  torch = pytest.importorskip("torch")
+  from test_hf_gpt2 import make_hf_model
+
+  from jaxlm.interop import hf_gpt2 as interop
+  model = make_hf_model(str(tmp_path_factory.mktemp("hf_beam")), vocab_size=48, eos_id=0)
+  cfg = ModelConfig(vocab_size=48, **interop.model_fields(model.config.to_dict()))
+  with torch.no_grad():
+    tensors = {name: value.numpy() for name, value in model.state_dict().items()}
+  return model, cfg, interop.params_from_hf(tensors, cfg)
+
+
+def hf_beam(model, prompt: list[int], beam: BeamConfig) -> list[int]:
+  """transformers' best beam-search hypothesis for one prompt, its EOS (and padding) dropped."""
+  import torch
+  with torch.no_grad():
+    out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt)),
+                         num_beams=beam.beam_size, do_sample=False,
+                         length_penalty=beam.length_penalty, early_stopping=beam.early_stopping,
+                         max_new_tokens=beam.max_new_tokens, eos_token_id=beam.eos_id,
+                         pad_token_id=0 if beam.eos_id is None else beam.eos_id)
+  new = out[0, len(prompt):].tolist()
+  return new[:new.index(beam.eos_id)] if beam.eos_id in new else new
+
+
+# (beam_size, length_penalty, early_stopping, EOS: None or which of the distinct tokens that the
+# prompts' EOS-less beam-4 outputs hold becomes EOS, so that hypotheses end early).
+HF_SETTINGS = [(4, 1.0, False, None), (4, 1.0, False, 1), (3, 2.0, "never", 2),
+               (4, -0.5, True, 3), (2, 0.0, False, 6), (3, 1.0, True, 7)]
+
+
+# Scanned layers only change where the cache's batch axis is: two settings (with EOS) check them.
+@pytest.mark.parametrize("scan_layers, settings", [(False, HF_SETTINGS),
+                                                   (True, HF_SETTINGS[3:4] + HF_SETTINGS[5:])],
+                         ids=["unscanned", "scanned"])
+def test_beam_search_equals_transformers_generate(hf_gpt2, scan_layers, settings):
+  model, cfg, params = hf_gpt2
+  if scan_layers:  # the cache then has a leading layer axis: beams live on axis 1
+    cfg = dataclasses.replace(cfg, scan_layers=True)
+    params = stack_layers(params, cfg.num_layers)
+  rng = np.random.default_rng(3)
+  prompts = [rng.integers(1, cfg.vocab_size, n).tolist() for n in (6, 3)]  # left-padded together
+  max_new_tokens, ended_early = 10, 0
+  free = [hf_beam(model, p, BeamConfig(4, max_new_tokens, eos_id=None)) for p in prompts]
+  tokens_seen = list(dict.fromkeys(free[0] + free[1]))
+  for beam_size, length_penalty, early_stopping, eos_at in settings:
+    beam = BeamConfig(beam_size, max_new_tokens, length_penalty, early_stopping,
+                      None if eos_at is None else tokens_seen[eos_at])
+    ours = [h[0] for h in beam_generate(params, cfg, prompts, beam)]
+    theirs = [hf_beam(model, prompt, beam) for prompt in prompts]
+    assert ours == theirs, (beam, ours, theirs)
+    ended_early += sum(len(t) < max_new_tokens for t in theirs)
+  assert ended_early >= len(settings) // 2  # EOS ended the best hypothesis in several cases

@@ -9,6 +9,9 @@ import pytest
 from conftest import REPO, subprocess_env
 from test_train import write_corpus
 
+from jaxlm.inference import trained
+from jaxlm.inference.beam import BeamConfig
+from jaxlm.inference.decode import beam_generate
 from jaxlm.training import checkpoint
 
 TINY = """
@@ -71,6 +74,21 @@ def test_sample_continues_the_prompt(cli_run):
   assert result.returncode == 0, result.stderr[-2000:]
   samples = last_json(result.stdout)["samples"]
   assert len(samples) == 2 and all(s.startswith("the cat") for s in samples)
+
+
+def test_sample_with_beam_search_prints_the_best_hypotheses(cli_run):
+  _, workdir, _ = cli_run
+  result = jaxlm("sample", f"--workdir={workdir}", "--prompt=the cat", "--beam_size=3",
+                 "--num_samples=2", "--max_new_tokens=8", "--length_penalty=0.5",
+                 "--early_stopping=never")
+  assert result.returncode == 0, result.stderr[-2000:]
+  samples = last_json(result.stdout)["samples"]
+  run = trained.load(workdir)  # the library's search is checked against transformers' elsewhere
+  prompt = [run.tokenizer.eos_id] + run.tokenizer.encode("the cat")
+  beam = BeamConfig(3, 8, 0.5, "never", run.tokenizer.eos_id)
+  best = beam_generate(run.params, run.model_cfg, [prompt], beam, num_return=2)[0]
+  assert samples == ["the cat" + run.tokenizer.decode(ids) for ids in best]
+  assert samples[0] != samples[1]
 
 
 def test_rerunning_train_resumes_instead_of_starting_over(cli_run):

@@ -353,6 +353,22 @@ def test_sampling_prompt_longer_than_the_context(root, pretrained):
   assert tree_hash(workdir) == before
 
 
+@pytest.mark.parametrize("case, args, expected", cases(
+    ("beam_size_below_1", ["--beam_size=0"], "--beam_size=0 is below 1"),
+    ("beam_with_temperature", ["--beam_size=4", "--temperature=0.8"],
+     "--temperature=0.8 samples, but beam search (--beam_size=4) does not"),
+    ("more_samples_than_beams", ["--beam_size=2", "--num_samples=3"],
+     "--num_samples=3 is more than the --beam_size=2 hypotheses"),
+    ("beam_option_without_beam", ["--length_penalty=0.6"],
+     "--length_penalty only applies to beam search"),
+))
+def test_bad_beam_search_flags(root, pretrained, case, args, expected):
+  workdir, before = pretrained
+  result = jaxlm("sample", f"--workdir={workdir}", "--prompt=the", *args)
+  user_error(result, root, case, expected)
+  assert tree_hash(workdir) == before
+
+
 def test_verbose_adds_the_traceback(root, tiny):
   result = jaxlm("train", f"--config={tiny}", f"--workdir={root / 'verbose'}",
                  f"--config.data.path={root / 'nowhere.txt'}", "--verbose")

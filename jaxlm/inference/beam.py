@@ -8,6 +8,13 @@ which feeds generated token number `step_index` (0-based) of every beam and retu
 the next one, and optionally `reorder_cache(cache, flat_indices  # [batch*beam])`, which gathers
 cache rows (default: every leaf along axis 0). Row `b * beam + j` is beam j of batch row b.
 
+    beam_search(step_fn, cache, first_logits, beam, reorder_cache)   # a decoder-only model: the
+        # prompt prefilled once per row, its cache and last logits copied per beam (repeat_beams)
+    beam_search_from_start(step_fn, cache, start_tokens, beam, reorder_cache)  # an encoder-decoder:
+        # the encoder output / cross-attention cache copied per beam, the decoder start token fed
+        # first as step_index -1
+    best_hypotheses(result, eos_id, count)  # -> token lists per row, best first, EOS dropped
+
 The search is the one of transformers' `generate(num_beams=k)` (5.x, `_beam_search`), step for
 step, so that outputs match it token for token:
 - each step keeps the 2k best continuations of all k beams (by summed log-probability); of these,
@@ -84,9 +91,10 @@ def repeat_beams(tree: Any, beam_size: int, axis: int = 0) -> Any:
 
 
 def gather_rows(axis: int = 0) -> Callable[[Any, jax.Array], Any]:
-  """A `reorder_cache` that takes rows `flat_indices` of every leaf along `axis`."""
+  """A `reorder_cache` that takes rows `flat_indices` of every leaf along `axis` (leaves without
+  that axis, such as a shared scalar, are left as they are)."""
   return lambda cache, flat_indices: jax.tree.map(
-      lambda x: jnp.take(x, flat_indices, axis=axis), cache)
+      lambda x: jnp.take(x, flat_indices, axis=axis) if x.ndim > axis else x, cache)
 
 
 def _gather(values: jax.Array, indices: jax.Array) -> jax.Array:
@@ -105,7 +113,8 @@ def _penalties(beam: BeamConfig) -> jax.Array:
 
 def _expand(state: _State, beam: BeamConfig):
   """The 2k best continuations per row: (summed log-probs `[batch, 2k]` best first, their
-  sequences `[batch, 2k, max_new_tokens]`, source beams `[batch, 2k]`, last tokens `[batch, 2k]`)."""
+  sequences `[batch, 2k, max_new_tokens]`, source beams `[batch, 2k]`, last tokens
+  `[batch, 2k]`)."""
   batch, k, _ = state.running_tokens.shape
   vocab = state.logits.shape[-1]
   log_probs = jax.nn.log_softmax(state.logits.astype(jnp.float32), axis=-1)
@@ -200,7 +209,19 @@ def beam_search(step_fn: Callable, cache: Any, first_logits: jax.Array, beam: Be
   return BeamResult(state.tokens, state.lengths, state.scores)
 
 
-def best_hypotheses(result: BeamResult, eos_id: int | None, count: int = 1) -> list[list[list[int]]]:
+def beam_search_from_start(step_fn: Callable, cache: Any, start_tokens: jax.Array,
+                           beam: BeamConfig,
+                           reorder_cache: Callable[[Any, jax.Array], Any] = gather_rows(0)
+                           ) -> BeamResult:
+  """`beam_search` for a model whose first new token's logits also come from `step_fn`, such as an
+  encoder-decoder's decoder: `start_tokens  # [batch*beam]` (the decoder start token) are fed first,
+  as step_index -1, so that generated token i is always fed as step_index i."""
+  first_logits, cache = step_fn(cache, start_tokens, -1)
+  return beam_search(step_fn, cache, first_logits, beam, reorder_cache)
+
+
+def best_hypotheses(result: BeamResult, eos_id: int | None,
+                    count: int = 1) -> list[list[list[int]]]:
   """The `count` best hypotheses of each row as token lists, a final EOS dropped."""
   tokens, lengths = np.asarray(result.tokens), np.asarray(result.lengths)
   rows = []
