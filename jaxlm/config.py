@@ -49,7 +49,8 @@ def _data_options() -> ml_collections.ConfigDict:
   # "files" (data.path: a .txt/.jsonl/.jsonl.gz/.parquet file, a directory, or a glob), "tfds"
   # (data.path: a TFDS name), "hf" (data.path: a Hugging Face `datasets` hub name or local
   # directory, streamed), "task" (data.path: a built-in prompt/completion task, e.g.
-  # "pyfunc_names") or "prepared" (data.path: a directory written by `python -m jaxlm.prepare`,
+  # "pyfunc_names", or a translation task from the machine's gettext catalogs, "gettext_en_de",
+  # _fr, _es, _it, _ru, _sv: see data/translation_tasks.py) or "prepared" (data.path: a directory written by `python -m jaxlm.prepare`,
   # read as token shards; or several, weighted, in data.mixture).
   d.source = "stdlib"
   # File, directory or glob for source="files"; dataset or task name for "tfds"/"hf"/"task"; the
@@ -74,9 +75,19 @@ def _data_options() -> ml_collections.ConfigDict:
   # the completion only), "classification" (JSONL {"text", "label"}, optionally "text_pair"; a
   # label is a string or an integer), "tagging" (JSONL {"tokens": [words], "tags": [BIO tags]}),
   # "chat" (JSONL {"messages": [{"role", "content"}, ...]}, or data.source=task with data.path
-  # TASK_chat; rendered with data.chat_template, the loss on the assistant turns only) or
-  # "auto": decided by the built-in task, or by the fields of the first JSONL record, else text.
+  # TASK_chat; rendered with data.chat_template, the loss on the assistant turns only),
+  # "seq2seq" (encoder-decoder: JSONL {"source", "target"}, or prompt/completion records read as
+  # source/target, or a built-in translation task; source + EOS in the encoder row of
+  # data.seq_len tokens, target + EOS in the decoder row of data.target_len; see data/seq2seq.py)
+  # or "auto": decided by the built-in task, or by the fields of the first JSONL record, else text.
   d.format = "auto"
+  # Decoder tokens per row of an encoder-decoder run: the targets of seq2seq data; for span
+  # corruption of text, 0 = derived from data.seq_len, train.noise_density and
+  # train.mean_noise_span (see training/span_corruption.py: target_len_for).
+  d.target_len = 0
+  # Sentinel tokens <extra_id_0> ... of a SentencePiece tokenizer trained for an encoder-decoder
+  # run (T5 has 100): span corruption replaces the k-th noise span of a document by sentinel k.
+  d.num_sentinels = 100
   # The Jinja chat template (Hugging Face's format) that renders chat data and that `serve` uses
   # for /v1/chat/completions; "" = the plain default of jaxlm/data/chat.py. Saved with the
   # tokenizer in every checkpoint of a chat run.
@@ -85,7 +96,10 @@ def _data_options() -> ml_collections.ConfigDict:
   # training split. Saved with the run: evaluation data with another label is an error.
   d.labels = ()
   # Prompt/completion records longer than data.seq_len: "left" cuts the prompt from the left,
-  # "drop" skips the record. Both are counted in the log.
+  # "drop" skips the record. Both are counted in the log. Seq2seq records: a source longer than
+  # data.seq_len - 1 tokens is cut from the "left" (its end kept) or on the "right" (its start
+  # kept: T5's and Hugging Face's choice), a target longer than data.target_len - 1 on the right
+  # either way; "drop" skips the record.
   d.truncate = "left"
   # Validation records for prompt/completion data; "" holds out data.val_fraction of data.path.
   d.val_path = ""
@@ -242,6 +256,11 @@ def _train_options() -> ml_collections.ConfigDict:
   d.mlm_probability = 0.15
   # Masked LM: choose whole words (every WordPiece piece of a word) instead of single pieces.
   d.whole_word_masking = False
+  # Span corruption (encdec with head "lm" on text, T5's objective): the share of each document's
+  # tokens that becomes noise, and the mean length of a noise span (T5: 0.15 and 3.0). Each span is
+  # replaced by a sentinel in the encoder input and the decoder predicts the spans.
+  d.noise_density = 0.15
+  d.mean_noise_span = 3.0
   # Steps between lines in metrics.jsonl / TensorBoard.
   d.log_every = 10
   # LoRA finetuning (needs init_from: the base run): low-rank adapters on the projections that

@@ -2,16 +2,29 @@
 
     python -m jaxlm.sample --workdir=DIR --prompt="def main(" [--max_new_tokens=200]
         [--temperature=0.8] [--top_k=40] [--top_p=0.95] [--num_samples=2] [--seed=0]
+    python -m jaxlm.sample --workdir=DIR --prompt="def main(" --beam_size=4
+        [--length_penalty=1.0] [--early_stopping=false|true|never] [--num_samples=2]
+
+With --beam_size above 1 the text is beam search's best hypothesis (the --num_samples best ones),
+scored as transformers' `generate(num_beams=...)` scores them; beam search does not sample, so
+--temperature, --top_k and --top_p are refused with it.
 
 The prompt is encoded with the run's own tokenizer after the start-of-document token. Each sample is
 printed after a separator line; the last line of stdout is a JSON list of the samples.
 """
 
+import dataclasses
+
 from absl import app, flags
 
 from jaxlm import cli
+from jaxlm.errors import UserError
 from jaxlm.inference import trained
-from jaxlm.inference.decode import SamplingConfig, generate
+from jaxlm.inference.beam import BeamConfig, check_beam_config
+from jaxlm.inference.decode import SamplingConfig, beam_generate, generate
+
+# Flag value -> BeamConfig.early_stopping (transformers' True, False and "never").
+EARLY_STOPPING = {"false": False, "true": True, "never": "never"}
 
 
 def define_flags() -> None:
@@ -24,15 +37,52 @@ def define_flags() -> None:
   flags.DEFINE_float("top_p", 1.0, "Sample within the top-p probability mass; 1 = all.")
   flags.DEFINE_integer("num_samples", 1, "Samples, generated as one batch.")
   flags.DEFINE_integer("seed", 0, "Random seed.")
+  flags.DEFINE_integer("beam_size", 1, "Beam search with this many beams; 1 = sample (or greedy "
+                       "with --temperature=0).")
+  flags.DEFINE_float("length_penalty", 1.0, "Beam search scores sum_logprobs / length ** this "
+                     "(> 0 favours longer texts).")
+  flags.DEFINE_enum("early_stopping", "false", list(EARLY_STOPPING),
+                    "Beam search: true = stop once beam_size hypotheses end; false = once none "
+                    "can beat them at the current length; never = at the longest length.")
+
+
+def beam_options(f: flags.FlagValues) -> BeamConfig | None:
+  """The beam search the flags ask for (None: sampling), or UserError for flags that conflict.
+  Its eos_id is left for `sample` to set from the run's tokenizer."""
+  beam = BeamConfig(f.beam_size, f.max_new_tokens, f.length_penalty,
+                    EARLY_STOPPING[f.early_stopping])
+  if f.beam_size == 1:
+    given = [name for name in ("length_penalty", "early_stopping") if f[name].present]
+    if given:
+      raise UserError(f"--{given[0]} only applies to beam search; add --beam_size=2 or more, "
+                      f"or drop --{given[0]}")
+    return None
+  check_beam_config(beam)
+  sampling_off = {"temperature": 0.0, "top_k": 0, "top_p": 1.0}
+  sampling = [f"--{name}={f[name].value}" for name, off in sampling_off.items()
+              if f[name].present and f[name].value != off]
+  if sampling:
+    raise UserError(f"{sampling[0]} samples, but beam search (--beam_size={f.beam_size}) does "
+                    "not; drop --temperature, --top_k and --top_p, or use --beam_size=1")
+  if f.num_samples > f.beam_size:
+    raise UserError(f"--num_samples={f.num_samples} is more than the --beam_size={f.beam_size} "
+                    "hypotheses beam search keeps; lower --num_samples or raise --beam_size")
+  return beam
 
 
 def sample(workdir: str, step: int | None, prompt: str, sampling: SamplingConfig,
-           num_samples: int, seed: int) -> list[str]:
+           num_samples: int, seed: int, beam: BeamConfig | None = None) -> list[str]:
+  """`num_samples` continuations of `prompt`: sampled, or beam search's best (`beam`, whose
+  eos_id is the run's)."""
   trained.check_generative(workdir, step)
   run = trained.load(workdir, step)
   prompt_ids = [run.tokenizer.eos_id] + run.tokenizer.encode(prompt)
-  outputs = generate(run.params, run.model_cfg, [prompt_ids] * num_samples, sampling, seed,
-                     eos_id=run.tokenizer.eos_id)
+  if beam is not None:
+    beam = dataclasses.replace(beam, eos_id=run.tokenizer.eos_id)
+    outputs = beam_generate(run.params, run.model_cfg, [prompt_ids], beam, num_samples)[0]
+  else:
+    outputs = generate(run.params, run.model_cfg, [prompt_ids] * num_samples, sampling, seed,
+                       eos_id=run.tokenizer.eos_id)
   return [prompt + run.tokenizer.decode(ids) for ids in outputs]
 
 
@@ -43,8 +93,9 @@ def main(argv):
 
   def run():
     sampling = SamplingConfig(f.max_new_tokens, f.temperature, f.top_k, f.top_p)
+    beam = beam_options(f)  # checked before the run is loaded
     texts = sample(cli.require_workdir(f.workdir), f.step, f.prompt, sampling, f.num_samples,
-                   f.seed)
+                   f.seed, beam)
     for text in texts:
       print("-" * 40)
       print(text)

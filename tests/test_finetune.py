@@ -155,8 +155,9 @@ def test_finetuning_raises_exact_match_and_a_restart_resumes_the_finetune(pretra
 
 
 def test_metrics_match_hand_computed_values():
-  assert score(["a b c d"], ["a b c d"]) == pytest.approx({"exact_match": 1.0, "bleu": 100.0, "rougeL": 1.0})
-  assert score(["x y"], ["a b"]) == {"exact_match": 0.0, "bleu": 0.0, "rougeL": 0.0}
+  assert score(["a b c d"], ["a b c d"]) == pytest.approx(
+      {"exact_match": 1.0, "bleu": 100.0, "chrf": 100.0, "rougeL": 1.0})
+  assert score(["x y"], ["a b"]) == {"exact_match": 0.0, "bleu": 0.0, "chrf": 0.0, "rougeL": 0.0}
   # n-gram precisions 4/5, 3/4, 2/3, 1/2 and no brevity penalty: BLEU = 100 * 0.2 ** 0.25.
   assert score(["a b c d e"], ["a b c d f"])["bleu"] == pytest.approx(100 * 0.2**0.25, rel=1e-6)
   # ROUGE-L: LCS 5 of 5 predicted and 6 reference words -> F1 = 2 * 1 * 5/6 / (1 + 5/6).
@@ -165,6 +166,10 @@ def test_metrics_match_hand_computed_values():
   assert score([" x ", "y"], ["x", "z"])["exact_match"] == 0.5  # whitespace-stripped
   # Character BLEU for one-word answers: "abcde" vs "abcdf" has the same n-gram counts as above.
   assert score(["abcde"], ["abcdf"], "char")["bleu"] == pytest.approx(100 * 0.2**0.25, rel=1e-6)
+  # chrF: character n-gram precision = recall, 4/5, 3/4, 2/3, 1/2, 0/1 for n = 1..5 (no 6-gram
+  # exists, so that order is left out), averaged; F-beta of equal P and R is their value.
+  chrf = score(["abcde"], ["abcdf"])["chrf"]
+  assert chrf == pytest.approx(100 * (4 / 5 + 3 / 4 + 2 / 3 + 1 / 2 + 0) / 5, rel=1e-6)
 
 
 def test_records_longer_than_the_window_are_cut_from_the_left_or_dropped():

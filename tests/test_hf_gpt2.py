@@ -7,6 +7,7 @@ byte-level BPE tokenizer are made here.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -21,7 +22,7 @@ transformers = pytest.importorskip("transformers")
 from tokenizers.implementations import ByteLevelBPETokenizer
 
 from jaxlm import convert
-from jaxlm.config import base_config
+from jaxlm.config import base_config, from_saved
 from jaxlm.data import train_tokenizer
 from jaxlm.data.gpt2_tokenizer import EOS_TOKEN
 from jaxlm.errors import UserError
@@ -29,6 +30,7 @@ from jaxlm.inference import trained
 from jaxlm.inference.decode import SamplingConfig, generate, left_pad
 from jaxlm.interop import hf_gpt2
 from jaxlm.models import GPT, ModelConfig
+from jaxlm.training import checkpoint
 from jaxlm.training.loop import train
 
 CONTEXT = 64
@@ -192,6 +194,32 @@ def test_finetuned_import_exports_to_transformers_with_its_new_logits(imported, 
   assert_same_logits(jaxlm_logits(run.params, run.model_cfg, *batch), theirs, batch[2])
   moved = np.abs(theirs - hf_logits(hf_model, *batch)).max() / np.abs(theirs).max()
   assert moved > 100 * RELATIVE_TOLERANCE  # it did train
+
+
+def test_import_saves_parameters_only_and_training_it_starts_a_fresh_optimizer(hf_dir, tmp_path):
+  """The import writes no optimizer state (it would be zeros: 2x the model under AdamW, held and
+  staged by the save); `train` on the imported workdir itself starts one and then checkpoints
+  whole states that resume as usual."""
+  corpus = tmp_path / "corpus"
+  corpus.mkdir()
+  (corpus / "doc.txt").write_text("".join(CORPUS))
+  data = ["--config.data.source=files", f"--config.data.path={corpus}",
+          "--config.data.seq_len=32"]
+  workdir = str(tmp_path / "imported")
+  result = jaxlm_cli("from-hf", f"--model={hf_dir}", f"--workdir={workdir}", *data)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert not checkpoint.holds_optimizer_state(workdir, 0)
+  before = trained.load(workdir, 0).params
+  config = from_saved(checkpoint.restore_metadata(workdir, 0)[1])
+  config.train.batch_size, config.train.steps, config.train.warmup_steps = 8, 2, 1
+  config.eval.every, config.eval.batch_size, config.eval.sample_tokens = 0, 8, 0
+  config.checkpoint.every = 2
+  train(config, workdir)
+  assert checkpoint.holds_optimizer_state(workdir, 2)
+  after = trained.load(workdir, 2).params
+  moved = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+              for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
+  assert moved > 0
 
 
 def native_run(workdir: str, **model_options) -> ModelConfig:

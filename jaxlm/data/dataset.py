@@ -1,8 +1,10 @@
 """From data settings to a tokenizer and packed train/validation windows.
 
-Four formats: text documents (packed into a continuous stream of windows), prompt/completion
-records (packed whole, the loss on completions only; see `data/records.py`), and classification
-and tagging records (labels on [CLS] or on each word's first piece; see `data/labelled.py`).
+Five formats: text documents (packed into a continuous stream of windows), prompt/completion
+records (packed whole, the loss on completions only; see `data/records.py`), classification
+and tagging records (labels on [CLS] or on each word's first piece; see `data/labelled.py`), and
+seq2seq (source, target) pairs for an encoder-decoder (encoder and decoder rows; see
+`data/seq2seq.py`).
 
 The tokenizer is trained once, on the training split, and saved as WORKDIR/tokenizer.json; a run that
 finds one there (or is handed one from a checkpoint) uses it and never retrains.
@@ -60,7 +62,16 @@ from jaxlm.data.records import (
   read_records,
   split_records,
 )
+from jaxlm.data.seq2seq import (
+  Pair,
+  PackedSeq2Seq,
+  is_seq2seq_file,
+  pack_pair_split,
+  read_pairs,
+  split_pairs,
+)
 from jaxlm.data.tasks import load_task
+from jaxlm.data.translation_tasks import is_translation_task, load_seq2seq_task
 from jaxlm.data.tokenizer_sample import sample_documents
 from jaxlm.errors import UserError
 
@@ -89,11 +100,13 @@ class DataConfig:
   tokenizer_sample_chars: int
   tokenizer_file: str
   chat_template: str
+  target_len: int
+  num_sentinels: int
 
   @property
   def resolved_format(self) -> str:
     """data.format, with "auto" decided from the built-in task or the first JSONL record."""
-    formats = ("auto", "text", "prompt_completion", "chat", *LABELLED_FORMATS)
+    formats = ("auto", "text", "prompt_completion", "chat", "seq2seq", *LABELLED_FORMATS)
     if self.format not in formats:
       raise UserError(f"data.format={self.format!r} is not one of {', '.join(formats)}")
     if self.format != "auto":
@@ -102,12 +115,16 @@ class DataConfig:
       return "text"
     if self.source == "task" and self.path.endswith(TASK_SUFFIX):
       return "chat"
+    if self.source == "task" and is_translation_task(self.path):
+      return "seq2seq"
     if self.source == "task":
       return LABEL_TASKS[self.path].format if self.path in LABEL_TASKS else "prompt_completion"
     if self.source == "files":
       labelled = detect_format(self.path)
       if labelled:
         return labelled
+      if is_seq2seq_file(self.path):
+        return "seq2seq"
       if is_record_file(self.path):
         return "prompt_completion"
       if is_chat_file(self.path):
@@ -118,12 +135,17 @@ class DataConfig:
   def labelled(self) -> bool:
     return self.resolved_format in LABELLED_FORMATS
 
+  @property
+  def decoder_len(self) -> int:
+    """Decoder tokens of a seq2seq row: data.target_len, 0 = data.seq_len."""
+    return self.target_len or self.seq_len
+
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   tokenizer: Tokenizer
-  train: PackedTokens | PackedRecords | PackedLabels
-  val: PackedTokens | PackedRecords | PackedLabels
+  train: PackedTokens | PackedRecords | PackedLabels | PackedSeq2Seq
+  val: PackedTokens | PackedRecords | PackedLabels | PackedSeq2Seq
   val_bytes_per_token: float  # UTF-8 bytes of the scored validation text per scored token
   labels: tuple[str, ...] = ()  # label names in id order (classification / tagging)
   val_records: tuple = ()  # the validation records behind `val` (labelled data), for metrics
@@ -152,6 +174,8 @@ def read_corpus(c: DataConfig) -> Corpus:
     return read_labelled_corpus(c)
   if c.resolved_format == "chat":
     return read_record_corpus(c, "chat", load_chat_task, read_chat_records, split_chat_records)
+  if c.resolved_format == "seq2seq":
+    return read_record_corpus(c, "seq2seq", load_seq2seq_task, read_pairs, split_pairs)
   return read_record_corpus(c, "prompt/completion", load_task, read_records, split_records)
 
 
@@ -192,6 +216,8 @@ def text_of(doc) -> str:
     return doc.prompt + doc.completion
   if isinstance(doc, ChatRecord):
     return doc.text
+  if isinstance(doc, Pair):
+    return doc.source + "\n" + doc.target
   if isinstance(doc, ClassificationRecord):
     return doc.text + ("\n" + doc.text_pair if doc.text_pair else "")
   if isinstance(doc, TaggingRecord):
@@ -199,9 +225,10 @@ def text_of(doc) -> str:
   return doc
 
 
-def make_tokenizer(c: DataConfig, train_docs) -> Tokenizer:
+def make_tokenizer(c: DataConfig, train_docs, encdec: bool = False) -> Tokenizer:
   """data.tokenizer_file's tokenizer, else one trained on a bounded sample of `train_docs`
-  (an iterable of documents or records, read once)."""
+  (an iterable of documents or records, read once); for an `encdec` run a sentencepiece one gets
+  data.num_sentinels sentinels (span corruption's)."""
   if c.tokenizer_file:
     tokenizer = load_tokenizer(c.tokenizer_file)
     if tokenizer.kind != c.tokenizer:
@@ -211,13 +238,14 @@ def make_tokenizer(c: DataConfig, train_docs) -> Tokenizer:
     return tokenizer
   texts = sample_documents((text_of(doc) for doc in train_docs), c.tokenizer_sample_chars,
                            TOKENIZER_SAMPLE_SEED)
-  return train_tokenizer(c.tokenizer, texts, c.vocab_size, c.sp_model_type)
+  sentinels = c.num_sentinels if encdec and c.tokenizer == "sentencepiece" else 0
+  return train_tokenizer(c.tokenizer, texts, c.vocab_size, c.sp_model_type, sentinels)
 
 
 def workdir_tokenizer(c: DataConfig, corpus: Corpus, workdir: str,
-                      pretrained: Tokenizer | None = None) -> Tokenizer:
+                      pretrained: Tokenizer | None = None, encdec: bool = False) -> Tokenizer:
   """The workdir's tokenizer if there is one; else `pretrained` (a finetune run's) or one trained
-  on the training split, saved.
+  on the training split (with sentinels for an `encdec` run), saved.
 
   In a multi-host run only process 0 trains and saves it; the others wait for that, then read the
   file, so every host needs the same (shared) workdir.
@@ -225,7 +253,7 @@ def workdir_tokenizer(c: DataConfig, corpus: Corpus, workdir: str,
   path = os.path.join(workdir, TOKENIZER_FILE)
   tokenizer = None
   if jax.process_index() == 0 and not os.path.exists(path):
-    tokenizer = pretrained or make_tokenizer(c, corpus.train)
+    tokenizer = pretrained or make_tokenizer(c, corpus.train, encdec)
     save_tokenizer(tokenizer, path)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("jaxlm: workdir tokenizer saved")
@@ -261,8 +289,8 @@ def pack_record_split(records: list[Record], tokenizer: Tokenizer, seq_len: int,
 
 
 def pack_any(c: DataConfig, docs: list, tokenizer: Tokenizer, name: str,
-             labels: tuple[str, ...] = ()) -> tuple[PackedTokens | PackedRecords | PackedLabels,
-                                                    float]:
+             labels: tuple[str, ...] = ()) -> tuple[PackedTokens | PackedRecords | PackedLabels
+                                                    | PackedSeq2Seq, float]:
   """Packs one split in the data's format; also returns its UTF-8 bytes per scored token (1.0 for
   labelled data, where bits per byte has no meaning)."""
   if c.labelled:
@@ -271,6 +299,8 @@ def pack_any(c: DataConfig, docs: list, tokenizer: Tokenizer, name: str,
     return pack_record_split(docs, tokenizer, c.seq_len, c.truncate, name)
   if c.resolved_format == "chat":
     return pack_chat_split(docs, tokenizer, template_of(c), c.seq_len, c.truncate, name)
+  if c.resolved_format == "seq2seq":
+    return pack_pair_split(docs, tokenizer, c.seq_len, c.decoder_len, c.truncate, name)
   return pack_split(docs, tokenizer, c.seq_len)
 
 

@@ -120,10 +120,13 @@ def eval_batches(
   num_batches = math.ceil(math.ceil(len(packed) / process_count) / batch_size)
   if max_batches is not None:
     num_batches = min(num_batches, max_batches)
-  padding = _padding_example(packed.seq_len)
+  # Seq2seq rows (encoder and decoder fields of two lengths) bring their own padding row.
+  padding = packed.padding_row() if hasattr(packed, "padding_row") else _padding_example(
+    packed.seq_len)
   for b in range(num_batches):
     ks = share[b * batch_size : (b + 1) * batch_size]
-    rows = [_padded(packed[k], packed.seq_len) for k in ks]
+    rows = [packed[k] if k < packed.num_full_windows else _padded(packed[k], packed.seq_len)
+            for k in ks]
     windows = np.full(batch_size, -1, np.int32)  # [batch_size]
     windows[: len(rows)] = ks
     rows += [padding] * (batch_size - len(rows))

@@ -43,6 +43,10 @@ _SAMPLE_SEED = 0
 _TRAIN_THREADS = 4
 
 _UNK_ID, _EOS_ID = 0, 1
+# Sentinels of span corruption (T5's names). Control symbols, not user-defined ones: SentencePiece
+# never produces a control symbol from text (a literal "<extra_id_0>" in a document is encoded as
+# its characters), and they have ids of their own right after <unk> and </s>.
+SENTINEL = "<extra_id_{}>"
 
 
 def _escape(text: str) -> str:
@@ -94,8 +98,20 @@ def _vocab_error(err: RuntimeError, vocab_size: int) -> UserError:
   return UserError(f"SentencePiece training failed: {msg.splitlines()[0]}; check data.vocab_size")
 
 
+def _sentinel_ids(sp: spm.SentencePieceProcessor) -> tuple[int, ...]:
+  """Ids of the control symbols <extra_id_0>, <extra_id_1>, ... in order, up to the first
+  missing one."""
+  ids = []
+  while True:
+    i = sp.piece_to_id(SENTINEL.format(len(ids)))
+    if i == sp.unk_id() or not sp.is_control(i):
+      return tuple(ids)
+    ids.append(i)
+
+
 class SentencePieceTokenizer:
-  """A trained SentencePiece model; EOS is its `</s>` control symbol."""
+  """A trained SentencePiece model; EOS is its `</s>` control symbol. `sentinel_ids`: the ids of
+  <extra_id_0>, <extra_id_1>, ... (none unless trained with sentinels)."""
 
   kind = "sentencepiece"
 
@@ -105,9 +121,14 @@ class SentencePieceTokenizer:
     self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
     self.vocab_size = self._sp.get_piece_size()
     self.eos_id = self._sp.eos_id()
+    self.sentinel_ids = _sentinel_ids(self._sp)
+    self._sentinel_of = {i: SENTINEL.format(k) for k, i in enumerate(self.sentinel_ids)}
 
   @classmethod
-  def train(cls, texts: Sequence[str], vocab_size: int, model_type: str) -> SentencePieceTokenizer:
+  def train(cls, texts: Sequence[str], vocab_size: int, model_type: str,
+            num_sentinels: int = 0) -> SentencePieceTokenizer:
+    """A model of `vocab_size` ids (the `num_sentinels` sentinels among them) learnt from
+    `texts`."""
     if model_type not in ("bpe", "unigram"):
       raise UserError(f"data.sp_model_type={model_type!r} is not supported; use bpe or unigram")
     model = io.BytesIO()
@@ -118,6 +139,7 @@ class SentencePieceTokenizer:
         model_type=model_type,
         vocab_size=vocab_size,
         user_defined_symbols=["\n"],
+        control_symbols=[SENTINEL.format(k) for k in range(num_sentinels)],
         byte_fallback=True,
         normalization_rule_name="identity",
         remove_extra_whitespaces=False,
@@ -146,7 +168,19 @@ class SentencePieceTokenizer:
     return self._sp.encode([_escape(t) for t in texts], num_threads=os.cpu_count() or 1)
 
   def decode(self, ids: Sequence[int]) -> str:
-    return _unescape(self._sp.decode([int(i) for i in ids if i != self.eos_id]))
+    """The text of `ids`, EOS dropped; a sentinel shows as its name ("<extra_id_0>")."""
+    ids = [int(i) for i in ids if i != self.eos_id]
+    if not self._sentinel_of or not any(i in self._sentinel_of for i in ids):
+      return _unescape(self._sp.decode(ids))
+    text, run = [], []
+    for i in [*ids, None]:
+      if i is None or i in self._sentinel_of:
+        text.append(_unescape(self._sp.decode(run)))
+        text.append(self._sentinel_of.get(i, ""))
+        run = []
+      else:
+        run.append(i)
+    return "".join(text)
 
   def to_json(self) -> dict:
     return {"kind": self.kind, "model_proto": base64.b64encode(self.model_proto).decode("ascii")}

@@ -28,6 +28,13 @@ from collections.abc import Callable
 from jaxlm.data.records import Record
 from jaxlm.data.splits import stable_hash
 from jaxlm.data.stdlib_source import read_stdlib
+from jaxlm.data.translation_tasks import (
+  LANGUAGES,
+  PREFIX,
+  as_records,
+  is_translation_task,
+  load_translation,
+)
 from jaxlm.errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -183,8 +190,11 @@ def _held_out_records(name: str) -> tuple[Record, ...]:
 
 def load_task(name: str, split: str) -> list[Record]:
   """One split of a built-in task: the same whatever data.val_fraction pretraining used."""
+  if is_translation_task(name):  # as prompt/completion records, for a decoder-only model
+    return as_records(name, load_translation(name, split))
   if name not in TASKS:
-    raise UserError(f"unknown task {name!r}; built-in tasks: {', '.join(TASKS)}")
+    raise UserError(f"unknown task {name!r}; built-in tasks: {', '.join(TASKS)}, "
+                    f"{', '.join(PREFIX + lang for lang in LANGUAGES)}")
   if split not in SPLITS:
     raise UserError(f"unknown split {split!r}; one of {SPLITS}")
   if split == "train":

@@ -22,6 +22,8 @@ class Tokenizer(Protocol):
   kind: str  # "sentencepiece" | "char" | "byte" | "gpt2_bpe" | "wordpiece"
   vocab_size: int  # includes EOS (and <unk> for char)
   eos_id: int  # starts every packed document; [CLS] for wordpiece
+  # sentencepiece only: `sentinel_ids`, the ids of <extra_id_0>, ... (span corruption's; () when
+  # trained without them).
 
   def encode(self, text: str) -> list[int]:
     """Token ids of `text`; no EOS is added."""
@@ -37,17 +39,19 @@ class Tokenizer(Protocol):
 
 
 def train_tokenizer(
-  kind: str, texts: Sequence[str], vocab_size: int, sp_model_type: str = "bpe"
+  kind: str, texts: Sequence[str], vocab_size: int, sp_model_type: str = "bpe",
+  num_sentinels: int = 0
 ) -> Tokenizer:
   """Builds a tokenizer of `kind` from training `texts`. `vocab_size` is only
   used by sentencepiece, gpt2_bpe and wordpiece: byte and char vocabularies are fixed by their
-  data."""
+  data. `num_sentinels` (an encdec run's span-corruption sentinels) is for sentencepiece only;
+  the other kinds have none (span corruption then refuses them: `span_corruption_for`)."""
   if kind == "byte":
     return ByteTokenizer()
   if kind == "char":
     return CharTokenizer.train(texts)
   if kind == "sentencepiece":
-    return SentencePieceTokenizer.train(texts, vocab_size, sp_model_type)
+    return SentencePieceTokenizer.train(texts, vocab_size, sp_model_type, num_sentinels)
   if kind == "gpt2_bpe":
     return Gpt2BpeTokenizer.train(texts, vocab_size)
   if kind == "wordpiece":

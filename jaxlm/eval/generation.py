@@ -6,6 +6,8 @@ Metrics, over all test records:
   bleu                   corpus BLEU of completions vs references (sacrebleu), 0..100; tokenized by
                          words (sacrebleu's "13a") or, for one-word answers such as identifiers,
                          by characters ("char": word 4-grams would not exist)
+  chrf                   corpus chrF of completions vs references (sacrebleu's defaults: character
+                         6-grams, beta 2), 0..100; independent of the BLEU tokenization
   rougeL                 mean ROUGE-L F1 (rouge-score, with stemming), 0..1
 Generation is greedy, batched, with the KV cache; it stops at EOS or at the stop string.
 """
@@ -52,7 +54,9 @@ def score(predictions: list[str], references: list[str],
   scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
   rouge = [scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)]
   bleu = sacrebleu.corpus_bleu(predictions, [references], tokenize=bleu_tokenize).score
-  return {"exact_match": sum(exact) / len(exact), "bleu": bleu, "rougeL": sum(rouge) / len(rouge)}
+  chrf = sacrebleu.corpus_chrf(predictions, [references]).score
+  return {"exact_match": sum(exact) / len(exact), "bleu": bleu, "chrf": chrf,
+          "rougeL": sum(rouge) / len(rouge)}
 
 
 def complete(run: TrainedRun, prompts: list[str], max_new_tokens: int, stop: str,

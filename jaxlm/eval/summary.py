@@ -6,19 +6,28 @@ targets, how many there are and how many the argmax predicts). What they are dif
   masked LM   the masked tokens (a fixed masking, the same every evaluation): loss, perplexity
               and accuracy of the masked tokens; bits per byte has no meaning (most text is seen)
   labels      one target per sequence ([CLS]) or per word: loss and accuracy of the labels
+  seq2seq     an encoder-decoder's target tokens (the corrupted spans and their sentinels in
+              span-corruption pretraining, under a fixed corruption; a translation's target
+              text): loss, perplexity and accuracy given the source; no bits per byte (the source
+              is seen)
 """
 
 KEEP = {"causal": ("loss", "perplexity", "bits_per_byte", "token_accuracy", "tokens"),
         "masked": ("loss", "perplexity", "token_accuracy", "tokens"),
-        "labels": ("loss", "token_accuracy", "tokens")}
+        "labels": ("loss", "token_accuracy", "tokens"),
+        "seq2seq": ("loss", "perplexity", "token_accuracy", "tokens")}
 NAMES = {"masked": {"token_accuracy": "masked_accuracy", "tokens": "masked_tokens"},
-         "labels": {"token_accuracy": "accuracy", "tokens": "labelled"}}
+         "labels": {"token_accuracy": "accuracy", "tokens": "labelled"},
+         "seq2seq": {"token_accuracy": "target_accuracy", "tokens": "target_tokens"}}
+COUNTS = ("tokens", "masked_tokens", "labelled", "target_tokens")
 
 
 def objective_kind(family: str, head: str) -> str:
-  """"causal", "masked" or "labels" for a model family and head."""
+  """"causal", "masked", "labels" or "seq2seq" for a model family and head."""
   if head != "lm":
     return "labels"
+  if family == "encdec":
+    return "seq2seq"
   return "masked" if family == "bert" else "causal"
 
 
@@ -35,7 +44,7 @@ def describe(metrics: dict) -> str:
   for key, value in metrics.items():
     source, _, name = key.rpartition("/")  # "web/loss": a mixture source's
     prefix = f"{source}: " if source else ""
-    if name in ("tokens", "masked_tokens", "labelled"):
+    if name in COUNTS:
       what = "tokens" if name == "tokens" else name.replace("_", " ")
       parts.append(f"{prefix}over {value:,} {what}")
     else:

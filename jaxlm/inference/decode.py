@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlm.errors import UserError
+from jaxlm.inference.beam import (BeamConfig, BeamResult, beam_search, best_hypotheses,
+                                  check_beam_config, gather_rows, repeat_beams)
 from jaxlm.models import GPT, ModelConfig
 
 
@@ -24,8 +26,6 @@ class SamplingConfig:
   temperature: float = 1.0  # 0 = greedy
   top_k: int = 0  # 0 = no top-k filter
   top_p: float = 1.0  # 1 = no nucleus filter
-
-
 
 
 def left_pad(prompts: Sequence[Sequence[int]],
@@ -96,53 +96,100 @@ def choose_rows(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_
   return jax.lax.cond(jnp.any(temperature > 0), sample, lambda: greedy)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "sampling"))
-def _generate(params: Any, tokens, positions, segments, key, *, cfg: ModelConfig,
-              sampling: SamplingConfig) -> jax.Array:
-  model = GPT(cfg, decode=True)
-  batch = tokens.shape[0]
+def prefill(model: GPT, params: Any, tokens, positions, segments):
+  """Runs the prompt `[batch, len]` through an empty KV cache: (logits of the first new token
+  `[batch, vocab]`, the cache, the first new token's positions `[batch]`)."""
   cache = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens[:, :1], positions[:, :1],
                                             segments[:, :1]))["cache"]
   cache = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), cache)
   logits, mutated = model.apply({"params": params, "cache": cache}, tokens, positions, segments,
                                 mutable=["cache"])
-  next_position = positions[:, -1] + 1  # [batch]
-  first = choose(logits[:, -1], jax.random.fold_in(key, 0), sampling)
+  return logits[:, -1], mutated["cache"], positions[:, -1] + 1
+
+
+def step_logits(model: GPT, params: Any, cache: Any, tokens, positions):
+  """One token per row (`tokens`, `positions`: `[batch]`) through the KV cache: (logits
+  `[batch, vocab]`, the cache)."""
+  logits, mutated = model.apply({"params": params, "cache": cache}, tokens[:, None],
+                                positions[:, None], jnp.ones((tokens.shape[0], 1), jnp.int32),
+                                mutable=["cache"])
+  return logits[:, -1], mutated["cache"]
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sampling"))
+def _generate(params: Any, tokens, positions, segments, key, *, cfg: ModelConfig,
+              sampling: SamplingConfig) -> jax.Array:
+  model = GPT(cfg, decode=True)
+  logits, cache, next_position = prefill(model, params, tokens, positions, segments)
+  first = choose(logits, jax.random.fold_in(key, 0), sampling)
 
   def step(carry, index):
     cache, token, position = carry
-    logits, mutated = model.apply({"params": params, "cache": cache}, token[:, None],
-                                  position[:, None], jnp.ones((batch, 1), jnp.int32),
-                                  mutable=["cache"])
-    new_token = choose(logits[:, -1], jax.random.fold_in(key, index), sampling)
-    return (mutated["cache"], new_token, position + 1), new_token
+    logits, cache = step_logits(model, params, cache, token, position)
+    new_token = choose(logits, jax.random.fold_in(key, index), sampling)
+    return (cache, new_token, position + 1), new_token
 
-  _, rest = jax.lax.scan(step, (mutated["cache"], first, next_position),
+  _, rest = jax.lax.scan(step, (cache, first, next_position),
                          jnp.arange(1, sampling.max_new_tokens))
   return jnp.concatenate([first[:, None], rest.T], axis=1)  # [batch, max_new_tokens]
+
+
+def padded_prompts(prompts: Sequence[Sequence[int]], cfg: ModelConfig, max_new_tokens: int,
+                   length_multiple: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """`left_pad`'s arrays for prompts that must leave room for `max_new_tokens` in the context."""
+  longest = max(len(p) for p in prompts)
+  if min(len(p) for p in prompts) == 0:
+    raise UserError("a prompt is empty; give at least one token (or start from EOS)")
+  if longest + max_new_tokens > cfg.max_len:
+    raise UserError(
+        f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the "
+        f"model's context of {cfg.max_len} tokens; shorten the prompt or lower --max_new_tokens")
+  # Rounding the padded length up lets batches of similar prompts share one compiled shape.
+  rounded = -(-longest // length_multiple) * length_multiple
+  return left_pad(prompts, min(rounded, cfg.max_len - max_new_tokens))
+
+
+def cut_at_eos(row: list[int], eos_id: int | None) -> list[int]:
+  """The tokens before the first EOS."""
+  return row[:row.index(eos_id)] if eos_id is not None and eos_id in row else row
 
 
 def generate(params: Any, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
              sampling: SamplingConfig, seed: int = 0, eos_id: int | None = None,
              length_multiple: int = 1) -> list[list[int]]:
   """New tokens for each prompt, cut after the first EOS (which is dropped)."""
-  longest = max(len(p) for p in prompts)
-  if min(len(p) for p in prompts) == 0:
-    raise UserError("a prompt is empty; give at least one token (or start from EOS)")
-  if longest + sampling.max_new_tokens > cfg.max_len:
-    raise UserError(
-        f"prompt of {longest} tokens + max_new_tokens={sampling.max_new_tokens} exceeds the "
-        f"model's context of {cfg.max_len} tokens; shorten the prompt or lower --max_new_tokens")
-  # Rounding the padded length up lets batches of similar prompts share one compiled shape.
-  rounded = -(-longest // length_multiple) * length_multiple
-  tokens, positions, segments = left_pad(
-      prompts, min(rounded, cfg.max_len - sampling.max_new_tokens))
+  tokens, positions, segments = padded_prompts(prompts, cfg, sampling.max_new_tokens,
+                                               length_multiple)
   out = np.asarray(_generate(params, tokens, positions, segments, jax.random.key(seed),
                              cfg=cfg, sampling=sampling))
-  results = []
-  for row in out.tolist():
-    if eos_id is not None and eos_id in row:
-      row = row[:row.index(eos_id)]
-    results.append(row)
-  return results
+  return [cut_at_eos(row, eos_id) for row in out.tolist()]
 
+
+@functools.partial(jax.jit, static_argnames=("cfg", "beam"))
+def _beam_generate(params: Any, tokens, positions, segments, *, cfg: ModelConfig,
+                   beam: BeamConfig) -> BeamResult:
+  model = GPT(cfg, decode=True)
+  logits, cache, next_position = prefill(model, params, tokens, positions, segments)
+  # The prompt is run once per row; its cache is then copied into each beam.
+  batch_axis = 1 if cfg.scan_layers else 0  # scanned layers stack the cache on axis 0
+  cache = repeat_beams(cache, beam.beam_size, batch_axis)
+  first_logits, next_position = repeat_beams((logits, next_position), beam.beam_size)
+
+  def step_fn(cache, tokens, step_index):
+    return step_logits(model, params, cache, tokens, next_position + step_index)
+
+  return beam_search(step_fn, cache, first_logits, beam, gather_rows(batch_axis))
+
+
+def beam_generate(params: Any, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
+                  beam: BeamConfig, num_return: int = 1,
+                  length_multiple: int = 1) -> list[list[list[int]]]:
+  """The `num_return` best beam-search hypotheses of each prompt (new tokens, best first, a final
+  EOS dropped), scored as transformers' `generate(num_beams=...)` scores them."""
+  check_beam_config(beam)
+  if not 1 <= num_return <= beam.beam_size:
+    raise UserError(f"num_return={num_return} is not within 1..beam_size={beam.beam_size}; ask "
+                    "for fewer hypotheses or use a larger beam")
+  tokens, positions, segments = padded_prompts(prompts, cfg, beam.max_new_tokens, length_multiple)
+  result = _beam_generate(params, tokens, positions, segments, cfg=cfg, beam=beam)
+  return best_hypotheses(result, beam.eos_id, num_return)

@@ -99,15 +99,20 @@ def check_lengths(cfg: ModelConfig, sources: Sequence[Sequence[int]], max_new_to
                     "positions (model.max_len); lower --max_new_tokens")
 
 
+def padded_sources(cfg: ModelConfig, sources: Sequence[Sequence[int]],
+                   length_multiple: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """`right_pad` to the longest source rounded up to `length_multiple` (so batches of similar
+  sources share one compiled shape), at most the model's positions."""
+  longest = max(len(s) for s in sources)
+  return right_pad(sources, min(-(-longest // length_multiple) * length_multiple, cfg.max_len))
+
+
 def generate_seq2seq(params: Any, cfg: ModelConfig, sources: Sequence[Sequence[int]],
                      sampling: SamplingConfig, seed: int = 0, eos_id: int | None = None,
                      decoder_start_id: int = 0, length_multiple: int = 1) -> list[list[int]]:
   """The target tokens generated for each source, cut before the first EOS."""
   check_lengths(cfg, sources, sampling.max_new_tokens)
-  longest = max(len(s) for s in sources)
-  # Rounding the padded length up lets batches of similar sources share one compiled shape.
-  length = min(-(-longest // length_multiple) * length_multiple, cfg.max_len)
-  tokens, positions, segments = right_pad(sources, length)
+  tokens, positions, segments = padded_sources(cfg, sources, length_multiple)
   out = np.asarray(_generate(params, tokens, positions, segments, jax.random.key(seed), cfg=cfg,
                              sampling=sampling, decoder_start_id=decoder_start_id))
   results = []

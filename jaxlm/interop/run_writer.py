@@ -55,10 +55,13 @@ def write_run(workdir: str, config: ml_collections.ConfigDict, tokenizer, params
   engine = engine_for_config(config, tokenizer.vocab_size)
   if callable(params):  # streamed onto the engine's mesh (convert.streamed_params)
     params = params(engine)
-  state = engine.from_params(params)  # step 0 and a fresh optimizer state, placed on the mesh
+  else:
+    params = jax.device_put(params, engine.state_shardings.params)
+  # The parameters alone: `train` on this workdir starts a fresh optimizer state from them
+  # (training.loop.start_or_resume), so the import never holds one (2x the model under AdamW).
   save_tokenizer(tokenizer, os.path.join(workdir, TOKENIZER_FILE))
   mngr = checkpoint.manager(workdir, keep=config.checkpoint.keep)
-  checkpoint.save(mngr, 0, state, cli.config_to_json(config), tokenizer.to_json(),
+  checkpoint.save(mngr, 0, {"params": params}, cli.config_to_json(config), tokenizer.to_json(),
                   fresh_data_state())
   mngr.wait_until_finished()
   mngr.close()

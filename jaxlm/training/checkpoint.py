@@ -135,13 +135,30 @@ def restore_params(workdir: str, step: int, abstract_params: Any) -> Any:
   return restored["state"]["params"]
 
 
+def restore_data_state(mngr: ocp.CheckpointManager, step: int) -> dict:
+  """The data iterator state of a checkpoint, alone."""
+  with _reading(mngr, step):
+    return dict(mngr.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"])
+
+
+def _state_tree(workdir: str, step: int) -> dict:
+  """The tree of a checkpoint's state, from its metadata: no array is loaded."""
+  directory = epath.Path(os.path.abspath(os.path.join(checkpoint_dir(workdir), str(step), "state")))
+  with manager(workdir, read_only=True) as mngr, _reading(mngr, step):
+    return ocp.PyTreeCheckpointHandler().metadata(directory).tree
+
+
+def holds_optimizer_state(workdir: str, step: int) -> bool:
+  """Whether a checkpoint holds a whole training state, or only parameters (the step 0 that
+  `convert from-hf` writes: its optimizer state would be zeros, and writing it tripled the
+  import's peak memory)."""
+  return bool(jax.tree.leaves(_state_tree(workdir, step).get("opt_state")))
+
+
 def param_paths(workdir: str, step: int) -> set[tuple[str, ...]]:
   """The paths of a checkpoint's parameters (("block_0", "attn", "qkv", "kernel"), ...), read from
   its metadata: no array is loaded."""
-  directory = epath.Path(os.path.abspath(os.path.join(checkpoint_dir(workdir), str(step), "state")))
-  with manager(workdir, read_only=True) as mngr, _reading(mngr, step):
-    tree = ocp.PyTreeCheckpointHandler().metadata(directory).tree
-  leaves = jax.tree_util.tree_flatten_with_path(tree["params"])[0]
+  leaves = jax.tree_util.tree_flatten_with_path(_state_tree(workdir, step)["params"])[0]
   return {tuple(str(key.key) for key in path) for path, _ in leaves}
 
 

@@ -20,11 +20,13 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from jaxlm.data.dataset import DataConfig
 from jaxlm.models import ModelConfig, lora, make_model
 from jaxlm.errors import UserError
 from jaxlm.parallel import sharding
 from jaxlm.training.objectives import Objective, SpecialTokens, objective_for
 from jaxlm.training.optim import OptimConfig, make_optimizer
+from jaxlm.training.span_corruption import SpanTokens, shape_only_tokens, span_corruption_for
 from jaxlm.training.step import (
   TrainState,
   eval_step,
@@ -161,6 +163,18 @@ def check_lora_targets(model_cfg: ModelConfig, params) -> None:
                     "block_0/attn/qkv")
 
 
+def encdec_objective(config: ml_collections.ConfigDict,
+                     special: SpanTokens | None) -> Objective | None:
+  """Span corruption for an encoder-decoder on text, None for seq2seq data or other families."""
+  if config.model.family != "encdec" or config.model.head != "lm":
+    return None
+  data = config.data
+  tokens = special or shape_only_tokens(config.data.vocab_size, data.num_sentinels)
+  return span_corruption_for(DataConfig.from_config(data).resolved_format, data.seq_len,
+                             data.target_len, config.train.noise_density,
+                             config.train.mean_noise_span, tokens)
+
+
 def engine_for_config(config: ml_collections.ConfigDict, vocab_size: int,
                       special: SpecialTokens | None = None) -> Engine:
   """The engine of a run's config, on all devices: what every entry point builds.
@@ -172,7 +186,7 @@ def engine_for_config(config: ml_collections.ConfigDict, vocab_size: int,
   mesh, train_axes, eval_axes = mesh_for_config(config)
   model_cfg = model_config(config, vocab_size)
   objective = objective_for(model_cfg, special, config.train.mlm_probability,
-                            config.train.whole_word_masking)
+                            config.train.whole_word_masking, encdec_objective(config, special))
   return build_engine(model_cfg, OptimConfig.from_config(config.train), mesh, config.mesh.rules,
                       config.train.seed, config.data.seq_len, config.train.z_loss, train_axes,
                       eval_axes, config.train.spike_sigma, objective)

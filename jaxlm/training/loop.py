@@ -70,7 +70,14 @@ def start_or_resume(run: Run) -> None:
   """The state to train from: this run's latest checkpoint (finetune or not), else the pretrained
   parameters with a fresh optimizer, else a fresh initialisation."""
   start_step, pretrained, engine = checkpoint.latest_step(run.workdir), run.pretrained, run.engine
-  if start_step is not None:
+  if start_step is not None and not checkpoint.holds_optimizer_state(run.workdir, start_step):
+    # An imported model (convert from-hf): parameters only, a fresh optimizer state from them.
+    run.state = engine.from_params(checkpoint.restore_params(
+        run.workdir, start_step, engine.abstract_state.params))
+    run.iterator.set_state(checkpoint.restore_data_state(run.mngr, start_step))
+    run.start_step = start_step
+    run.log(f"started from the imported parameters in {checkpoint.checkpoint_dir(run.workdir)}")
+  elif start_step is not None:
     # A LoRA checkpoint holds the adapters only: the base comes from the pretrained run.
     run.state, data_state = checkpoint.restore(run.mngr, start_step,
                                                lora_run.saved_state(engine.abstract_state))

@@ -45,6 +45,7 @@ class AsGiven:
 
 CAUSAL_LM = AsGiven("causal_lm")
 LABELS = AsGiven("labels")
+SEQ2SEQ = AsGiven("seq2seq")  # encdec on seq2seq records: the data made the decoder targets
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -117,8 +118,10 @@ class MaskedLM:
 
 
 def objective_for(model_cfg: ModelConfig, special: SpecialTokens | None, probability: float,
-                  whole_word: bool) -> Objective:
-  """The objective of a model: causal LM (gpt), masked LM (bert "lm"), labels (classify / tag).
+                  whole_word: bool, span_corruption: Objective | None = None) -> Objective:
+  """The objective of a model: causal LM (gpt), masked LM (bert "lm"), labels (classify / tag),
+  and for "encdec": `span_corruption` on text (see `span_corruption.span_corruption_for`, None
+  for seq2seq data), else the seq2seq targets as given.
 
   A bert "lm" model without `special` (e.g. `plan`, where shapes are all that matter) masks with
   the last id and no special ids."""
@@ -126,6 +129,8 @@ def objective_for(model_cfg: ModelConfig, special: SpecialTokens | None, probabi
     return LABELS
   if model_cfg.family == "gpt":
     return CAUSAL_LM
+  if model_cfg.family == "encdec":
+    return span_corruption or SEQ2SEQ
   if special is None:
     return MaskedLM(model_cfg.vocab_size - 1, (), model_cfg.vocab_size, probability)
   if whole_word and special.word_start is None:

@@ -25,6 +25,7 @@ from jaxlm.data.dataset import (
 )
 from jaxlm.data.prepared_data import check_data_source, open_sources
 from jaxlm.data.records import PackedRecords
+from jaxlm.data.seq2seq import PackedSeq2Seq
 from jaxlm.errors import UserError
 from jaxlm.models import make_model
 from jaxlm.parallel import sharding
@@ -39,11 +40,13 @@ from jaxlm.training.engine import (
 from jaxlm.training.finetune import Pretrained
 from jaxlm.training.metrics import MetricsWriter
 from jaxlm.training.objectives import SpecialTokens
+from jaxlm.training.span_corruption import SpanTokens
 from jaxlm.training.step import TrainState
 
 # data format -> the model head that learns it (text: "lm", next-token or masked)
-HEAD_OF_FORMAT = {"text": "lm", "prompt_completion": "lm", "chat": "lm",
+HEAD_OF_FORMAT = {"text": "lm", "prompt_completion": "lm", "chat": "lm", "seq2seq": "lm",
                   "classification": "classify", "tagging": "tag"}
+ENCDEC_FORMATS = ("text", "seq2seq")  # span corruption of text, or (source, target) pairs
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -86,13 +89,23 @@ def check_task(config: ml_collections.ConfigDict, data_format: str) -> None:
   if family == "bert" and data_format in ("prompt_completion", "chat"):
     raise UserError("prompt/completion records train a generator; a bert encoder cannot generate: "
                     "use model.family=gpt, or classification / tagging data for bert")
+  if (data_format == "seq2seq" and family != "encdec") or (
+      family == "encdec" and data_format not in ENCDEC_FORMATS):
+    raise UserError(f"data.format={data_format} and model.family={family} do not go together: "
+                    "seq2seq pairs train an encdec model, which reads text or seq2seq data; set "
+                    "--config.model.family=encdec or --config.data.format=seq2seq to match")
   if family == "bert" and config.data.tokenizer != "wordpiece":
     raise UserError(f"a bert run needs data.tokenizer=wordpiece (with [CLS] [SEP] [MASK] [PAD]), "
                     f"not {config.data.tokenizer!r}; set --config.data.tokenizer=wordpiece")
 
 
-def special_tokens(config: ml_collections.ConfigDict, tokenizer) -> SpecialTokens | None:
-  """What the masked-LM objective needs from a BERT's tokenizer; None for other runs."""
+def special_tokens(config: ml_collections.ConfigDict,
+                   tokenizer) -> SpecialTokens | SpanTokens | None:
+  """What the masked-LM objective needs from a BERT's tokenizer, span corruption from an
+  encoder-decoder's; None for other runs."""
+  if config.model.family == "encdec":
+    return SpanTokens(tuple(getattr(tokenizer, "sentinel_ids", ()) or ()), tokenizer.eos_id,
+                      tokenizer.kind)
   if config.model.family != "bert":
     return None
   word_start = tokenizer.word_start() if config.train.whole_word_masking else None
@@ -137,7 +150,8 @@ def set_up(config: ml_collections.ConfigDict, workdir: str, overrides: dict,
   mesh_for_config(config)  # a mesh or batch that does not fit fails before the data is read
   data_cfg = DataConfig.from_config(config.data)
   check_task(config, data_cfg.resolved_format)
-  dataset = load_dataset(data_cfg, workdir, pretrained, log)
+  dataset = load_dataset(data_cfg, workdir, pretrained, log,
+                         encdec=config.model.family == "encdec")
   if dataset.labels:  # the label names are part of the run: saved with its config
     config.data.labels, config.model.num_labels = dataset.labels, len(dataset.labels)
   if checkpoint.latest_step(workdir) is not None:
@@ -157,14 +171,15 @@ def set_up(config: ml_collections.ConfigDict, workdir: str, overrides: dict,
 
 
 def load_dataset(data_cfg: DataConfig, workdir: str, pretrained: Pretrained | None,
-                 log: Callable[[str], None]) -> Dataset:
+                 log: Callable[[str], None], encdec: bool = False) -> Dataset:
   """The run's tokenizer and data: prepared directories mapped (nothing tokenised), or the
-  corpus read, tokenised and packed in memory."""
+  corpus read, tokenised and packed in memory. An `encdec` run's new tokenizer has sentinels."""
   given = pretrained.tokenizer if pretrained else None
   if data_cfg.source != "prepared":
     check_data_source(data_cfg)
     corpus = read_corpus(data_cfg)
-    dataset = build_dataset(data_cfg, corpus, workdir_tokenizer(data_cfg, corpus, workdir, given))
+    tokenizer = workdir_tokenizer(data_cfg, corpus, workdir, given, encdec)
+    dataset = build_dataset(data_cfg, corpus, tokenizer)
     log_data(log, data_cfg, corpus, dataset)
     return dataset
   sources = open_sources(data_cfg)
@@ -187,6 +202,6 @@ def log_data(log: Callable[[str], None], data_cfg: DataConfig, corpus, dataset: 
       f"{data_cfg.seq_len} tokens; {tokenizer.kind} tokenizer of {tokenizer.vocab_size} ids")
   if dataset.labels:
     log(f"labels ({len(dataset.labels)}): {', '.join(dataset.labels)}")
-  if isinstance(dataset.train, PackedRecords):
+  if isinstance(dataset.train, (PackedRecords, PackedSeq2Seq)):
     log(f"records longer than data.seq_len: train {dataset.train.truncated} truncated / "
         f"{dataset.train.dropped} dropped, val {dataset.val.truncated} / {dataset.val.dropped}")

@@ -21,8 +21,10 @@ from jaxlm.training.objectives import CAUSAL_LM, Objective
 from jaxlm.training.optim import applied_lr
 
 # inputs, targets, positions, segment_ids, token_types (optional): [..., batch, seq] int32;
-# weights [..., batch, seq] float32.
+# weights [..., batch, seq] float32. An encoder-decoder batch adds its source side, ENCODER_KEYS
+# `[..., batch, enc_len]`; the keys above are then the decoder's (models/encdec.py).
 Batch = dict[str, jax.Array]
+ENCODER_KEYS = ("encoder_inputs", "encoder_positions", "encoder_segment_ids")
 MASK_STREAM, DROPOUT_STREAM = 1, 2  # fold_in constants of a micro-batch's key
 EVAL_SEED = 0
 
@@ -49,9 +51,16 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, seed: int,
                seq_len: int) -> TrainState:
   """Fresh parameters (boxed with their logical axes) and optimizer state."""
   tokens = jnp.zeros((1, seq_len), jnp.int32)
-  params = model.init(jax.random.key(seed), tokens, tokens, tokens + 1)["params"]
+  # An encoder-decoder's parameters do not depend on the lengths: the source side takes the same.
+  encoder = dict(zip(ENCODER_KEYS, (tokens, tokens, tokens + 1))) if is_seq2seq(model) else {}
+  params = model.init(jax.random.key(seed), tokens, tokens, tokens + 1, **encoder)["params"]
   adapters = model.cfg.lora
   return TrainState.create(params, tx, adapters.base_dtype if adapters else None)
+
+
+def is_seq2seq(model: nn.Module) -> bool:
+  """Whether the model reads a source sequence besides its inputs (an encoder-decoder)."""
+  return model.cfg.family == "encdec"
 
 
 def token_losses(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -65,10 +74,11 @@ def token_losses(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.
 def forward(params: Any, batch: Batch, model: nn.Module,
             dropout_key: jax.Array | None = None) -> jax.Array:
   """The model's float32 logits `[batch, seq, outputs]`; dropout only with a key."""
+  encoder = {key: batch[key] for key in ENCODER_KEYS if key in batch}
   return model.apply({"params": params}, batch["inputs"], batch["positions"],
                      batch["segment_ids"], deterministic=dropout_key is None,
                      token_types=batch.get("token_types"),
-                     rngs=None if dropout_key is None else {"dropout": dropout_key})
+                     rngs=None if dropout_key is None else {"dropout": dropout_key}, **encoder)
 
 
 def loss_fn(params: Any, batch: Batch, model: nn.Module, z_loss: float,
