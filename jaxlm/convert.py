@@ -125,6 +125,10 @@ def from_hf(model_dir: str, workdir: str, config: ml_collections.ConfigDict,
   hf_settings = read_json(os.path.join(model_dir, "config.json"))
   model_fields, labels, tokenizer = read_hf_model(model_dir, hf_settings)
   config = imported_config(config, set(overridden), model_fields, tokenizer, labels)
+  if model_fields["family"] == "encdec" and "data.format" not in overridden:
+    # An imported T5 is finetuned on (source, target) pairs; its tokenizer.json's sentinels are
+    # not the `sentinel_ids` span corruption (data.format=text) reads.
+    config.data.format = "seq2seq"
   model_cfg = ModelConfig.from_config(config.model, vocab_size=tokenizer.vocab_size)
   family = STREAMED.get(hf_settings.get("model_type"))
   if family is not None:

@@ -23,6 +23,7 @@ from jaxlm.data.dataset import DataConfig, pack_any, read_corpus
 from jaxlm.eval import generation, label_eval, summary
 from jaxlm.data.prepared_data import open_sources
 from jaxlm.errors import UserError
+from jaxlm.inference.beam import BeamConfig, check_beam_config
 from jaxlm.eval.scoring import evaluate_sets
 from jaxlm.inference import trained
 
@@ -37,6 +38,10 @@ def define_flags() -> None:
   flags.DEFINE_integer("max_new_tokens", None, "With --task: the longest completion generated "
                        "(default: the built-in task's own, else 32).")
   flags.DEFINE_string("stop", "\n", "With --task: a completion ends before this string (or at EOS).")
+  flags.DEFINE_integer("beam_size", 1, "With --task: beam search with this many beams (1 = "
+                       "greedy), scored as transformers' generate(num_beams=...).")
+  flags.DEFINE_float("length_penalty", 1.0, "With --task and --beam_size > 1: a hypothesis "
+                     "scores sum_logprobs / length ** length_penalty.")
   flags.DEFINE_string("bleu_tokenize", "", "With --task: sacrebleu tokenization ('13a' words, "
                       "'char', ...); default: the built-in task's own, else '13a'.")
 
@@ -83,14 +88,19 @@ def label_metrics(run, workdir: str, val, records, labels: tuple[str, ...]) -> d
 
 
 def evaluate_on_task(workdir: str, step: int | None, overrides: dict, task: str,
-                     max_new_tokens: int | None, stop: str, bleu_tokenize: str) -> dict:
+                     max_new_tokens: int | None, stop: str, bleu_tokenize: str,
+                     beam_size: int = 1, length_penalty: float = 1.0) -> dict:
+  trained.check_generative(workdir, step)
+  check_beam_config(BeamConfig(beam_size, max_new_tokens or 1, length_penalty))
   run = trained.load(workdir, step, overrides)
   max_new_tokens = max_new_tokens or generation.default_max_new_tokens(task)
   metrics, rows = generation.evaluate_task(run, task, max_new_tokens, stop,
-                                          run.config.eval.batch_size, bleu_tokenize)
+                                          run.config.eval.batch_size, bleu_tokenize, beam_size,
+                                          length_penalty)
   path = generation.write_predictions(workdir, metrics, rows)
   print(f"{metrics['task']} at step {run.step}: exact match {metrics['exact_match']:.3f}  BLEU "
-        f"{metrics['bleu']:.2f}  ROUGE-L {metrics['rougeL']:.3f}  completion perplexity "
+        f"{metrics['bleu']:.2f}  chrF {metrics['chrf']:.2f}  ROUGE-L {metrics['rougeL']:.3f}  "
+        "completion perplexity "
         f"{metrics['completion_perplexity']:.3f}  over {metrics['examples']} examples; "
         f"predictions in {path}")
   return metrics
@@ -105,7 +115,7 @@ def main(argv):
     workdir = cli.require_workdir(f.workdir)
     if f.task:
       return evaluate_on_task(workdir, f.step, overrides, f.task, f.max_new_tokens, f.stop,
-                              f.bleu_tokenize)
+                              f.bleu_tokenize, f.beam_size, f.length_penalty)
     return evaluate(workdir, f.step, overrides)
 
   cli.run(lambda: cli.emit_json(run()))

@@ -9,8 +9,13 @@ With --beam_size above 1 the text is beam search's best hypothesis (the --num_sa
 scored as transformers' `generate(num_beams=...)` scores them; beam search does not sample, so
 --temperature, --top_k and --top_p are refused with it.
 
-The prompt is encoded with the run's own tokenizer after the start-of-document token. Each sample is
-printed after a separator line; the last line of stdout is a JSON list of the samples.
+An encoder-decoder run (model.family=encdec) generates a target for a source instead:
+
+    python -m jaxlm.sample --workdir=DIR --source="Open file" [--beam_size=4] [--temperature=0]
+
+The prompt is encoded with the run's own tokenizer after the start-of-document token (a source:
+followed by EOS, as training packs it). Each sample is printed after a separator line; the last
+line of stdout is a JSON list of the samples.
 """
 
 import dataclasses
@@ -22,6 +27,8 @@ from jaxlm.errors import UserError
 from jaxlm.inference import trained
 from jaxlm.inference.beam import BeamConfig, check_beam_config
 from jaxlm.inference.decode import SamplingConfig, beam_generate, generate
+from jaxlm.inference.seq2seq import generate_seq2seq
+from jaxlm.inference.seq2seq_beam import beam_seq2seq
 
 # Flag value -> BeamConfig.early_stopping (transformers' True, False and "never").
 EARLY_STOPPING = {"false": False, "true": True, "never": "never"}
@@ -31,6 +38,8 @@ def define_flags() -> None:
   flags.DEFINE_string("workdir", None, "The training run's directory.")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
   flags.DEFINE_string("prompt", "", "Text to continue ('' = start a new document).")
+  flags.DEFINE_string("source", None, "An encoder-decoder run's input (a sentence to translate, "
+                      "a document to summarise): the samples are its targets.")
   flags.DEFINE_integer("max_new_tokens", 200, "Tokens to generate per sample.")
   flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 = greedy.")
   flags.DEFINE_integer("top_k", 40, "Sample among the k likeliest tokens; 0 = all.")
@@ -70,12 +79,42 @@ def beam_options(f: flags.FlagValues) -> BeamConfig | None:
   return beam
 
 
+def check_inputs(family: str, prompt: str, source: str | None) -> None:
+  if family == "encdec" and source is None:
+    raise UserError("this run is an encoder-decoder: give the text to transform as --source=... "
+                    "(--prompt continues a gpt run's text)")
+  if family == "encdec" and prompt:
+    raise UserError("--prompt continues a gpt run's text; an encoder-decoder reads --source "
+                    "alone: drop --prompt")
+  if family != "encdec" and source is not None:
+    raise UserError(f"--source is an encoder-decoder's input, and this is a {family} run; give "
+                    "--prompt instead")
+
+
+def sample_targets(run: trained.TrainedRun, source: str, sampling: SamplingConfig,
+                   num_samples: int, seed: int, beam: BeamConfig | None) -> list[str]:
+  """An encoder-decoder's targets for `source` (`source + [EOS]` as training packs it)."""
+  eos_id = run.tokenizer.eos_id
+  source_ids = run.tokenizer.encode(source)[:run.model_cfg.max_len - 1] + [eos_id]
+  if beam is not None:
+    beam = dataclasses.replace(beam, eos_id=eos_id)
+    outputs = beam_seq2seq(run.params, run.model_cfg, [source_ids], beam, num_samples)[0]
+  else:
+    outputs = generate_seq2seq(run.params, run.model_cfg, [source_ids] * num_samples, sampling,
+                               seed, eos_id=eos_id)
+  return [run.tokenizer.decode(ids) for ids in outputs]
+
+
 def sample(workdir: str, step: int | None, prompt: str, sampling: SamplingConfig,
-           num_samples: int, seed: int, beam: BeamConfig | None = None) -> list[str]:
+           num_samples: int, seed: int, beam: BeamConfig | None = None,
+           source: str | None = None) -> list[str]:
   """`num_samples` continuations of `prompt`: sampled, or beam search's best (`beam`, whose
   eos_id is the run's)."""
-  trained.check_generative(workdir, step)
+  family = trained.check_generative(workdir, step)[1]["model"].get("family", "gpt")
+  check_inputs(family, prompt, source)
   run = trained.load(workdir, step)
+  if family == "encdec":
+    return sample_targets(run, source, sampling, num_samples, seed, beam)
   prompt_ids = [run.tokenizer.eos_id] + run.tokenizer.encode(prompt)
   if beam is not None:
     beam = dataclasses.replace(beam, eos_id=run.tokenizer.eos_id)
@@ -95,7 +134,7 @@ def main(argv):
     sampling = SamplingConfig(f.max_new_tokens, f.temperature, f.top_k, f.top_p)
     beam = beam_options(f)  # checked before the run is loaded
     texts = sample(cli.require_workdir(f.workdir), f.step, f.prompt, sampling, f.num_samples,
-                   f.seed, beam)
+                   f.seed, beam, f.source)
     for text in texts:
       print("-" * 40)
       print(text)

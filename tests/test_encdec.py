@@ -246,3 +246,18 @@ def test_relative_buckets_are_hugging_faces(bidirectional):
                                                    num_buckets=32, max_distance=128)
   np.testing.assert_array_equal(relative_buckets(max_len, 32, 128, bidirectional),
                                 expected.numpy())
+
+
+def test_flops_per_token_counts_both_stacks_and_cross_attention_by_hand():
+  from jaxlm.training.metrics import encdec_flops_per_token
+  cfg = make_cfg("t5")  # d 32, 4 heads of 16 (width 64), geglu mlp 64, 2 + 3 layers, untied
+  d, width, mlp = 32, 64, 64
+  self_attn, cross_q_out, cross_kv = d * 3 * width + width * d, 2 * d * width, d * 2 * width
+  ffn = d * 2 * mlp + mlp * d
+  encoder = 2 * (self_attn + ffn + 2 * d) + d
+  decoder_rest = 3 * (self_attn + cross_q_out + ffn + 3 * d) + d + d * 61
+  enc_len, dec_len = 10, 6
+  row = (6 * (encoder + 3 * cross_kv) * enc_len + 6 * decoder_rest * dec_len
+         + 12 * width * (2 * enc_len ** 2 + 3 * (dec_len ** 2 + dec_len * enc_len)))
+  assert encdec_flops_per_token(cfg, enc_len, dec_len, init_params(cfg)) == pytest.approx(
+      row / dec_len, rel=1e-12)

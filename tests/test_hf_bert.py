@@ -311,7 +311,7 @@ def copy_with_settings(source: str, directory, **changes) -> str:
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"model_type": "roberta"}, "has model_type='roberta'; jaxlm imports 'gpt2', 'bert', 'llama', 'qwen2' models"),
+    ({"model_type": "roberta"}, "has model_type='roberta'; jaxlm imports 'gpt2', 'bert', 't5', 'llama', 'qwen2' models"),
     ({"architectures": ["BertModel"]}, r"architectures is \['BertModel'\]; jaxlm imports one of"),
     ({"id2label": None, "label2id": None}, "BertForSequenceClassification has no id2label"),
     ({"hidden_act": "relu", "position_embedding_type": "relative_key"},

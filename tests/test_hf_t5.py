@@ -23,13 +23,17 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 import sentencepiece as spm  # noqa: E402
 
+from jaxlm import convert  # noqa: E402
+from jaxlm.config import base_config  # noqa: E402
 from jaxlm.data.hf_tokenizer import HfTokenizer  # noqa: E402
 from jaxlm.errors import UserError  # noqa: E402
 from jaxlm.inference.decode import SamplingConfig  # noqa: E402
 from jaxlm.inference.seq2seq import generate_seq2seq, right_pad  # noqa: E402
 from jaxlm.interop import hf_t5  # noqa: E402
 from jaxlm.interop.hf_files import LazyTensors  # noqa: E402
+from jaxlm.inference import trained  # noqa: E402
 from jaxlm.models import EncDec, ModelConfig  # noqa: E402
+from jaxlm.training.loop import train  # noqa: E402
 
 TEXT = ["the quick brown fox jumps over the lazy dog", "a translation of this sentence",
         "hello world, good morning", "Das ist ein kleiner Satz über die Übersetzung"] * 20
@@ -230,3 +234,59 @@ def test_t5_options_jaxlm_lacks_are_refused():
                     mlp_dim=32, max_len=16, positions="sinusoidal")
   problems = hf_t5.inexpressible(cfg)
   assert any("positions='sinusoidal'" in p for p in problems)
+
+
+@pytest.fixture(scope="module")
+def imported_run(hf_dir, tmp_path_factory):
+  """`convert from-hf` of the checkpoint into a jaxlm workdir."""
+  workdir = str(tmp_path_factory.mktemp("t5_run") / "run")
+  config = base_config()
+  config.eval.batch_size = 8
+  convert.from_hf(hf_dir[0], workdir, config, {"eval.batch_size"})
+  return workdir
+
+
+def test_cli_import_then_export_reloads_unchanged(hf_dir, imported_run, tmp_path):
+  directory, reference = hf_dir
+  run = trained.load(imported_run)
+  assert run.model_cfg.family == "encdec" and run.tokenizer.kind == "hf"
+  sources, decoder_inputs = batch()
+  np.testing.assert_allclose(jaxlm_logits(run.params, run.model_cfg, sources, decoder_inputs),
+                             hf_logits(reference, sources, decoder_inputs), atol=1e-4, rtol=1e-4)
+  out = str(tmp_path / "exported")
+  assert convert.to_hf(imported_run, out)["tokenizer"]
+  reloaded = transformers.T5ForConditionalGeneration.from_pretrained(out).eval()
+  for name, value in reference.state_dict().items():
+    np.testing.assert_array_equal(reloaded.state_dict()[name].numpy(), value.numpy(),
+                                  err_msg=name)
+  text = "the quick <extra_id_0> fox"
+  assert (transformers.AutoTokenizer.from_pretrained(out)(text).input_ids ==
+          transformers.AutoTokenizer.from_pretrained(directory)(text).input_ids)
+
+
+def test_seq2seq_finetune_of_an_import_exports_with_its_new_logits(hf_dir, imported_run,
+                                                                   tmp_path):
+  """from-hf -> seq2seq finetune -> to-hf -> transformers."""
+  records = [{"source": TEXT[i % 4], "target": TEXT[(i + 1) % 4][:20]} for i in range(32)]
+  path = tmp_path / "pairs.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in records))
+  config = base_config()
+  config.init_from = imported_run
+  config.data.source, config.data.path, config.data.format = "files", str(path), "seq2seq"
+  config.data.seq_len, config.data.target_len, config.data.val_fraction = 32, 24, 0.25
+  config.train.batch_size, config.train.steps, config.train.warmup_steps = 8, 3, 1
+  config.train.lr = 1e-2
+  config.train.log_every, config.eval.every, config.eval.batch_size = 1, 0, 8
+  config.eval.sample_tokens, config.checkpoint.every = 0, 3
+  workdir = str(tmp_path / "finetuned")
+  train(config, workdir)
+  run = trained.load(workdir)
+  out = str(tmp_path / "exported")
+  convert.to_hf(workdir, out)
+  reloaded = transformers.T5ForConditionalGeneration.from_pretrained(out).eval()
+  sources, decoder_inputs = batch()
+  theirs = hf_logits(reloaded, sources, decoder_inputs)
+  np.testing.assert_allclose(jaxlm_logits(run.params, run.model_cfg, sources, decoder_inputs),
+                             theirs, atol=1e-4, rtol=1e-4)
+  moved = np.abs(theirs - hf_logits(hf_dir[1], sources, decoder_inputs)).max()
+  assert moved > 1e-2  # it did train

@@ -61,12 +61,12 @@ def load(workdir: str, step: int | None = None, overrides: dict | None = None) -
 
 
 def check_generative(workdir: str, step: int | None) -> tuple[int, dict, dict]:
-  """Only a GPT generates: refused, before any parameter is read, for an encoder. Returns the
-  checkpoint's (step, config dict, tokenizer dict)."""
+  """Only a GPT or an encoder-decoder generates: refused, before any parameter is read, for an
+  encoder. Returns the checkpoint's (step, config dict, tokenizer dict)."""
   metadata = checkpoint.restore_metadata(workdir, step)
   config = metadata[1]
   family = config["model"].get("family", "gpt")
-  if family != "gpt":
+  if family == "bert":
     raise UserError(f"{workdir} holds a {family} run: an encoder has no next-token head and "
                     "cannot generate text; evaluate it with `python -m jaxlm.evaluate "
                     f"--workdir={workdir}`, or sample from a gpt run")

@@ -84,8 +84,8 @@ class ModelConfig:
       raise UserError(f"model.type_vocab_size={self.type_vocab_size} is negative; use 0 (no "
                        "token types) or the number of segment types (2 for BERT)")
     if self.head in LABEL_HEADS and self.family != "bert":
-      raise UserError(f"model.head={self.head!r} needs model.family='bert' (a {self.family} "
-                       "model predicts tokens only); set model.family=bert or model.head=lm")
+      raise UserError(f"model.head={self.head!r} needs model.family='bert' ({self.family} "
+                       "models predict tokens only); set model.family=bert or model.head=lm")
     if self.head in LABEL_HEADS and self.num_labels < 1:
       raise UserError(f"model.head={self.head!r} needs model.num_labels >= 1 (it is "
                        f"{self.num_labels}); give data.labels or set model.num_labels")
@@ -106,14 +106,16 @@ class ModelConfig:
       return
     if self.type_vocab_size:
       raise UserError(f"model.type_vocab_size={self.type_vocab_size} is a BERT option (sentence "
-                      "A / B types); an encdec model has none: set model.type_vocab_size=0")
+                      "A / B types); an encdec model has none, set model.type_vocab_size=0")
     if self.num_decoder_layers < 0 or self.head_size < 0:
       raise UserError(f"model.num_decoder_layers={self.num_decoder_layers} and model.head_size="
-                      f"{self.head_size} must be >= 0 (0 = num_layers, d_model // num_heads)")
+                      f"{self.head_size} must be >= 0; use 0 for num_layers and d_model // "
+                      "num_heads")
     buckets, distance = self.relative_buckets, self.relative_max_distance
     if self.positions == "relative" and (buckets < 4 or buckets % 2 or distance <= buckets // 2):
       raise UserError(f"model.relative_buckets={buckets} must be even and >= 4, and "
-                      f"model.relative_max_distance={distance} > relative_buckets / 2 (T5: 32, 128)")
+                      f"model.relative_max_distance={distance} > relative_buckets / 2; T5 has 32 "
+                      "and 128")
 
   @property
   def head_dim(self) -> int:

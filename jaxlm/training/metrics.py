@@ -53,6 +53,31 @@ def flops_per_token(cfg: ModelConfig, seq_len: int, params: Any) -> float:
   return 6.0 * matmul_params + 12.0 * cfg.num_layers * seq_len * cfg.d_model
 
 
+def encdec_flops_per_token(cfg: ModelConfig, enc_len: int, dec_len: int, params: Any) -> float:
+  """Training FLOPs (forward + backward) of an encoder-decoder per decoder position, for rows of
+  `enc_len` encoder and `dec_len` decoder positions (multiply by rows x dec_len for a step).
+
+  PaLM's formula applied to each stack: every matmul parameter costs 6 FLOPs per token it is
+  applied to: the encoder's and each cross-attention's key/value projection (`cross_attn/kv`)
+  per encoder token, the rest of the decoder and the output projection per decoder token; the
+  attention scores and weighted sums cost 12 * heads * head_dim per query-key pair, over
+  enc_len^2 pairs per encoder layer, dec_len^2 (self) + dec_len * enc_len (cross) per decoder
+  layer. Lookups (the token embedding, position and relative-bias tables) are not matmuls."""
+  per_token = {"encoder": 0, "decoder": 0}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    names = [getattr(key, "key", str(key)) for key in path]
+    if names[0] not in per_token or names[-1] in ("pos_embedding", "relative_bias"):
+      continue
+    encoder_side = names[0] == "encoder" or ("cross_attn" in names and "kv" in names)
+    per_token["encoder" if encoder_side else "decoder"] += int(np.prod(leaf.shape))
+  per_token["decoder"] += cfg.vocab_size * cfg.d_model  # the output projection, tied or not
+  width = cfg.num_heads * cfg.head_dim
+  attention = 12.0 * width * (cfg.num_layers * enc_len ** 2 +
+                              cfg.decoder_layers * (dec_len ** 2 + dec_len * enc_len))
+  row = 6.0 * (per_token["encoder"] * enc_len + per_token["decoder"] * dec_len) + attention
+  return row / dec_len
+
+
 @functools.cache  # a machine's peak: measured once per process
 def measure_matmul_peak(sizes: tuple[int, ...] = (1024, 2048), repeats: int = 5) -> float:
   """Best float32 matmul FLOP/s of the default device: the best of `repeats` at each size.
