@@ -11,12 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from resume_helpers import assert_resume_is_bit_identical
 
 from jaxlm.config import base_config
 from jaxlm.errors import UserError
 from jaxlm.models import GPT, Bert, ModelConfig, make_model, stack_layers
 from jaxlm.parallel import sharding
-from jaxlm.training import checkpoint
 from jaxlm.training.engine import build_engine
 from jaxlm.training.objectives import MaskedLM
 from jaxlm.training.optim import OptimConfig
@@ -309,27 +309,7 @@ def test_resumed_masked_lm_run_is_bit_identical(bert_cfg, tmp_path):
   batches = [jax.device_put(mlm_batch(cfg.vocab_size, 16, step, accum=2),
                             sharding.batch_sharding(mesh, leading_dims=1)) for step in range(4)]
   engine = mlm_engine(cfg, mesh, OptimConfig(warmup_steps=0, steps=10))
-  state = engine.init()
-  straight = []
-  for batch in batches:
-    state, metrics = engine.train_step(state, batch)
-    straight.append(jax.device_get(metrics))
-  straight_params = jax.device_get(state.params)
-
-  state = engine.init()
-  for batch in batches[:2]:
-    state, _ = engine.train_step(state, batch)
-  mngr = checkpoint.manager(str(tmp_path), keep=1)
-  checkpoint.save(mngr, 2, state, {}, {}, {})
-  mngr.wait_until_finished()
-  mngr.close()
-  resumed_engine = mlm_engine(cfg, mesh, OptimConfig(warmup_steps=0, steps=10))  # a new process
-  with checkpoint.manager(str(tmp_path), read_only=True) as reader:
-    state, _ = checkpoint.restore(reader, 2, resumed_engine.abstract_state)
-  for batch, expected in zip(batches[2:], straight[2:]):
-    state, metrics = resumed_engine.train_step(state, batch)
-    jax.tree.map(np.testing.assert_array_equal, jax.device_get(metrics), expected)
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), straight_params)
+  assert_resume_is_bit_identical(engine, batches, str(tmp_path))
 
 
 def test_predict_step_is_the_argmax_label_replicated_on_every_device(bert_cfg):

@@ -7,11 +7,11 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
+from resume_helpers import assert_resume_is_bit_identical
 
 from jaxlm.config import base_config
 from jaxlm.models import ModelConfig
 from jaxlm.parallel import sharding
-from jaxlm.training import checkpoint
 from jaxlm.training.engine import build_engine
 from jaxlm.training.objectives import SEQ2SEQ
 from jaxlm.training.optim import OptimConfig
@@ -82,27 +82,7 @@ def test_resumed_span_corruption_run_is_bit_identical(t5_cfg, tmp_path):
   optim = OptimConfig(warmup_steps=0, steps=10)
   batches = [jax.device_put(text_batch(16, step), sharding.batch_sharding(mesh, leading_dims=1))
              for step in range(4)]
-  engine = span_engine(cfg, mesh, optim)
-  state, straight = engine.init(), []
-  for batch in batches:
-    state, metrics = engine.train_step(state, batch)
-    straight.append(jax.device_get(metrics))
-  straight_params = jax.device_get(state.params)
-
-  state = engine.init()
-  for batch in batches[:2]:
-    state, _ = engine.train_step(state, batch)
-  mngr = checkpoint.manager(str(tmp_path), keep=1)
-  checkpoint.save(mngr, 2, state, {}, {}, {})
-  mngr.wait_until_finished()
-  mngr.close()
-  del state
-  with checkpoint.manager(str(tmp_path), read_only=True) as reader:
-    state, _ = checkpoint.restore(reader, 2, engine.abstract_state)
-  for batch, expected in zip(batches[2:], straight[2:]):
-    state, metrics = engine.train_step(state, batch)
-    jax.tree.map(np.testing.assert_array_equal, jax.device_get(metrics), expected)
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), straight_params)
+  assert_resume_is_bit_identical(span_engine(cfg, mesh, optim), batches, str(tmp_path))
 
 
 def test_seq2seq_rows_train_and_score_only_their_targets(t5_cfg):
