@@ -189,7 +189,8 @@ def test_exported_model_matches_in_transformers(tmp_path):
             for x in leaves]
   params = jax.tree.unflatten(tree, [x.astype(np.float32) for x in leaves])
   safetensors.numpy.save_file(hf_t5.params_to_hf(params, cfg),
-                              os.path.join(tmp_path, "model.safetensors"), metadata={"format": "pt"})
+                              os.path.join(tmp_path, "model.safetensors"),
+                              metadata={"format": "pt"})
   with open(os.path.join(tmp_path, "config.json"), "w") as f:
     json.dump(hf_t5.hf_settings(cfg, eos_id=1), f)
   model = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
