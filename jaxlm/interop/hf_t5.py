@@ -99,7 +99,8 @@ def model_fields(settings: dict) -> dict:
   if settings.get("is_encoder_decoder", True) is False:
     problems.append("is_encoder_decoder=False (jaxlm reads T5ForConditionalGeneration)")
   if problems:
-    raise UserError(f"this {ARCHITECTURE} has features jaxlm lacks: " + "; ".join(problems))
+    raise UserError(f"this {ARCHITECTURE} has features jaxlm lacks: " + ", ".join(problems) +
+                    "; only T5 v1.1-style models (Flan-T5, gated-gelu) import")
   return {**T5_OPTIONS, "num_labels": 0, "d_model": settings["d_model"],
           "num_layers": settings["num_layers"],
           "num_decoder_layers": settings.get("num_decoder_layers") or settings["num_layers"],
