@@ -74,10 +74,21 @@ def forward(cfg, params, source, decoder_inputs, enc=None, dec=None):
   return logits[:rows, :length]
 
 
+@functools.cache
+def sharpened_model(name: str):
+  cfg = make_cfg(name)
+  return cfg, sharpened(init_params(cfg))
+
+
 @pytest.fixture(scope="module", params=list(VARIANTS))
 def variant(request):
-  cfg = make_cfg(request.param)
-  return cfg, sharpened(init_params(cfg))
+  return sharpened_model(request.param)
+
+
+# Generation compiles per model: the two lines (GQA's cache is covered by the test above).
+@pytest.fixture(scope="module", params=["t5", "original"])
+def generating_variant(request):
+  return sharpened_model(request.param)
 
 
 def packed(examples):
@@ -151,8 +162,8 @@ def reference_greedy(cfg, params, source, steps, start_id=0):
   return target[1:]
 
 
-def test_greedy_generation_equals_stepwise_argmax_without_cache(variant):
-  cfg, params = variant
+def test_greedy_generation_equals_stepwise_argmax_without_cache(generating_variant):
+  cfg, params = generating_variant
   sources = [[5, 9, 2, 7, 30, 12], [11, 3]]
   out = generate_seq2seq(params, cfg, sources, SamplingConfig(max_new_tokens=7, temperature=0))
   assert out == [reference_greedy(cfg, params, s, 7) for s in sources]
@@ -164,8 +175,7 @@ def test_greedy_generation_equals_stepwise_argmax_without_cache(variant):
 
 
 def test_sampling_is_seeded():
-  cfg = make_cfg("t5")
-  params = sharpened(init_params(cfg))
+  cfg, params = sharpened_model("t5")
   sampling = SamplingConfig(max_new_tokens=6, temperature=1.0, top_k=10)
   first = generate_seq2seq(params, cfg, [[4, 5, 6]] * 4, sampling, seed=3)
   assert first == generate_seq2seq(params, cfg, [[4, 5, 6]] * 4, sampling, seed=3)
@@ -178,8 +188,7 @@ def stacked(params, cfg):
 
 
 def test_scanned_layers_give_the_same_logits_and_generations():
-  cfg = make_cfg("t5")
-  params = sharpened(init_params(cfg))
+  cfg, params = sharpened_model("t5")
   scanned_cfg = dataclasses.replace(cfg, scan_layers=True)
   scanned = stacked(params, cfg)
   assert jax.tree.structure(scanned) == jax.tree.structure(init_params(scanned_cfg))
@@ -192,8 +201,7 @@ def test_scanned_layers_give_the_same_logits_and_generations():
 
 
 def test_rematerialised_layers_give_the_same_gradients():
-  cfg = make_cfg("original", dropout=0.0)
-  params = sharpened(init_params(cfg))
+  cfg, params = sharpened_model("original")
   enc, dec = right_pad([[3, 4, 5, 6, 7]]), right_pad([[0, 9, 8, 7]])
 
   def grads(model_cfg):
@@ -208,8 +216,7 @@ def test_rematerialised_layers_give_the_same_gradients():
 
 
 def test_sharded_model_gives_the_logits_of_one_device():
-  cfg = make_cfg("t5")
-  params = sharpened(init_params(cfg))
+  cfg, params = sharpened_model("t5")
   rng = np.random.default_rng(4)
   sources = [rng.integers(1, 61, n).tolist() for n in (8, 5, 7, 2)]
   targets = [rng.integers(1, 61, n).tolist() for n in (6, 6, 3, 5)]

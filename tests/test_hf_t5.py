@@ -189,7 +189,8 @@ def test_exported_model_matches_in_transformers(tmp_path):
             for x in leaves]
   params = jax.tree.unflatten(tree, [x.astype(np.float32) for x in leaves])
   safetensors.numpy.save_file(hf_t5.params_to_hf(params, cfg),
-                              os.path.join(tmp_path, "model.safetensors"), metadata={"format": "pt"})
+                              os.path.join(tmp_path, "model.safetensors"),
+                              metadata={"format": "pt"})
   with open(os.path.join(tmp_path, "config.json"), "w") as f:
     json.dump(hf_t5.hf_settings(cfg, eos_id=1), f)
   model = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
@@ -227,9 +228,19 @@ def test_tokenizer_encodes_as_transformers_with_sentinels(hf_dir, tmp_path):
   assert transformers.AutoTokenizer.from_pretrained(str(tmp_path))(text).input_ids == ids
 
 
-def test_t5_options_jaxlm_lacks_are_refused():
-  with pytest.raises(UserError, match="feed_forward_proj='relu'"):
-    hf_t5.model_fields({**SHAPE, "feed_forward_proj": "relu"})
+def test_t5_options_jaxlm_lacks_are_refused(hf_dir, tmp_path):
+  from test_errors import documented
+  model_dir = tmp_path / "model"
+  os.makedirs(model_dir)
+  for name in os.listdir(hf_dir[0]):
+    if name != "config.json":
+      os.symlink(os.path.join(hf_dir[0], name), model_dir / name)
+  settings = {**settings_of(hf_dir[0]), "feed_forward_proj": "relu"}  # T5 v1.0
+  (model_dir / "config.json").write_text(json.dumps(settings))
+  with pytest.raises(UserError, match="feed_forward_proj='relu'") as error:
+    convert.from_hf(str(model_dir), str(tmp_path / "run"), base_config())
+  documented("t5_relu", f"error: {error.value}")
+  assert not (tmp_path / "run").exists()
   cfg = ModelConfig(vocab_size=64, family="encdec", d_model=32, num_layers=1, num_heads=4,
                     mlp_dim=32, max_len=16, positions="sinusoidal")
   problems = hf_t5.inexpressible(cfg)

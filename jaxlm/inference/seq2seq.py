@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlm.errors import UserError
-from jaxlm.inference.decode import SamplingConfig, choose
+from jaxlm.inference.decode import SamplingConfig, choose, cut_at_eos
 from jaxlm.models import EncDec, ModelConfig
 
 
@@ -115,9 +115,4 @@ def generate_seq2seq(params: Any, cfg: ModelConfig, sources: Sequence[Sequence[i
   tokens, positions, segments = padded_sources(cfg, sources, length_multiple)
   out = np.asarray(_generate(params, tokens, positions, segments, jax.random.key(seed), cfg=cfg,
                              sampling=sampling, decoder_start_id=decoder_start_id))
-  results = []
-  for row in out.tolist():
-    if eos_id is not None and eos_id in row:
-      row = row[:row.index(eos_id)]
-    results.append(row)
-  return results
+  return [cut_at_eos(row, eos_id) for row in out.tolist()]

@@ -21,6 +21,8 @@ from jaxlm.models import ModelConfig
 ARCHITECTURE = "T5ForConditionalGeneration"
 # Copies of `shared.weight` that some T5 files also hold.
 TIED_COPIES = frozenset({"encoder.embed_tokens.weight", "decoder.embed_tokens.weight"})
+# Saved by some original T5 checkpoints, unused by the model (transformers ignores it too).
+UNUSED = frozenset({"decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight"})
 # jaxlm's wanted value of every option a T5 fixes.
 T5_OPTIONS = {"family": "encdec", "head": "lm", "norm_position": "pre", "type_vocab_size": 0,
               "positions": "relative", "norm": "rmsnorm", "mlp": "geglu", "use_bias": False,
@@ -99,7 +101,8 @@ def model_fields(settings: dict) -> dict:
   if settings.get("is_encoder_decoder", True) is False:
     problems.append("is_encoder_decoder=False (jaxlm reads T5ForConditionalGeneration)")
   if problems:
-    raise UserError(f"this {ARCHITECTURE} has features jaxlm lacks: " + "; ".join(problems))
+    raise UserError(f"this {ARCHITECTURE} has features jaxlm lacks: " + ", ".join(problems) +
+                    "; only T5 v1.1-style models (Flan-T5, gated-gelu) import")
   return {**T5_OPTIONS, "num_labels": 0, "d_model": settings["d_model"],
           "num_layers": settings["num_layers"],
           "num_decoder_layers": settings.get("num_decoder_layers") or settings["num_layers"],
@@ -147,7 +150,7 @@ def params_from_hf(tensors, cfg: ModelConfig, place=None) -> dict:
 
   An unscaled head without `lm_head.weight` (transformers 5 ties T5's lm_head to `shared` and
   saves it once) becomes an untied `head` holding a copy of the embedding: the same logits."""
-  skip = TIED_COPIES | ({"lm_head.weight"} if cfg.tie_embeddings else frozenset())
+  skip = TIED_COPIES | UNUSED | ({"lm_head.weight"} if cfg.tie_embeddings else frozenset())
   table = layout(cfg)
   if not cfg.tie_embeddings and "lm_head.weight" not in tensors:
     table = [dataclasses.replace(t, hf_name="shared.weight") if t.path == ("head",) else t

@@ -24,5 +24,5 @@ def make_model(cfg: ModelConfig, decode: bool = False) -> nn.Module:
   return FAMILIES[cfg.family](cfg, decode=decode)
 
 
-__all__ = ["FAMILIES", "GPT", "Bert", "EncDec", "ModelConfig", "apply_rope", "lora", "make_model", "stack_layers",
-           "unstack_layers"]
+__all__ = ["FAMILIES", "GPT", "Bert", "EncDec", "ModelConfig", "apply_rope", "lora", "make_model",
+           "stack_layers", "unstack_layers"]

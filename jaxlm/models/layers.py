@@ -72,7 +72,8 @@ def attention_implementation(cfg: ModelConfig, decode: bool) -> str:
   """"xla" or "cudnn" for `cfg.attention_impl` on the default backend.
 
   "auto" takes cuDNN flash attention on a GPU for bfloat16 training/eval and XLA otherwise (the
-  one-token KV-cache decode steps always use XLA). "cudnn" off a GPU is an error.
+  one-token KV-cache decode steps and cross-attention always use XLA). "cudnn" off a GPU is an
+  error.
   """
   on_gpu = jax.default_backend() == "gpu"
   if cfg.attention_impl == "cudnn":
@@ -80,8 +81,9 @@ def attention_implementation(cfg: ModelConfig, decode: bool) -> str:
       raise UserError(f"model.attention_impl='cudnn' needs a GPU (the backend is "
                         f"{jax.default_backend()!r}); use 'auto' or 'xla'")
     return "xla" if decode else "cudnn"
+  # T5's relative-position bias through cuDNN has not been checked on a GPU: "auto" keeps XLA.
   if cfg.attention_impl == "auto" and on_gpu and not decode and cfg.dtype == "bfloat16" and (
-      cfg.head_dim <= 128 and cfg.head_dim % 8 == 0):
+      cfg.head_dim <= 128 and cfg.head_dim % 8 == 0) and cfg.positions != "relative":
     return "cudnn"
   return "xla"
 
@@ -206,7 +208,8 @@ class Attention(nn.Module):
     else:
       if not self.decode or not self.has_variable("cache", "cross_key"):
         raise ValueError("cross-attention without `encoded` needs the decode cache of a prefill")
-      key, value = self.get_variable("cache", "cross_key"), self.get_variable("cache", "cross_value")
+      key = self.get_variable("cache", "cross_key")
+      value = self.get_variable("cache", "cross_value")
       context_segments = self.get_variable("cache", "cross_segments")
     allowed = segment_ids[:, :, None] == context_segments[:, None, :]  # [batch, seq, enc_len]
     return attend(query, key, value, allowed, cfg.attention_scale, None)
