@@ -149,8 +149,8 @@ def test_layouts_are_uniform():
 
 def test_targets_past_target_len_are_cut_and_counted():
   rows = lm_rows(1, max_doc=6)  # many short documents: long targets
-  full = jax.device_get(SpanCorruption(SENTINELS, EOS, SEQ).prepare(rows, jax.random.key(0)))
-  cut = jax.device_get(SpanCorruption(SENTINELS, EOS, 24).prepare(rows, jax.random.key(0)))
+  full, cut = (jax.device_get(jax.jit(SpanCorruption(SENTINELS, EOS, n).prepare)(
+      rows, jax.random.key(0))) for n in (SEQ, 24))
   need = (full["segment_ids"] > 0).sum(axis=1)
   np.testing.assert_array_equal(cut["targets_cut"], np.maximum(need - 24, 0))
   assert (cut["targets_cut"] > 0).any()
@@ -163,7 +163,8 @@ def test_padding_rows_and_windows_give_nothing():
   rows = {k: v.copy() for k, v in rows.items()}
   rows["weights"][1] = 0.0  # an eval padding row
   rows["weights"][0, 50:] = 0.0  # a padded partial window
-  out = jax.device_get(SpanCorruption(SENTINELS, EOS, SEQ).prepare(rows, jax.random.key(0)))
+  prepare = jax.jit(SpanCorruption(SENTINELS, EOS, SEQ).prepare)
+  out = jax.device_get(prepare(rows, jax.random.key(0)))
   assert (out["encoder_segment_ids"][1] == 0).all() and (out["weights"][1] == 0).all()
   docs = documents(rows["inputs"][0], rows["segment_ids"][0], rows["weights"][0])
   assert [reconstruct(e, t)[0] for e, t in parse(out, 0)] == docs
