@@ -23,16 +23,16 @@ def get_config():
   c.data.seq_len = 64
   c.data.target_len = 64
   c.train.batch_size = 32
-  c.train.steps = 600
+  c.train.steps = 300
   c.train.lr = 1e-3
   c.train.warmup_steps = 30
   c.train.min_lr_ratio = 0.1
   c.train.log_every = 20
-  c.eval.every = 200
+  c.eval.every = 300
   c.eval.batch_size = 32
   c.eval.max_batches = 0
   c.eval.sample_tokens = 0
-  c.checkpoint.every = 200
+  c.checkpoint.every = 300
   c.mesh.cpu_devices = 2
   c.mesh.data, c.mesh.fsdp = 1, -1
   return c

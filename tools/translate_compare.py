@@ -4,7 +4,7 @@
 
 Both models are trained from scratch on the task's training pairs (no pretraining), each with a
 SentencePiece vocabulary of 4096 trained on them, for the same wall-clock budget of training steps:
-  encdec  configs/t5_tiny.py's model (T5 v1.1 line: 3 + 3 layers of 192, relative positions,
+  encdec  configs/t5_tiny.py's model (T5 v1.1 line: 3 + 3 layers of 128, relative positions,
           gated GELU, RMSNorm, untied head), source 64 + target 64 tokens a row;
   gpt     the same width and parts (RMSNorm, SwiGLU, RoPE, untied head, no biases), 7 layers so
           that the parameter counts match, prompt = source + "\\nGerman: ", completion = target,
@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 
+NEW_TOKENS = 64  # the longest target of training rows (data.target_len)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMON = ["--config.data.source=task", "--config.data.tokenizer=sentencepiece",
           "--config.data.vocab_size=4096", "--config.train.batch_size=32",
@@ -33,13 +34,13 @@ COMMON = ["--config.data.source=task", "--config.data.tokenizer=sentencepiece",
           "--config.mesh.cpu_devices=2", "--config.mesh.data=1", "--config.mesh.fsdp=-1"]
 MODELS = {
     "encdec": ["--config=configs/t5_tiny.py", "--config.data.format=seq2seq",
-               "--config.data.seq_len=64", "--config.data.target_len=64",
-               "--config.model.max_len=64"],
+               "--config.data.seq_len=64", "--config.data.target_len=64"],
     "gpt": ["--config=configs/default.py", "--config.data.format=prompt_completion",
             "--config.data.truncate=left", "--config.data.seq_len=128",
-            "--config.model.max_len=128", "--config.model.d_model=192",
-            "--config.model.num_layers=7", "--config.model.num_heads=6",
-            "--config.model.mlp_dim=512", "--config.model.mlp=swiglu",
+            # RoPE: max_len only sizes the KV cache, room for a prompt and 64 new tokens.
+            "--config.model.max_len=192", "--config.model.d_model=128",
+            "--config.model.num_layers=7", "--config.model.num_heads=4",
+            "--config.model.mlp_dim=384", "--config.model.mlp=swiglu",
             "--config.model.norm=rmsnorm", "--config.model.positions=rope",
             "--config.model.use_bias=False", "--config.model.tie_embeddings=False"],
 }
@@ -84,7 +85,8 @@ def compare(name: str, task: str, out: str, budget: float, calibrate: int) -> di
   shutil.rmtree(workdir, ignore_errors=True)
   trained = verb(train_args(name, task, workdir, steps))
   scores = {beam: verb(["jaxlm.evaluate", f"--workdir={workdir}", f"--task={task}",
-                        f"--beam_size={beam}"]) for beam in (1, 4)}
+                        f"--beam_size={beam}", f"--max_new_tokens={NEW_TOKENS}"])
+            for beam in (1, 4)}
   return {"steps": steps, "train_wall_seconds": trained.get("wall_seconds"),
           "val_loss": trained.get("loss"), **train_metrics(workdir),
           "greedy": scores[1], "beam4": scores[4]}

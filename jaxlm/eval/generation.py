@@ -28,6 +28,7 @@ from jaxlm.data.dataset import pack_record_split
 from jaxlm.data.records import Record, read_records
 from jaxlm.data.seq2seq import Pair, pack_pair_split, read_pairs
 from jaxlm.data.tasks import TASKS, load_task
+from jaxlm.data import translation_tasks
 from jaxlm.data.translation_tasks import is_translation_task, load_seq2seq_task
 from jaxlm.eval.scoring import evaluate_split
 from jaxlm.inference.beam import BeamConfig
@@ -38,7 +39,6 @@ from jaxlm.inference.trained import TrainedRun
 
 # Prompts are padded up to a multiple of this many tokens, to bound the number of compilations.
 LENGTH_MULTIPLE = 16
-TRANSLATION_NEW_TOKENS = 64  # a translation's generation budget: room for the longest messages
 
 
 def is_builtin(task: str) -> bool:
@@ -60,14 +60,16 @@ def task_pairs(task: str) -> tuple[str, list[Pair]]:
 
 
 def default_max_new_tokens(task: str) -> int:
-  """The built-in task's generation budget, else 32 tokens (64 for translation)."""
+  """The built-in task's generation budget, else 32 tokens."""
   if is_translation_task(task):
-    return TRANSLATION_NEW_TOKENS
+    return translation_tasks.MAX_NEW_TOKENS
   return TASKS[task].max_new_tokens if task in TASKS else 32
 
 
 def bleu_tokenizer(task: str, requested: str) -> str:
   """The requested BLEU tokenization, else the built-in task's own, else "13a"."""
+  if is_translation_task(task):
+    return requested or translation_tasks.BLEU_TOKENIZE
   return requested or (TASKS[task].bleu_tokenize if task in TASKS else "13a")
 
 
