@@ -71,6 +71,12 @@ def _data_options() -> ml_collections.ConfigDict:
   d.tokenizer_sample_chars = 100_000_000
   # A tokenizer.json to use instead of training one (a prepared directory's, or a run's workdir).
   d.tokenizer_file = ""
+  _add_format_options(d)
+  return d
+
+
+def _add_format_options(d: ml_collections.ConfigDict) -> None:
+  """The `data.*` options of what a record holds and how it becomes rows, added to `d` in order."""
   # "text" (documents), "prompt_completion" (JSONL records {"prompt", "completion"}; the loss covers
   # the completion only), "classification" (JSONL {"text", "label"}, optionally "text_pair"; a
   # label is a string or an integer), "tagging" (JSONL {"tokens": [words], "tags": [BIO tags]}),
@@ -164,6 +170,12 @@ def _model_options() -> ml_collections.ConfigDict:
   # Longest sequence the model can take (size of the learned position table; the KV cache length).
   d.max_len = 256
   d.dropout = 0.0
+  _add_layer_options(d)
+  return d
+
+
+def _add_layer_options(d: ml_collections.ConfigDict) -> None:
+  """The `model.*` options of positions, norms, MLP and numerics, added to `d` in order."""
   # "learned" absolute position embeddings, "rope" rotary embeddings, or (encdec only) "relative"
   # (T5: a learned bias on the attention scores per head and distance bucket, one table per stack
   # shared by its layers; bidirectional buckets in the encoder, causal in the decoder; attention
@@ -251,6 +263,12 @@ def _train_options() -> ml_collections.ConfigDict:
   # Skip updates whose loss is more than this many standard deviations above its running mean
   # (over about the last 100 updates, after the first 20); 0 turns the spike guard off.
   d.spike_sigma = 0.0
+  _add_objective_options(d)
+  return d
+
+
+def _add_objective_options(d: ml_collections.ConfigDict) -> None:
+  """The `train.*` options of the objectives, logging and LoRA, added to `d` in order."""
   # Masked LM (BERT with head "lm"): share of tokens chosen for the loss, drawn afresh each step
   # from the step's key; of those 80% become [MASK], 10% a random token and 10% stay as they are.
   d.mlm_probability = 0.15
