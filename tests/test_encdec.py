@@ -135,11 +135,11 @@ def test_cached_decoding_equals_the_teacher_forced_forward(variant):
   enc = tuple(jnp.asarray(a) for a in right_pad(sources))
   full = forward(cfg, params, None, None, enc=enc, dec=right_pad(targets.tolist()))
   model = EncDec(cfg, decode=True)
-  encoded = model.apply({"params": params}, *enc, method="encode")
+  encoded = jax.jit(functools.partial(model.apply, method="encode"))({"params": params}, *enc)
   ones = jnp.ones((2, 1), jnp.int32)
-  cache = model.init(jax.random.key(0), ones, ones, ones, encoded, enc[2],
-                     method="decode_step")["cache"]
-  cache = jax.tree.map(jnp.zeros_like, cache)
+  cache = jax.eval_shape(lambda: model.init(jax.random.key(0), ones, ones, ones, encoded, enc[2],
+                                            method="decode_step"))["cache"]
+  cache = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), cache)
   step = jax.jit(functools.partial(model.apply, method="decode_step", mutable=["cache"]))
   # A prefill of 2 tokens, then one token a call without the encoder output.
   logits, mutated = step({"params": params, "cache": cache}, targets[:, :2],
