@@ -127,8 +127,10 @@ def hf_logits(model, sources, decoder_inputs) -> np.ndarray:
 def jaxlm_logits(params, cfg, sources, decoder_inputs) -> np.ndarray:
   enc = right_pad(sources)
   dec = right_pad(decoder_inputs.tolist())
-  return np.asarray(EncDec(cfg).apply({"params": params}, *dec, encoder_inputs=enc[0],
-                                      encoder_positions=enc[1], encoder_segment_ids=enc[2]))
+  apply = jax.jit(lambda p, enc, dec: EncDec(cfg).apply(
+      {"params": p}, *dec, encoder_inputs=enc[0], encoder_positions=enc[1],
+      encoder_segment_ids=enc[2]))
+  return np.asarray(apply(params, enc, dec))
 
 
 @pytest.fixture(scope="module")
