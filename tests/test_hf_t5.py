@@ -226,6 +226,9 @@ def test_tokenizer_encodes_as_transformers_with_sentinels(hf_dir, tmp_path):
   assert tok.encode(text) == ids[:-1]
   assert tok.vocab_size == VOCAB
   assert tok.encode("<extra_id_0>") == [147] and tok.encode("<extra_id_99>") == [48]
+  # Span corruption's sentinels: transformers' own ids of <extra_id_0> ... <extra_id_99>.
+  assert tok.sentinel_ids == tuple(
+      reference.convert_tokens_to_ids([f"<extra_id_{k}>" for k in range(100)]))
   tok.save_hf_files(str(tmp_path), 32)
   assert transformers.AutoTokenizer.from_pretrained(str(tmp_path))(text).input_ids == ids
 

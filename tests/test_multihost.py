@@ -117,14 +117,26 @@ BERT = ["--config.model.family=bert", "--config.model.norm_position=post",
         f"--config.checkpoint.every={BERT_STEPS}"]
 
 
-def test_two_processes_pretrain_a_bert_like_one(tmp_path):
-  """Masked LM over two hosts: each step's masks are drawn over the global batch from the step's
-  key, so both processes mask their rows as the one-process run does; losses agree step by step."""
-  workdirs, logs = launch(tmp_path, [*OVERRIDES, *BERT])
+T5 = ["--config.model.family=encdec", "--config.model.positions=relative",
+      "--config.model.norm=rmsnorm", "--config.model.mlp=geglu", "--config.model.use_bias=False",
+      "--config.model.tie_embeddings=False", "--config.model.num_decoder_layers=1",
+      "--config.model.relative_buckets=8", "--config.data.tokenizer=sentencepiece",
+      "--config.data.vocab_size=320", "--config.data.num_sentinels=16",
+      "--config.eval.sample_tokens=0", f"--config.train.steps={BERT_STEPS}",
+      f"--config.checkpoint.every={BERT_STEPS}"]
+
+
+@pytest.mark.parametrize("family, overrides, shown", [("bert", BERT, "masked accuracy"),
+                                                      ("encdec", T5, "target accuracy")])
+def test_two_processes_pretrain_like_one(tmp_path, family, overrides, shown):
+  """Masked LM (BERT) and span corruption (T5) over two hosts: each step's masks or spans are
+  drawn over the global batch from the step's key, so both processes corrupt their rows as the
+  one-process run does; losses agree step by step."""
+  workdirs, logs = launch(tmp_path, [*OVERRIDES, *overrides])
   pair, single = train_losses(workdirs["pair"]), train_losses(workdirs["single"])
   assert len(single) == len(pair) == BERT_STEPS
   np.testing.assert_allclose(pair, single, atol=1e-5)
-  assert "masked accuracy" in logs["process0"]
+  assert shown in logs["process0"]
   final = {name: {k: v for k, v in last_json(logs[name]).items() if k != "wall_seconds"}
            for name in ("process0", "single")}
   assert final["process0"] == pytest.approx(final["single"], rel=1e-5)

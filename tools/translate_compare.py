@@ -76,11 +76,14 @@ def train_metrics(workdir: str) -> dict:
           "mfu": statistics.median(r["mfu"] for r in train)}
 
 
-def compare(name: str, task: str, out: str, budget: float, calibrate: int) -> dict:
-  probe = os.path.join(out, f"{name}_calibrate")
-  shutil.rmtree(probe, ignore_errors=True)
-  verb(train_args(name, task, probe, calibrate))
-  steps = max(10, int(budget / step_seconds(probe)))
+def compare(name: str, task: str, out: str, budget: float, calibrate: int,
+            steps: int = 0) -> dict:
+  """Trains (for `steps`, or as many as the calibrated step time fits in `budget`) and scores."""
+  if not steps:
+    probe = os.path.join(out, f"{name}_calibrate")
+    shutil.rmtree(probe, ignore_errors=True)
+    verb(train_args(name, task, probe, calibrate))
+    steps = max(10, int(budget / step_seconds(probe)))
   workdir = os.path.join(out, name)
   shutil.rmtree(workdir, ignore_errors=True)
   trained = verb(train_args(name, task, workdir, steps))
@@ -104,10 +107,14 @@ def main() -> None:
   parser.add_argument("--calibrate", type=int, default=20, help="steps of the timing run")
   parser.add_argument("--task", default="gettext_en_de")
   parser.add_argument("--out", default=os.path.join(REPO, "runs", "translate_compare"))
+  parser.add_argument("--steps", default="", help="NAME=STEPS,...: step counts to use instead of "
+                      "calibrating (e.g. when the calibration ran on a loaded machine)")
+  parser.add_argument("--models", default=",".join(MODELS))
   args = parser.parse_args()
   os.makedirs(args.out, exist_ok=True)
-  results = {name: compare(name, args.task, args.out, args.budget, args.calibrate)
-             for name in MODELS}
+  fixed = dict(item.split("=") for item in args.steps.split(",") if item)
+  results = {name: compare(name, args.task, args.out, args.budget, args.calibrate,
+                           int(fixed.get(name, 0))) for name in args.models.split(",")}
   print(f"\n{args.task}, {args.budget:.0f} s of training each; CPU: {cpu_model()}, "
         f"{os.cpu_count()} cores")
   print("| model | steps | step | MFU | val loss | decoding | BLEU | chrF | ROUGE-L | exact |")

@@ -60,6 +60,15 @@ class HfTokenizer(TokenizersText):
   def chat_template(self) -> str | None:
     return self.settings.get("chat_template")
 
+  @property
+  def sentinel_ids(self) -> tuple[int, ...]:
+    """The ids of T5's `<extra_id_0>`, `<extra_id_1>`, ... (span corruption's), as many as the
+    tokenizer holds in a row from 0; () for a tokenizer without them."""
+    ids = []
+    while (token_id := self._tok.token_to_id(f"<extra_id_{len(ids)}>")) is not None:
+      ids.append(token_id)
+    return tuple(ids)
+
   @classmethod
   def from_hf_dir(cls, directory: str, hf_settings: dict) -> HfTokenizer:
     """From tokenizer.json (+ tokenizer_config.json) in a model directory."""

@@ -24,6 +24,7 @@ from jaxlm.models import lora
 from jaxlm.training import checkpoint, finetune, lora_run
 from jaxlm.training.metrics import (
   MetricsWriter,
+  encdec_flops_per_token,
   flops_per_token,
   param_count,
   peak_flops,
@@ -116,6 +117,18 @@ def from_pretrained(run: Run, log_notes: bool = False):
   return state
 
 
+def step_flops_per_token(run: Run) -> float:
+  """Training FLOPs per token of a row's `data.seq_len` (what tokens/s counts): for an
+  encoder-decoder, per source token, its decoder rows (`data.target_len`, or span corruption's)
+  included."""
+  cfg, seq_len, params = run.engine.model.cfg, run.config.data.seq_len, run.state.params
+  if cfg.family != "encdec":
+    return flops_per_token(cfg, seq_len, params)
+  target_len = (getattr(run.engine.objective, "target_len", 0) or run.config.data.target_len
+                or seq_len)
+  return encdec_flops_per_token(cfg, seq_len, target_len, params) * target_len / seq_len
+
+
 def train_loop(run: Run) -> tuple[dict, int, bool]:
   """Steps from the start step to train.steps; (last validation metrics, steps done, stopped by a
   preemption request)."""
@@ -124,8 +137,7 @@ def train_loop(run: Run) -> tuple[dict, int, bool]:
   model_cfg = engine.model.cfg
   peak, peak_source = peak_flops(jax.devices()[0], model_cfg.dtype)
   run.log(f"MFU peak {peak / 1e12:.3g} TFLOP/s per device ({peak_source})")
-  speed = Throughput(config.train.batch_size * config.data.seq_len,
-                     flops_per_token(model_cfg, config.data.seq_len, run.state.params),
+  speed = Throughput(config.train.batch_size * config.data.seq_len, step_flops_per_token(run),
                      peak * jax.device_count())
   prefetched = Prefetch(run.iterator, run.feed.assemble)
   progress = tqdm.tqdm(total=total, initial=run.start_step, disable=jax.process_index() != 0,
