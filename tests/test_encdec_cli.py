@@ -4,6 +4,7 @@ greedy and beam decoding, `sample --source`, and the refusals of mismatched inpu
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -87,6 +88,8 @@ def test_evaluate_task_prints_translation_metrics(runs, beam_size):
   assert {"bleu", "chrf", "rougeL", "exact_match", "completion_perplexity"} <= set(metrics)
   assert metrics["examples"] == len(references) and metrics["beam_size"] == beam_size
   assert 0.0 <= metrics["chrf"] <= 100.0 and metrics["completion_perplexity"] > 1.0
+  suffix = f"_beam{beam_size}" if beam_size > 1 else ""  # greedy and beam results side by side
+  assert os.path.isfile(os.path.join(finetune, "predictions", f"test_step4{suffix}.jsonl"))
 
 
 def test_sample_generates_targets_for_a_source(runs):

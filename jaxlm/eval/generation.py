@@ -159,12 +159,14 @@ def evaluate_task(run: TrainedRun, task: str, max_new_tokens: int, stop: str, ba
 
 
 def write_predictions(workdir: str, metrics: dict, rows: list[dict]) -> str:
-  """WORKDIR/predictions/TASK_stepN.jsonl (one line per example) and .json (the metrics)."""
+  """WORKDIR/predictions/TASK_stepN.jsonl (one line per example) and .json (the metrics); with
+  beam search TASK_stepN_beamK.*, so greedy and beam results sit side by side."""
   if jax.process_index() != 0:
     return ""
   directory = os.path.join(workdir, "predictions")
   os.makedirs(directory, exist_ok=True)
-  base = os.path.join(directory, f"{metrics['task']}_step{metrics['step']}")
+  beam = f"_beam{metrics['beam_size']}" if metrics.get("beam_size", 1) > 1 else ""
+  base = os.path.join(directory, f"{metrics['task']}_step{metrics['step']}{beam}")
   for path, text in ((base + ".jsonl", "".join(json.dumps(r) + "\n" for r in rows)),
                      (base + ".json", json.dumps(metrics, indent=1) + "\n")):
     with open(path + ".tmp", "w", encoding="utf-8") as f:
