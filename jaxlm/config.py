@@ -87,9 +87,8 @@ def _add_format_options(d: ml_collections.ConfigDict) -> None:
   # data.seq_len tokens, target + EOS in the decoder row of data.target_len; see data/seq2seq.py)
   # or "auto": decided by the built-in task, or by the fields of the first JSONL record, else text.
   d.format = "auto"
-  # Decoder tokens per row of an encoder-decoder run: the targets of seq2seq data; for span
-  # corruption of text, 0 = derived from data.seq_len, train.noise_density and
-  # train.mean_noise_span (see training/span_corruption.py: target_len_for).
+  # Decoder tokens per row of an encoder-decoder run (seq2seq targets, or span corruption's); 0 =
+  # data.seq_len for seq2seq data, for text derived by span_corruption.target_len_for.
   d.target_len = 0
   # Sentinel tokens <extra_id_0> ... of a SentencePiece tokenizer trained for an encoder-decoder
   # run (T5 has 100): span corruption replaces the k-th noise span of a document by sentinel k.

@@ -31,18 +31,26 @@ class SamplingConfig:
   top_p: float = 1.0  # 1 = no nucleus filter
 
 
+def pad_rows(rows: Sequence[Sequence[int]], length: int | None = None,
+             left: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(tokens, positions, segment_ids), each `[batch, length]` (default: the longest row), padded
+  on the left (prompts, so that every row ends where generation starts) or on the right (an
+  encoder's sources). Real tokens are segment 1 with positions from 0; padding is 0 in all three."""
+  length = length or max(len(r) for r in rows)
+  tokens = np.zeros((len(rows), length), np.int32)
+  segments = np.zeros_like(tokens)
+  for i, row in enumerate(rows):
+    span = slice(length - len(row), length) if left else slice(0, len(row))
+    tokens[i, span] = row
+    segments[i, span] = 1
+  positions = np.where(segments > 0, np.cumsum(segments, axis=1) - 1, 0).astype(np.int32)
+  return tokens, positions, segments
+
+
 def left_pad(prompts: Sequence[Sequence[int]],
              length: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(tokens, positions, segment_ids), each `[batch, length]` (default: the longest prompt),
-  padded on the left."""
-  length = length or max(len(p) for p in prompts)
-  tokens = np.zeros((len(prompts), length), np.int32)
-  segments = np.zeros_like(tokens)
-  for row, prompt in enumerate(prompts):
-    tokens[row, length - len(prompt):] = prompt
-    segments[row, length - len(prompt):] = 1
-  positions = np.maximum(np.cumsum(segments, axis=1) - 1, 0).astype(np.int32)
-  return tokens, positions, segments
+  """`pad_rows` on the left: prompts of different lengths in one batch."""
+  return pad_rows(prompts, length, left=True)
 
 
 def filter_logits(logits: jax.Array, top_k, top_p) -> jax.Array:

@@ -17,22 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlm.errors import UserError
-from jaxlm.inference.decode import SamplingConfig, choose, cut_at_eos
+from jaxlm.inference.decode import SamplingConfig, choose, pad_rows, cut_at_eos
 from jaxlm.models import EncDec, ModelConfig
 
 
 def right_pad(sources: Sequence[Sequence[int]],
               length: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(tokens, positions, segment_ids), each `[batch, length]` (default: the longest source),
-  padded on the right."""
-  length = length or max(len(s) for s in sources)
-  tokens = np.zeros((len(sources), length), np.int32)
-  segments = np.zeros_like(tokens)
-  for row, source in enumerate(sources):
-    tokens[row, :len(source)] = source
-    segments[row, :len(source)] = 1
-  positions = np.broadcast_to(np.arange(length, dtype=np.int32), tokens.shape) * segments
-  return tokens, positions.astype(np.int32), segments
+  """`decode.pad_rows` on the right: sources of different lengths in one encoder batch."""
+  return pad_rows(sources, length, left=False)
 
 
 def prefill(params: Any, cfg: ModelConfig, encoder_tokens, encoder_positions, encoder_segments,
