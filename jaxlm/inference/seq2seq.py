@@ -27,6 +27,19 @@ def right_pad(sources: Sequence[Sequence[int]],
   return pad_rows(sources, length, left=False)
 
 
+def empty_decoder_cache(cfg: ModelConfig, encoded, encoder_segments) -> Any:
+  """Zeros of the decoder's cache (self-attention over `cfg.max_len` positions, cross-attention
+  over the encoder's) for rows of `encoded  # [batch, enc_len, d_model]` and
+  `encoder_segments  # [batch, enc_len]`: arrays, or `jax.ShapeDtypeStruct`s (only shapes count)."""
+  model = EncDec(cfg, decode=True)
+  batch = encoded.shape[0]
+  zeros, ones = jnp.zeros((batch, 1), jnp.int32), jnp.ones((batch, 1), jnp.int32)
+  shapes = jax.eval_shape(lambda enc, seg: model.init(jax.random.key(0), zeros, zeros, ones, enc,
+                                                      seg, method="decode_step"),
+                          encoded, encoder_segments)["cache"]
+  return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+
+
 def prefill(params: Any, cfg: ModelConfig, encoder_tokens, encoder_positions, encoder_segments,
             decoder_start_id: int = 0) -> tuple[jax.Array, Any]:
   """Runs the encoder and the decoder's first step (`decoder_start_id` at position 0) on the
@@ -38,9 +51,7 @@ def prefill(params: Any, cfg: ModelConfig, encoder_tokens, encoder_positions, en
                         method="encode")  # [batch, enc_len, d_model]
   start = jnp.full((batch, 1), decoder_start_id, jnp.int32)
   zeros, ones = jnp.zeros((batch, 1), jnp.int32), jnp.ones((batch, 1), jnp.int32)
-  cache = jax.eval_shape(lambda: model.init(jax.random.key(0), start, zeros, ones, encoded,
-                                            encoder_segments, method="decode_step"))["cache"]
-  cache = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), cache)
+  cache = empty_decoder_cache(cfg, encoded, encoder_segments)
   logits, mutated = model.apply({"params": params, "cache": cache}, start, zeros, ones, encoded,
                                 encoder_segments, method="decode_step", mutable=["cache"])
   return logits[:, -1], mutated["cache"]
@@ -48,11 +59,13 @@ def prefill(params: Any, cfg: ModelConfig, encoder_tokens, encoder_positions, en
 
 def decoder_step(params: Any, cfg: ModelConfig, cache: Any, tokens: jax.Array,
                  step_index) -> tuple[jax.Array, Any]:
-  """Feeds `tokens  # [batch]` as the decoder input at position `step_index` (>= 1) and returns
-  (next-token logits `[batch, vocab]`, the updated cache)."""
+  """Feeds `tokens  # [batch]` as the decoder input at position `step_index` (>= 1: one for the
+  whole batch, or `[batch]`, each row its own, as a server's slots are) and returns (next-token
+  logits `[batch, vocab]`, the updated cache)."""
   model = EncDec(cfg, decode=True)
   batch = tokens.shape[0]
-  positions = jnp.full((batch, 1), step_index, jnp.int32)
+  positions = jnp.broadcast_to(jnp.reshape(jnp.asarray(step_index, jnp.int32), (-1, 1)),
+                               (batch, 1))
   logits, mutated = model.apply({"params": params, "cache": cache}, tokens[:, None], positions,
                                 jnp.ones((batch, 1), jnp.int32), None, None,
                                 method="decode_step", mutable=["cache"])

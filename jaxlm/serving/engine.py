@@ -8,6 +8,8 @@ token in one compiled call. Each slot has its own cache index and position (the 
 requests with different settings share one compiled step and a request's tokens depend only on
 the request: token t of a request is drawn with `fold_in(request_key, t)`, whatever its slot or
 batch-mates. Slots that hold no request run too (fixed shapes) and their output is ignored.
+`Engine` serves a GPT; `seq2seq_engine.Seq2SeqEngine` an encoder-decoder, through the same
+prefill / insert / step (the family's own pieces are `_prefill_logits` and `_step_logits`).
 """
 
 import dataclasses
@@ -110,30 +112,54 @@ class Engine:
     return DecodeState(jax.jit(self._empty_cache, static_argnums=0)(self.slots), zeros(), zeros(),
                        zeros(), sampling)
 
-  @functools.partial(jax.jit, static_argnums=(0, 4))
-  def prefill(self, params: Any, tokens: jax.Array, length: jax.Array,
-              prompt_logprobs: bool, sampling: Sampling) -> Prefix:
-    """tokens `[1, bucket]`: the prompt then padding (segment 0, never attended to); length: the
-    prompt's. `sampling` has one row."""
+  def cache_length(self, prompt_length: int) -> int:
+    """Tokens a prefilled row holds in the (self-attention) cache: the whole prompt."""
+    return prompt_length
+
+  def _prefill_logits(self, params: Any, tokens: jax.Array, length: jax.Array,
+                      prompt_logprobs: bool) -> tuple[jax.Array, Any, Logprobs | None]:
+    """(logits of the first new token `[1, vocab]`, the one-row cache, the prompt's logprobs if
+    asked) of the prompt in `tokens  # [1, bucket]`."""
     bucket = tokens.shape[1]
     positions = jnp.arange(bucket, dtype=jnp.int32)[None]
     segments = (positions < length).astype(jnp.int32)
     logits, mutated = self.model.apply({"params": params, "cache": self._empty_cache(1)},
                                        tokens, positions, segments, mutable=["cache"])
     last = jax.lax.dynamic_index_in_dim(logits[0], length - 1, keepdims=True)  # [1, vocab]
-    token, logprobs = _pick(last, sampling, jnp.zeros((1,), jnp.int32))
     prompt = _logprobs(logits[0, :-1], tokens[0, 1:]) if prompt_logprobs else None
-    return Prefix(mutated["cache"], token, logprobs, prompt)
+    return last, mutated["cache"], prompt
+
+  def _step_logits(self, params: Any, cache: Any, tokens: jax.Array,
+                   positions: jax.Array) -> tuple[jax.Array, Any]:
+    """(next-token logits `[slots, vocab]`, the cache) of `tokens` at `positions` (`[slots]`)."""
+    logits, mutated = self.model.apply(
+        {"params": params, "cache": cache}, tokens[:, None], positions[:, None],
+        jnp.ones((self.slots, 1), jnp.int32), mutable=["cache"])
+    return logits[:, 0], mutated["cache"]
+
+  @functools.partial(jax.jit, static_argnums=(0, 4))
+  def prefill(self, params: Any, tokens: jax.Array, length: jax.Array,
+              prompt_logprobs: bool, sampling: Sampling) -> Prefix:
+    """tokens `[1, bucket]`: the prompt then padding (segment 0, never attended to); length: the
+    prompt's. `sampling` has one row."""
+    last, cache, prompt = self._prefill_logits(params, tokens, length, prompt_logprobs)
+    token, logprobs = _pick(last, sampling, jnp.zeros((1,), jnp.int32))
+    return Prefix(cache, token, logprobs, prompt)
 
   @functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
   def insert(self, state: DecodeState, prefix: Prefix, slot: jax.Array, length: jax.Array,
              sampling: Sampling) -> DecodeState:
-    """The decode state with `prefix` (a prompt of `length` tokens) in row `slot`."""
+    """The decode state with `prefix` in row `slot`; `length`: the tokens its cache holds
+    (`cache_length`), which is also the position of the next token fed."""
     batch_axis = 1 if self.cfg.scan_layers else 0  # scanned layers stack the cache on axis 0
 
     def put(path, rows, row):
       if getattr(path[-1], "key", None) == "index":  # the bucket's padding is not in the prompt
         row = jnp.full_like(row, length)
+      # A row shorter than the slot's (an encoder-decoder's cross-attention keys of a bucketed
+      # source) is zero-padded: segment 0 there, so the last occupant's keys are never attended.
+      row = jnp.pad(row, [(0, 0 if axis == batch_axis else full - part)
+                          for axis, (full, part) in enumerate(zip(rows.shape, row.shape))])
       return jax.lax.dynamic_update_slice_in_dim(rows, row.astype(rows.dtype), slot, batch_axis)
 
     cache = jax.tree_util.tree_map_with_path(put, state.cache, prefix.cache)
@@ -148,11 +174,9 @@ class Engine:
     """One token for every slot: (new state, tokens `[slots]`, their logprobs)."""
     # Empty slots keep stepping; clamping keeps their positions inside the position table.
     positions = jnp.minimum(state.positions, self.cfg.max_len - 1)
-    logits, mutated = self.model.apply(
-        {"params": params, "cache": state.cache}, state.tokens[:, None], positions[:, None],
-        jnp.ones((self.slots, 1), jnp.int32), mutable=["cache"])
-    tokens, logprobs = _pick(logits[:, 0], state.sampling, state.generated)
-    new_state = DecodeState(mutated["cache"], tokens, positions + 1, state.generated + 1,
+    logits, cache = self._step_logits(params, state.cache, state.tokens, positions)
+    tokens, logprobs = _pick(logits, state.sampling, state.generated)
+    new_state = DecodeState(cache, tokens, positions + 1, state.generated + 1,
                             state.sampling)
     return new_state, tokens, logprobs
 

@@ -33,7 +33,7 @@ class Sink(Protocol):
 
 @dataclasses.dataclass(eq=False)
 class Request:
-  prompt: list[int]  # token ids, starting with EOS
+  prompt: list[int]  # token ids: EOS then the prompt (gpt), or the source then EOS (encdec)
   key_data: np.ndarray  # engine.request_key(seed, choice)
   temperature: float
   top_k: int
@@ -103,7 +103,7 @@ class Scheduler:
     prefix, sampling = self._prefill(request)
     # Twice: the fresh state and the steps' outputs are placed differently (two compilations).
     for _ in range(2):
-      state = self.engine.insert(self.state, prefix, 0, 1, sampling)
+      state = self.engine.insert(self.state, prefix, 0, self.engine.cache_length(1), sampling)
       self.state, tokens, _ = self.engine.step(self.params, state)
     jax.block_until_ready(tokens)
 
@@ -115,7 +115,8 @@ class Scheduler:
 
   def _admit(self, slot: int, request: Request) -> None:
     (prefix, sampling) = self._prefill(request)
-    self.state = self.engine.insert(self.state, prefix, slot, len(request.prompt), sampling)
+    self.state = self.engine.insert(self.state, prefix, slot,
+                                    self.engine.cache_length(len(request.prompt)), sampling)
     token, logprobs = jax.device_get((prefix.token, prefix.logprobs))
     if request.prompt_logprobs:
       request.prompt_logprob_values = jax.device_get(prefix.prompt_logprobs)
