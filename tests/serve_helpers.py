@@ -15,24 +15,43 @@ from conftest import REPO, subprocess_env
 from jaxlm.config import base_config
 from jaxlm.data.simple_tokenizers import ByteTokenizer
 from jaxlm.interop.run_writer import write_run
-from jaxlm.models import GPT, ModelConfig
+from jaxlm.models import GPT, EncDec, ModelConfig
 from jaxlm.serving.launch import launch
 
 API_KEY = "test-key-123"
 
 
-def write_tiny_run(workdir: str, max_len: int = 128) -> str:
-  """A GPT with the byte tokenizer, as step 0 of a run in `workdir`."""
+# An encoder-decoder as T5 v1.1 builds it (relative positions: they enter every attention call).
+T5_OPTIONS = dict(family="encdec", num_decoder_layers=1, positions="relative", norm="rmsnorm",
+                  mlp="geglu", use_bias=False, tie_embeddings=False, relative_buckets=8,
+                  relative_max_distance=16)
+
+
+def write_tiny_run(workdir: str, max_len: int = 128, family: str = "gpt") -> str:
+  """A GPT (or, `family="encdec"`, a T5-style encoder-decoder trained on seq2seq pairs) with the
+  byte tokenizer, as step 0 of a run in `workdir`."""
   config = base_config()
   config.data.tokenizer, config.data.seq_len = "byte", max_len
   config.model.max_len = max_len
   config.model.d_model, config.model.num_layers, config.model.num_heads = 32, 2, 2
   config.model.mlp_dim = 64
+  if family == "encdec":
+    config.data.format = "seq2seq"
+    config.model.update(num_layers=1, **T5_OPTIONS)
   tokenizer = ByteTokenizer()
   cfg = ModelConfig.from_config(config.model, vocab_size=tokenizer.vocab_size)
   tokens = jnp.zeros((1, 8), jnp.int32)
-  params = nn.unbox(GPT(cfg).init(jax.random.key(3), tokens, tokens, tokens + 1)["params"])
-  params = jax.tree.map(lambda x: x * 4 if x.ndim >= 2 else x, params)
+  if family == "encdec":
+    params = EncDec(cfg).init(jax.random.key(3), tokens, tokens, tokens + 1, encoder_inputs=tokens,
+                              encoder_positions=tokens, encoder_segment_ids=tokens + 1)
+  else:
+    params = GPT(cfg).init(jax.random.key(3), tokens, tokens, tokens + 1)
+  # Weights x4, so that greedy choices are far from ties; an encoder-decoder's x8 but its
+  # unit-variance embedding, so that the cross-attention weighs against the decoder's own input.
+  scale, unscaled = (8, "embedding") if family == "encdec" else (4, None)
+  params = {name: value if name == unscaled else jax.tree.map(
+      lambda x: x * scale if x.ndim >= 2 else x, value)
+      for name, value in nn.unbox(params["params"]).items()}
   write_run(workdir, config, tokenizer, params)
   return workdir
 

@@ -145,6 +145,7 @@ async def completions(request: Request) -> Response:
   service = _service(request)
   body = await _body(request, CompletionRequest)
   service.check_model(body.model)
+  service.check_family(echo=body.echo)
   prompts = service.truncated(body, [
       service.text_prompt(p) if isinstance(p, str) else service.token_prompt(p)
       for p in body.prompts])
@@ -159,6 +160,7 @@ async def chat_completions(request: Request) -> Response:
   service = _service(request)
   body = await _body(request, ChatRequest)
   service.check_model(body.model)
+  service.check_family(chat=True)
   messages = [{"role": m.role, "content": m.text} for m in body.messages]
   try:
     ids = chat.encode_prompt(service.tokenizer, service.chat_template, messages)

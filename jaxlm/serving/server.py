@@ -20,9 +20,9 @@ from jaxlm.data import chat
 from jaxlm.errors import UserError
 from jaxlm.inference import trained
 from jaxlm.serving.app import AppState, create_app
-from jaxlm.serving.engine import Engine
 from jaxlm.serving.metrics import Metrics
 from jaxlm.serving.scheduler import Scheduler
+from jaxlm.serving.seq2seq_engine import engine_for
 from jaxlm.serving.service import Service
 
 log = logging.getLogger("jaxlm.serve")
@@ -86,7 +86,7 @@ class DrainingServer(uvicorn.Server):
 
 def load_service(options: ServeOptions, metrics: Metrics, tokenizer_json: dict) -> Service:
   run = trained.load(options.workdir, options.step, options.overrides)
-  scheduler = Scheduler(Engine(run.model_cfg, options.slots), run.params, options.max_waiting,
+  scheduler = Scheduler(engine_for(run.model_cfg, options.slots), run.params, options.max_waiting,
                         options.prefills_per_step)
   scheduler.warm_up()
   metrics.watch(scheduler)
@@ -95,7 +95,7 @@ def load_service(options: ServeOptions, metrics: Metrics, tokenizer_json: dict) 
               or chat.DEFAULT_TEMPLATE)
   cap = options.max_tokens or run.model_cfg.max_len
   return Service(run.tokenizer, scheduler.start(), run.model_cfg.max_len, name, cap, template,
-                 metrics)
+                 metrics, seq2seq=run.model_cfg.family == "encdec")
 
 
 def serve(options: ServeOptions) -> None:

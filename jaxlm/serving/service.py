@@ -1,9 +1,11 @@
 """What the HTTP handlers ask of the model: prompts checked and tokenized, choices submitted to
 the scheduler, and their pieces handed back in order of arrival.
 
-A request's prompts become `[EOS] + tokens` (as `jaxlm.sample` feeds them); choice c of the
-request draws its tokens from the key `(seed, c)`, so equal requests with a seed get equal
-output whatever else the server is doing.
+A request's prompts become `[EOS] + tokens` (as `jaxlm.sample` feeds them); an encoder-decoder's
+(`seq2seq`) are sources, `tokens + [EOS]` (as `jaxlm.sample --source` feeds them and training
+packs them), read by the encoder: they may fill its `max_len` positions, and the completion may
+have as many (the decoder's). Choice c of the request draws its tokens from the key `(seed, c)`,
+so equal requests with a seed get equal output whatever else the server is doing.
 """
 
 import asyncio
@@ -36,7 +38,7 @@ class ApiError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Prompt:
-  ids: list[int]  # what the model reads: [EOS] + the prompt's tokens
+  ids: list[int]  # what the model reads: [EOS] + the prompt's tokens (a source: tokens + [EOS])
   text: str  # the prompt as text (what echo returns)
 
 
@@ -66,20 +68,30 @@ class Generation:
 
 class Service:
   def __init__(self, tokenizer: Tokenizer, scheduler: Scheduler, max_len: int, model_name: str,
-               max_tokens_cap: int, chat_template: str, metrics: Metrics):
+               max_tokens_cap: int, chat_template: str, metrics: Metrics, seq2seq: bool = False):
     self.tokenizer, self.scheduler, self.max_len = tokenizer, scheduler, max_len
     self.model_name, self.chat_template, self.metrics = model_name, chat_template, metrics
-    self.max_tokens_cap = min(max_tokens_cap, max_len - 1)
+    self.seq2seq = seq2seq
+    # A gpt prompt takes one position at least; a source takes none of the decoder's.
+    self.max_tokens_cap = min(max_tokens_cap, max_len if seq2seq else max_len - 1)
+
+  def _framed(self, tokens: list[int]) -> list[int]:
+    """What the model reads of a prompt's `tokens`."""
+    eos = self.tokenizer.eos_id
+    return [*tokens, eos] if self.seq2seq else [eos, *tokens]
+
+  def _unframed(self, ids: list[int]) -> list[int]:
+    return ids[:-1] if self.seq2seq else ids[1:]
 
   def text_prompt(self, text: str) -> Prompt:
-    return Prompt([self.tokenizer.eos_id, *self.tokenizer.encode(text)], text)
+    return Prompt(self._framed(self.tokenizer.encode(text)), text)
 
   def token_prompt(self, ids: list[int]) -> Prompt:
     vocab = self.tokenizer.vocab_size
     if max(ids) >= vocab:
       raise ApiError(400, f"prompt token id {max(ids)} is not below the vocabulary size {vocab}",
                      param="prompt")
-    return Prompt([self.tokenizer.eos_id, *ids], self.tokenizer.decode(ids))
+    return Prompt(self._framed(ids), self.tokenizer.decode(ids))
 
   def check_model(self, name: str) -> None:
     if name != self.model_name:
@@ -87,18 +99,37 @@ class Service:
                           f"{self.model_name!r}", param="model", code="model_not_found")
 
   def truncated(self, request: Sampling, prompts: list[Prompt]) -> list[Prompt]:
-    """The prompts cut to their last `truncate_prompt_tokens` tokens (and the start token)."""
+    """The prompts cut to their last `truncate_prompt_tokens` tokens (and the start token, or a
+    source's end token)."""
     keep = request.truncate_prompt_tokens
     if keep is None:
       return prompts
-    cut = lambda p: Prompt(p.ids[:1] + p.ids[1:][-keep:], self.tokenizer.decode(  # noqa: E731
-        p.ids[1:][-keep:])) if len(p.ids) - 1 > keep else p
-    return [cut(p) for p in prompts]
+    kept = lambda p: self._unframed(p.ids)[-keep:]  # noqa: E731
+    return [Prompt(self._framed(kept(p)), self.tokenizer.decode(kept(p)))
+            if len(p.ids) - 1 > keep else p for p in prompts]
+
+  def check_family(self, echo: bool = False, chat: bool = False) -> None:
+    """400 for what an encoder-decoder cannot do: its completion is a new text (a target), not
+    a continuation of the prompt, so there is nothing to echo it after, and a chat template
+    renders a conversation for a decoder to continue."""
+    if self.seq2seq and echo:
+      raise ApiError(400, "echo is not supported by an encoder-decoder (model.family=encdec): "
+                          "its completion is a target generated from the source, not a "
+                          "continuation of it; drop echo", param="echo")
+    if self.seq2seq and chat:
+      raise ApiError(400, "this model is an encoder-decoder (model.family=encdec): it maps a "
+                          "source text to a target and has no chat template; send the source "
+                          "as the prompt of /v1/completions", param="messages")
 
   def max_tokens(self, request: Sampling, prompts: list[Prompt], default: int | None) -> int:
     """The request's max_tokens (or the default, clamped to the context), checked."""
     longest = max(len(p.ids) for p in prompts)
-    room = self.max_len - longest
+    if self.seq2seq and longest > self.max_len:
+      raise ApiError(400, f"the source is {longest} tokens (with its end token) and this model's "
+                          f"encoder reads {self.max_len}; shorten it (or send "
+                          "truncate_prompt_tokens)", param="prompt",
+                     code="context_length_exceeded")
+    room = self.max_len if self.seq2seq else self.max_len - longest
     if room < 1:
       raise ApiError(400, f"the prompt is {longest} tokens (with the start token) and this "
                           f"model's context is {self.max_len} tokens: no room for a completion; "
@@ -126,8 +157,8 @@ class Service:
       for c in range(request.n):
         index = p * request.n + c
         stream = TextStream(self.tokenizer, max_tokens, request.stops, request.ignore_eos)
-        sink = ChoiceSink(loop, queue, index, stream, (prompt.text, prompt.ids[1:]) if echo
-                          else None, self.metrics)
+        sink = ChoiceSink(loop, queue, index, stream, (prompt.text, self._unframed(prompt.ids))
+                          if echo else None, self.metrics)
         sink.request = Request(prompt.ids, request_key(seed, index), request.temperature, top_k,
                                request.top_p, sink, prompt_logprobs=prompt_logprobs)
         sinks.append(sink)
