@@ -1,4 +1,5 @@
-"""Serve a trained GPT over an OpenAI-compatible HTTP API, with continuous batching.
+"""Serve a trained GPT or encoder-decoder over an OpenAI-compatible HTTP API, with continuous
+batching.
 
     python -m jaxlm.serve --workdir=DIR [--step=N] [--host=127.0.0.1] [--port=8000] [--slots=16]
         [--api_key=KEY | JAXLM_API_KEY=KEY] [--shutdown_timeout=30] [--config.mesh.fsdp=...]
