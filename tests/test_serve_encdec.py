@@ -4,6 +4,7 @@ on nothing but the request, and the HTTP API in this process (uvicorn on a threa
 of `python -m jaxlm.serve`) with its encdec-only refusals."""
 
 import asyncio
+import dataclasses
 import threading
 
 import jax
@@ -21,10 +22,12 @@ from jaxlm.errors import UserError
 from jaxlm.inference.decode import SamplingConfig
 from jaxlm.inference.seq2seq import generate_seq2seq
 from jaxlm.interop.run_writer import write_run
+from jaxlm.models import stack_layers
 from jaxlm.serving.app import AppState, create_app
 from jaxlm.serving.engine import request_key
 from jaxlm.serving.metrics import Metrics
 from jaxlm.serving.scheduler import Request, Scheduler
+from jaxlm.serving.seq2seq_engine import Seq2SeqEngine
 from jaxlm.serving.server import ServeOptions, bind, load_service, serve
 from jaxlm.training import checkpoint
 
@@ -53,10 +56,11 @@ def served(tmp_path_factory):
   state.service.scheduler.stop()
 
 
-def run_all(service, specs, slots=SLOTS):
+def run_all(service, specs, engine=None, params=None):
   """Each (source ids, max_tokens, temperature, top_k, top_p, seed), all submitted at once to a
-  fresh scheduler over the served engine's compiled functions; their tokens."""
-  scheduler = Scheduler(service.scheduler.engine, service.scheduler.params).start()
+  fresh scheduler over the served engine's compiled functions (or `engine`'s); their tokens."""
+  scheduler = Scheduler(engine or service.scheduler.engine,
+                        params or service.scheduler.params).start()
   try:
     sinks = [Collect(spec[1]) for spec in specs]
     for (source, _, temperature, top_k, top_p, seed), sink in zip(specs, sinks):
@@ -83,6 +87,19 @@ def test_greedy_tokens_equal_the_batch_of_one_seq2seq_decode(served):
                                length_multiple=16)[0] for s in sources]
   assert served_tokens == expected
   assert len({tuple(t) for t in expected}) == len(sources)  # each source is read
+
+
+def test_scanned_layers_serve_the_same_tokens(served):
+  """With `scan_layers` the caches (cross-attention's too) stack layers on axis 0: rows go in on
+  axis 1, and a bucket's row is padded on axis 2."""
+  _, service, _ = served
+  cfg, params = service.scheduler.engine.cfg, service.scheduler.params
+  scanned = Seq2SeqEngine(dataclasses.replace(cfg, scan_layers=True), SLOTS)
+  stacked = {**params, "encoder": stack_layers(params["encoder"], cfg.num_layers),
+             "decoder": stack_layers(params["decoder"], cfg.decoder_layers)}
+  specs = [([40] * 20 + [EOS], 6, 0.0, 0, 1.0, 0), ([7, 8, EOS], 6, 0.0, 0, 1.0, 0),
+           ([5] * 9 + [EOS], 6, 0.0, 0, 1.0, 0)]
+  assert run_all(service, specs, scanned, stacked) == run_all(service, specs)
 
 
 def test_sampled_tokens_depend_only_on_the_request(served):
