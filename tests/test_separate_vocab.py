@@ -11,11 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import sentencepiece as spm
-from test_cli import TINY, jaxlm
 from test_encdec_cli import tiny_t5_config, write_pairs
-from test_encdec_errors import check_message
+from test_encdec_errors import check_message, train_tiny_gpt
 from test_errors import cases, user_error
-from test_train import write_corpus
 
 from jaxlm.config import base_config
 from jaxlm.convert import to_hf
@@ -27,10 +25,11 @@ from jaxlm.inference import trained
 from jaxlm.inference.decode import SamplingConfig
 from jaxlm.inference.seq2seq import generate_seq2seq
 from jaxlm.models import EncDec
-from jaxlm.sample import sample
+from jaxlm.sample import sample, sample_targets
 from jaxlm.training import checkpoint, finetune
 from jaxlm.training.engine import model_config
-from jaxlm.training.loop import train
+from jaxlm.training.loop import from_pretrained, train
+from jaxlm.training.setup import set_up
 
 SOURCE_VOCAB, TARGET_VOCAB = 300, 290  # unequal, so that a swapped side shows in the shapes
 
@@ -102,30 +101,44 @@ def test_evaluate_encodes_targets_with_the_target_tokenizer(run):
   assert task["examples"] == len(references) and 0.0 <= task["bleu"] <= 100.0
 
 
-def test_sample_decodes_with_the_target_tokenizer(run):
+def test_sample_encodes_sources_and_decodes_targets_in_their_vocabularies(run, monkeypatch):
   workdir = run[0]
   loaded = trained.load(workdir)
   source = load_tokenizer(f"{workdir}/tokenizer.json")
   target = load_tokenizer(f"{workdir}/target_tokenizer.json")
   source_ids = source.encode("one two") + [source.eos_id]
-  ids = generate_seq2seq(loaded.params, loaded.model_cfg, [source_ids], SamplingConfig(6, 0.0),
+  greedy = SamplingConfig(6, temperature=0.0)
+  ids = generate_seq2seq(loaded.params, loaded.model_cfg, [source_ids], greedy,
                          eos_id=target.eos_id)[0]
   assert max(ids, default=0) < TARGET_VOCAB
-  texts = sample(workdir, None, "", SamplingConfig(6, 0.0), 1, 0, source="one two")
-  assert texts == [target.decode(ids)]
+  assert sample(workdir, None, "", greedy, 1, 0, source="one two") == [target.decode(ids)]
+  # Which tokenizer does what, with the model's output fixed: German pieces (an untrained model
+  # writes byte pieces, whose ids the two vocabularies share).
+  german = target.encode("zwei drei")
+  assert source.decode(german) != "zwei drei"
+  seen = []
+  monkeypatch.setattr("jaxlm.sample.generate_seq2seq",
+                      lambda params, cfg, sources, *args, **kwargs: seen.append(sources) or
+                      [german] * len(sources))
+  assert sample_targets(loaded, "one two", greedy, 1, 0, None) == ["zwei drei"]
+  assert seen == [[source_ids]]
 
 
-def test_a_finetune_reuses_both_tokenizers(run, tmp_path):
+def test_a_finetune_reuses_both_tokenizers_and_embeddings(run, tmp_path):
   workdir = run[0]
   c = base_config()
   c.init_from = workdir
   c.data.update(source="files", path=str(run[5]), val_path=str(run[4]), format="seq2seq",
                 seq_len=32, target_len=16)
   c.train.update(batch_size=8, steps=1, warmup_steps=1)
-  c.eval.update(every=1, batch_size=8, sample_tokens=0)
-  train(c, str(tmp_path / "ft"))
+  c.eval.update(batch_size=8, sample_tokens=0)
+  finetuned = set_up(c, str(tmp_path / "ft"), {}, lambda _: None)  # data and engine, no step
   for name in ("tokenizer.json", "target_tokenizer.json"):
     assert (tmp_path / "ft" / name).read_bytes() == open(f"{workdir}/{name}", "rb").read()
+  params = from_pretrained(finetuned).params
+  pretrained = trained.load(workdir).params
+  for name in ("embedding", "decoder_embedding", "head"):
+    np.testing.assert_array_equal(np.asarray(params[name]), np.asarray(pretrained[name]))
   with pytest.raises(UserError, match="data.separate_vocab"):
     finetune.inherit(c, checkpoint.restore_metadata(workdir)[1],
                      {"data.separate_vocab": False})
@@ -177,8 +190,5 @@ def test_options_that_cannot_work_are_refused(case, options, fragment):
 
 
 def test_train_refuses_separate_vocabularies_for_a_gpt(tmp_path):
-  config = tmp_path / "tiny.py"
-  config.write_text(TINY.format(path=write_corpus(tmp_path / "corpus")))
-  result = jaxlm("train", f"--config={config}", f"--workdir={tmp_path / 'run'}",
-                 "--config.data.separate_vocab=True")
+  result = train_tiny_gpt(tmp_path, "--config.data.separate_vocab=True")
   user_error(result, tmp_path, "separate_vocab_on_a_gpt", "data.separate_vocab=True")
