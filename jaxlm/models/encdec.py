@@ -85,8 +85,8 @@ class EncDec(nn.Module):
                deterministic: bool = True, token_types: Array | None = None, *,
                encoder_inputs: Array, encoder_positions: Array,
                encoder_segment_ids: Array) -> Array:
-    """Teacher-forced logits [batch, dec_len, target vocab] of decoder `inputs` (targets shifted right
-    within each document) given the sources; every argument [batch, len] int. `token_types`
+    """Teacher-forced logits [batch, dec_len, target vocab] of decoder `inputs` (targets shifted
+    right within each document) given the sources; every argument [batch, len] int. `token_types`
     exists for the families' common signature and must be None."""
     del token_types  # an encdec model has no token types (model.type_vocab_size is 0)
     encoded = self.encode(encoder_inputs, encoder_positions, encoder_segment_ids, deterministic)
