@@ -13,7 +13,8 @@ import ml_collections
 # evaluated, sampled, exported or finetuned with other values. Every other model.* option, and the
 # tokenizer's data options, are fixed by the checkpoint.
 RUNTIME_MODEL_OPTIONS = ("model.dropout", "model.dtype", "model.remat", "model.attention_impl")
-TOKENIZER_OPTIONS = ("data.tokenizer", "data.vocab_size", "data.sp_model_type")
+TOKENIZER_OPTIONS = ("data.tokenizer", "data.vocab_size", "data.sp_model_type",
+                     "data.separate_vocab", "data.target_vocab_size")
 # Options of a run's task, not of its pretrained body: a finetune sets its own (a classification
 # finetune of a masked-LM run gets a new head), whatever the run it starts from had.
 TASK_OPTIONS = ("model.head", "model.num_labels")
@@ -45,13 +46,12 @@ def base_config() -> ml_collections.ConfigDict:
 def _data_options() -> ml_collections.ConfigDict:
   """The `data.*` options."""
   d = ml_collections.ConfigDict()
-  # Where text comes from: "stdlib" (this Python's standard library sources, built in, no download),
-  # "files" (data.path: a .txt/.jsonl/.jsonl.gz/.parquet file, a directory, or a glob), "tfds"
-  # (data.path: a TFDS name), "hf" (data.path: a Hugging Face `datasets` hub name or local
-  # directory, streamed), "task" (data.path: a built-in prompt/completion task, e.g.
-  # "pyfunc_names", or a translation task from the machine's gettext catalogs, "gettext_en_de",
-  # _fr, _es, _it, _ru, _sv: see data/translation_tasks.py) or "prepared" (data.path: a directory written by `python -m jaxlm.prepare`,
-  # read as token shards; or several, weighted, in data.mixture).
+  # Where text comes from: "stdlib" (this Python's standard library sources, built in), "files"
+  # (data.path: a .txt/.jsonl/.jsonl.gz/.parquet file, a directory, or a glob), "tfds" (a TFDS
+  # name), "hf" (a Hugging Face `datasets` hub name or local directory, streamed), "task" (a
+  # built-in prompt/completion task, e.g. "pyfunc_names", or a gettext translation task,
+  # "gettext_en_de", _fr, _es, _it, _ru, _sv: data/translation_tasks.py) or "prepared" (a directory
+  # of `python -m jaxlm.prepare`, read as token shards; or several, weighted, in data.mixture).
   d.source = "stdlib"
   # File, directory or glob for source="files"; dataset or task name for "tfds"/"hf"/"task"; the
   # prepared directory for "prepared"; "" for "stdlib".
@@ -93,9 +93,13 @@ def _add_format_options(d: ml_collections.ConfigDict) -> None:
   # Sentinel tokens <extra_id_0> ... of a SentencePiece tokenizer trained for an encoder-decoder
   # run (T5 has 100): span corruption replaces the k-th noise span of a document by sentinel k.
   d.num_sentinels = 100
-  # The Jinja chat template (Hugging Face's format) that renders chat data and that `serve` uses
-  # for /v1/chat/completions; "" = the plain default of jaxlm/data/chat.py. Saved with the
-  # tokenizer in every checkpoint of a chat run.
+  # Encdec seq2seq data only: two SentencePiece models, the encoder's trained on the sources, the
+  # decoder's and head's on the targets (WORKDIR/target_tokenizer.json), each with the sentinels;
+  # of data.vocab_size / data.target_vocab_size ids (0 = data.vocab_size). data/target_vocab.py.
+  d.separate_vocab = False
+  d.target_vocab_size = 0
+  # The Jinja chat template (Hugging Face's format) rendering chat data, and `serve`'s for
+  # /v1/chat/completions; "" = jaxlm/data/chat.py's. Saved with a chat run's tokenizer.
   d.chat_template = ""
   # Label names of a classification / tagging run, in id order; () takes the sorted labels of the
   # training split. Saved with the run: evaluation data with another label is an error.
@@ -120,8 +124,7 @@ def _add_format_options(d: ml_collections.ConfigDict) -> None:
   # `tokenizers`, or imported with a BERT). A BERT needs wordpiece. "hf": a Llama-family model's
   # own tokenizer.json, imported with it by `convert from-hf` (never trained here).
   d.tokenizer = "sentencepiece"
-  # SentencePiece algorithm: "bpe" or "unigram".
-  d.sp_model_type = "bpe"
+  d.sp_model_type = "bpe"  # SentencePiece's algorithm: "bpe" or "unigram"
   # SentencePiece / gpt2_bpe vocabulary size; char and byte tokenizers size their own vocabulary.
   d.vocab_size = 4096
   # Tokens per training window; must be <= model.max_len.
@@ -202,7 +205,7 @@ def _add_layer_options(d: ml_collections.ConfigDict) -> None:
   # v1.1's gated GELU, tanh approximation; as swiglu, mlp/wi holds the gate and up projections).
   d.mlp = "gelu"
   # Use the input embedding matrix as the output projection (encdec: on the decoder's output
-  # scaled by d_model**-0.5, as T5 with tie_word_embeddings).
+  # scaled by d_model**-0.5, as T5's tie_word_embeddings; with data.separate_vocab the decoder's).
   d.tie_embeddings = True
   # Add biases to dense layers and LayerNorm (GPT-2 has them).
   d.use_bias = True
@@ -301,10 +304,8 @@ def _add_objective_options(d: ml_collections.ConfigDict) -> None:
 def _eval_options() -> ml_collections.ConfigDict:
   """The `eval.*` options."""
   d = ml_collections.ConfigDict()
-  # Steps between evaluations on the validation split during training; 0 = only at the end.
-  d.every = 500
-  # Sequences per eval batch (global).
-  d.batch_size = 32
+  d.every = 500  # steps between evaluations during training; 0 = only at the end
+  d.batch_size = 32  # sequences per eval batch (global)
   # Batches per evaluation; 0 = the whole validation split.
   d.max_batches = 0
   # Tokens sampled into the log at each evaluation; 0 disables it.
@@ -315,10 +316,8 @@ def _eval_options() -> ml_collections.ConfigDict:
 def _checkpoint_options() -> ml_collections.ConfigDict:
   """The `checkpoint.*` options."""
   d = ml_collections.ConfigDict()
-  # Steps between checkpoints; a checkpoint is always written at the end.
-  d.every = 500
-  # Checkpoints kept (the oldest are deleted).
-  d.keep = 3
+  d.every = 500  # steps between checkpoints; one is always written at the end
+  d.keep = 3  # checkpoints kept (the oldest are deleted)
   return d
 
 

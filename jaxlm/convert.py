@@ -260,7 +260,8 @@ def merge_lora(workdir: str, out: str, step: int | None = None) -> dict:
                     "already hold every parameter; use it as it is")
   config = ml_collections.ConfigDict(run.config.to_dict())
   config.train.lora.rank, config.init_from, config.init_step = 0, "", -1
-  num_params = write_run(out, config, run.tokenizer, merged_params(run))
+  target = run.target_tokenizer if run.model_cfg.separate_vocab else None
+  num_params = write_run(out, config, run.tokenizer, merged_params(run), target)
   print(f"merged the adapters of step {run.step} of {workdir} into {out} ({num_params:,} "
         "parameters, step 0)")
   return {"workdir": out, "step": 0, "parameters": num_params, "from_step": run.step}

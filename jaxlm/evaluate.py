@@ -58,7 +58,8 @@ def evaluate(workdir: str, step: int | None, overrides: dict) -> dict[str, float
     sets = sources.val_sets()
   else:
     records = read_corpus(data_cfg).val
-    val, bytes_per_token = pack_any(data_cfg, records, run.tokenizer, "val", labels)
+    val, bytes_per_token = pack_any(data_cfg, records, run.tokenizer, "val", labels,
+                                    run.target_tokenizer)
     sets = [("", val, bytes_per_token)]
   cfg = run.model_cfg
   metrics = summary.select_sets(evaluate_sets(run.engine, run.params, sets,

@@ -14,7 +14,8 @@ An encoder-decoder run (model.family=encdec) generates a target for a source ins
     python -m jaxlm.sample --workdir=DIR --source="Open file" [--beam_size=4] [--temperature=0]
 
 The prompt is encoded with the run's own tokenizer after the start-of-document token (a source:
-followed by EOS, as training packs it). Each sample is printed after a separator line; the last
+followed by EOS, as training packs it; targets are decoded with a separate-vocabulary run's
+target tokenizer). Each sample is printed after a separator line; the last
 line of stdout is a JSON list of the samples.
 """
 
@@ -93,16 +94,17 @@ def check_inputs(family: str, prompt: str, source: str | None) -> None:
 
 def sample_targets(run: trained.TrainedRun, source: str, sampling: SamplingConfig,
                    num_samples: int, seed: int, beam: BeamConfig | None) -> list[str]:
-  """An encoder-decoder's targets for `source` (`source + [EOS]` as training packs it)."""
-  eos_id = run.tokenizer.eos_id
-  source_ids = run.tokenizer.encode(source)[:run.model_cfg.max_len - 1] + [eos_id]
+  """An encoder-decoder's targets for `source` (`source + [EOS]` as training packs it), encoded
+  with the source tokenizer and decoded with the target one (the same one when shared)."""
+  eos_id = run.target_tokenizer.eos_id  # where a target ends
+  source_ids = run.tokenizer.encode(source)[:run.model_cfg.max_len - 1] + [run.tokenizer.eos_id]
   if beam is not None:
     beam = dataclasses.replace(beam, eos_id=eos_id)
     outputs = beam_seq2seq(run.params, run.model_cfg, [source_ids], beam, num_samples)[0]
   else:
     outputs = generate_seq2seq(run.params, run.model_cfg, [source_ids] * num_samples, sampling,
                                seed, eos_id=eos_id)
-  return [run.tokenizer.decode(ids) for ids in outputs]
+  return [run.target_tokenizer.decode(ids) for ids in outputs]
 
 
 def sample(workdir: str, step: int | None, prompt: str, sampling: SamplingConfig,

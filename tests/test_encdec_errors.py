@@ -57,11 +57,15 @@ def test_generation_beyond_the_model_is_refused(case, sources, max_new_tokens, f
   check_message(case, error.value)
 
 
-def test_train_refuses_an_encdec_option_on_a_gpt_run(tmp_path):
+def train_tiny_gpt(tmp_path, *overrides: str):
+  """`train` of test_cli's tiny gpt config on a toy corpus, with `overrides`, as a subprocess."""
   config = tmp_path / "tiny.py"
   config.write_text(TINY.format(path=write_corpus(tmp_path / "corpus")))
-  result = jaxlm("train", f"--config={config}", f"--workdir={tmp_path / 'run'}",
-                 "--config.model.positions=relative")
+  return jaxlm("train", f"--config={config}", f"--workdir={tmp_path / 'run'}", *overrides)
+
+
+def test_train_refuses_an_encdec_option_on_a_gpt_run(tmp_path):
+  result = train_tiny_gpt(tmp_path, "--config.model.positions=relative")
   user_error(result, tmp_path, "gpt_with_relative_positions", "model.positions='relative'",
              logs=True)
   # No checkpoint: the model is refused before anything trains (train has written the tokenizer

@@ -7,7 +7,8 @@ seq2seq (source, target) pairs for an encoder-decoder (encoder and decoder rows;
 `data/seq2seq.py`).
 
 The tokenizer is trained once, on the training split, and saved as WORKDIR/tokenizer.json; a run that
-finds one there (or is handed one from a checkpoint) uses it and never retrains.
+finds one there (or is handed one from a checkpoint) uses it and never retrains. Seq2seq pairs with
+data.separate_vocab get a second one, for the targets (see data/target_vocab.py).
 """
 
 import dataclasses
@@ -70,6 +71,7 @@ from jaxlm.data.seq2seq import (
   read_pairs,
   split_pairs,
 )
+from jaxlm.data.target_vocab import TARGET_TOKENIZER_FILE, side_texts, with_target
 from jaxlm.data.tasks import load_task
 from jaxlm.data.translation_tasks import is_translation_task, load_seq2seq_task
 from jaxlm.data.tokenizer_sample import sample_documents
@@ -102,6 +104,8 @@ class DataConfig:
   chat_template: str
   target_len: int
   num_sentinels: int
+  separate_vocab: bool
+  target_vocab_size: int
 
   @property
   def resolved_format(self) -> str:
@@ -153,6 +157,7 @@ class Dataset:
   # mixture trains on all, see prepared_data.py, and evaluates each).
   sources: Any = None
   chat_template: str = ""  # the template chat data was rendered with
+  target_tokenizer: Tokenizer | None = None  # data.separate_vocab's, of the targets; None: shared
 
   def val_sets(self) -> list[tuple[str, Any, float]]:
     """(source name, validation windows, bytes per token) to evaluate: "" for the one split."""
@@ -162,7 +167,7 @@ class Dataset:
 
   def tokenizer_state(self) -> dict:
     """The tokenizer's JSON for checkpoints, with the chat template of a chat run."""
-    state = self.tokenizer.to_json()
+    state = with_target(self.tokenizer.to_json(), self.target_tokenizer)
     return {**state, "chat_template": self.chat_template} if self.chat_template else state
 
 
@@ -245,15 +250,39 @@ def make_tokenizer(c: DataConfig, train_docs, encdec: bool = False) -> Tokenizer
 def workdir_tokenizer(c: DataConfig, corpus: Corpus, workdir: str,
                       pretrained: Tokenizer | None = None, encdec: bool = False) -> Tokenizer:
   """The workdir's tokenizer if there is one; else `pretrained` (a finetune run's) or one trained
-  on the training split (with sentinels for an `encdec` run), saved.
+  on the training split (with sentinels for an `encdec` run; its sources alone with
+  data.separate_vocab), saved."""
+  def make() -> Tokenizer:
+    docs = side_texts(corpus.train, "source") if c.separate_vocab else corpus.train
+    return pretrained or make_tokenizer(c, docs, encdec)
+  return saved_once(os.path.join(workdir, TOKENIZER_FILE), make)
 
-  In a multi-host run only process 0 trains and saves it; the others wait for that, then read the
+
+def workdir_target_tokenizer(c: DataConfig, corpus: Corpus, workdir: str,
+                             pretrained: Tokenizer | None = None) -> Tokenizer | None:
+  """With data.separate_vocab the workdir's target tokenizer (WORKDIR/target_tokenizer.json), else
+  `pretrained`'s, else one of data.target_vocab_size trained on the training targets (with
+  sentinels), saved; a data.tokenizer_file's is the target_tokenizer.json beside it. None when
+  the vocabulary is shared."""
+  if not c.separate_vocab:
+    return None
+  given = c.tokenizer_file and os.path.join(os.path.dirname(c.tokenizer_file),
+                                            TARGET_TOKENIZER_FILE)
+  target_cfg = dataclasses.replace(c, vocab_size=c.target_vocab_size or c.vocab_size,
+                                   tokenizer_file=given)
+  return saved_once(os.path.join(workdir, TARGET_TOKENIZER_FILE), lambda: pretrained or
+                    make_tokenizer(target_cfg, side_texts(corpus.train, "target"), encdec=True))
+
+
+def saved_once(path: str, make) -> Tokenizer:
+  """The tokenizer at `path`, made by `make()` and saved there if it is not yet.
+
+  In a multi-host run only process 0 makes and saves it; the others wait for that, then read the
   file, so every host needs the same (shared) workdir.
   """
-  path = os.path.join(workdir, TOKENIZER_FILE)
   tokenizer = None
   if jax.process_index() == 0 and not os.path.exists(path):
-    tokenizer = pretrained or make_tokenizer(c, corpus.train, encdec)
+    tokenizer = make()
     save_tokenizer(tokenizer, path)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("jaxlm: workdir tokenizer saved")
@@ -289,10 +318,11 @@ def pack_record_split(records: list[Record], tokenizer: Tokenizer, seq_len: int,
 
 
 def pack_any(c: DataConfig, docs: list, tokenizer: Tokenizer, name: str,
-             labels: tuple[str, ...] = ()) -> tuple[PackedTokens | PackedRecords | PackedLabels
-                                                    | PackedSeq2Seq, float]:
+             labels: tuple[str, ...] = (), target_tokenizer: Tokenizer | None = None
+             ) -> tuple[PackedTokens | PackedRecords | PackedLabels | PackedSeq2Seq, float]:
   """Packs one split in the data's format; also returns its UTF-8 bytes per scored token (1.0 for
-  labelled data, where bits per byte has no meaning)."""
+  labelled data, where bits per byte has no meaning). `target_tokenizer`: seq2seq targets' own
+  (data.separate_vocab), None: `tokenizer`."""
   if c.labelled:
     return pack_labelled(docs, tokenizer, c.seq_len, labels, name), 1.0
   if c.resolved_format == "prompt_completion":
@@ -300,14 +330,17 @@ def pack_any(c: DataConfig, docs: list, tokenizer: Tokenizer, name: str,
   if c.resolved_format == "chat":
     return pack_chat_split(docs, tokenizer, template_of(c), c.seq_len, c.truncate, name)
   if c.resolved_format == "seq2seq":
-    return pack_pair_split(docs, tokenizer, c.seq_len, c.decoder_len, c.truncate, name)
+    return pack_pair_split(docs, tokenizer, c.seq_len, c.decoder_len, c.truncate, name,
+                           target_tokenizer)
   return pack_split(docs, tokenizer, c.seq_len)
 
 
-def build_dataset(c: DataConfig, corpus: Corpus, tokenizer: Tokenizer) -> Dataset:
+def build_dataset(c: DataConfig, corpus: Corpus, tokenizer: Tokenizer,
+                  target_tokenizer: Tokenizer | None = None) -> Dataset:
   labels = label_vocabulary(corpus.train, c.labels) if c.labelled else ()
-  train, _ = pack_any(c, corpus.train, tokenizer, "train", labels)
-  val, val_bytes_per_token = pack_any(c, corpus.val, tokenizer, "val", labels)
+  train, _ = pack_any(c, corpus.train, tokenizer, "train", labels, target_tokenizer)
+  val, val_bytes_per_token = pack_any(c, corpus.val, tokenizer, "val", labels, target_tokenizer)
   return Dataset(tokenizer, train, val, val_bytes_per_token, labels,
                  tuple(corpus.val) if c.labelled else (),
-                 chat_template=template_of(c) if c.resolved_format == "chat" else "")
+                 chat_template=template_of(c) if c.resolved_format == "chat" else "",
+                 target_tokenizer=target_tokenizer)

@@ -207,10 +207,12 @@ def pack_seq2seq(token_pairs: Sequence[tuple[list[int], list[int]]], eos_id: int
 
 
 def pack_pair_split(pairs: Sequence[Pair], tokenizer, seq_len: int, target_len: int,
-                    truncate: str, name: str) -> tuple[PackedSeq2Seq, float]:
-  """Packed rows of `pairs` and the UTF-8 bytes of their targets per scored token."""
+                    truncate: str, name: str, target_tokenizer=None) -> tuple[PackedSeq2Seq, float]:
+  """Packed rows of `pairs` and the UTF-8 bytes of their targets per scored token; the targets
+  are encoded with `target_tokenizer` (a separate vocabulary's; None: `tokenizer`), whose EOS is
+  the same id (both are SentencePiece models, EOS 1)."""
   sources = tokenizer.encode_batch([p.source for p in pairs])
-  targets = tokenizer.encode_batch([p.target for p in pairs])
+  targets = (target_tokenizer or tokenizer).encode_batch([p.target for p in pairs])
   packed = pack_seq2seq(list(zip(sources, targets)), tokenizer.eos_id, seq_len, target_len,
                         truncate, name)
   kept = [fit_example(s, t, tokenizer.eos_id, seq_len, target_len, truncate)

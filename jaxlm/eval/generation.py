@@ -87,8 +87,8 @@ def score(predictions: list[str], references: list[str],
 def decoder_for(run: TrainedRun, max_new_tokens: int, beam_size: int,
                 length_penalty: float) -> Callable[[list[list[int]]], list[list[int]]]:
   """Token ids of a batch of prompts (GPT) or sources (encdec) -> the new ids of each: greedy, or
-  beam search's best hypothesis when beam_size > 1."""
-  cfg, eos_id, params = run.model_cfg, run.tokenizer.eos_id, run.params
+  beam search's best hypothesis when beam_size > 1; they end at the (target) tokenizer's EOS."""
+  cfg, eos_id, params = run.model_cfg, run.target_tokenizer.eos_id, run.params
   seq2seq = cfg.family == "encdec"
   if beam_size > 1:
     beam = BeamConfig(beam_size, max_new_tokens, length_penalty, eos_id=eos_id)
@@ -115,7 +115,8 @@ def encode_inputs(run: TrainedRun, texts: list[str], max_new_tokens: int) -> lis
 
 def complete(run: TrainedRun, prompts: list[str], max_new_tokens: int, stop: str,
              batch_size: int, beam_size: int = 1, length_penalty: float = 1.0) -> list[str]:
-  """The completion (GPT) or target (encdec) of each prompt or source, greedy or by beam."""
+  """The completion (GPT) or target (encdec) of each prompt or source, greedy or by beam; decoded
+  by the target tokenizer (a separate vocabulary's, or the one shared)."""
   encoded = encode_inputs(run, prompts, max_new_tokens)
   decode = decoder_for(run, max_new_tokens, beam_size, length_penalty)
   order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths batch well
@@ -125,7 +126,7 @@ def complete(run: TrainedRun, prompts: list[str], max_new_tokens: int, stop: str
     batch = [encoded[i] for i in chosen]
     batch += [batch[-1]] * (batch_size - len(batch))  # a fixed batch shape: one compilation
     for i, ids in zip(chosen, decode(batch)):
-      text = run.tokenizer.decode(ids)
+      text = run.target_tokenizer.decode(ids)
       completions[i] = text.split(stop)[0] if stop else text
   return completions
 
@@ -139,7 +140,7 @@ def evaluate_task(run: TrainedRun, task: str, max_new_tokens: int, stop: str, ba
     name, pairs = task_pairs(task)
     target_len = data.target_len or run.model_cfg.max_len
     packed, bytes_per_token = pack_pair_split(pairs, run.tokenizer, data.seq_len, target_len,
-                                              "right", name)
+                                              "right", name, run.target_tokenizer)
     records = [Record(p.source, p.target) for p in pairs]
   else:
     name, records = task_records(task)

@@ -11,6 +11,7 @@ import ml_collections
 
 from jaxlm.config import fixed_by_checkpoint, from_saved
 from jaxlm.data import Tokenizer, tokenizer_from_json
+from jaxlm.data.target_vocab import target_of, vocab_size_of
 from jaxlm.errors import UserError
 from jaxlm.models import ModelConfig
 from jaxlm.training import checkpoint, lora_run
@@ -26,6 +27,12 @@ class TrainedRun:
   engine: Engine
   params: object
   step: int
+  # What decodes generated ids: a separate target vocabulary's tokenizer, else `tokenizer`.
+  target_tokenizer: Tokenizer | None = None
+
+  def __post_init__(self):
+    if self.target_tokenizer is None:
+      object.__setattr__(self, "target_tokenizer", self.tokenizer)
 
 
 def apply_overrides(config: ml_collections.ConfigDict,
@@ -50,14 +57,15 @@ def load(workdir: str, step: int | None = None, overrides: dict | None = None) -
   tokenizer, on an engine for this process's devices."""
   step, config_json, tokenizer_json = checkpoint.restore_metadata(workdir, step)
   config = apply_overrides(from_saved(config_json), overrides or {})
-  tokenizer = tokenizer_from_json(tokenizer_json)
-  engine = engine_for_config(config, tokenizer.vocab_size, special_tokens(config, tokenizer))
+  tokenizer, target = tokenizer_from_json(tokenizer_json), target_of(tokenizer_json)
+  engine = engine_for_config(config, tokenizer.vocab_size, special_tokens(config, tokenizer),
+                             vocab_size_of(target))
   if lora_run.is_lora(config):  # its base run's parameters, plus its own adapters
     params = lora_run.restore_params(workdir, step, engine.abstract_state.params,
                                      config_json.get(lora_run.RECORD))
   else:
     params = checkpoint.restore_params(workdir, step, engine.abstract_state.params)
-  return TrainedRun(config, tokenizer, engine.model.cfg, engine, params, step)
+  return TrainedRun(config, tokenizer, engine.model.cfg, engine, params, step, target)
 
 
 def check_generative(workdir: str, step: int | None) -> tuple[int, dict, dict]:

@@ -125,6 +125,9 @@ def inexpressible(cfg: ModelConfig) -> list[str]:
               for key, value in T5_OPTIONS.items() if getattr(cfg, key) != value]
   if cfg.kv_heads != cfg.num_heads:
     problems.append(f"model.num_kv_heads={cfg.num_kv_heads} (T5 has one kv head per head)")
+  if cfg.separate_vocab:
+    problems.append("data.separate_vocab=True (T5 has one vocabulary: its shared embedding "
+                    "serves the encoder, the decoder and the head)")
   return problems
 
 

@@ -9,6 +9,7 @@ from jaxlm import cli
 from jaxlm.config import fixed_by_checkpoint
 from jaxlm.data import pack_documents, save_tokenizer, train_batches
 from jaxlm.data.dataset import TOKENIZER_FILE
+from jaxlm.data.target_vocab import TARGET_TOKENIZER_FILE, vocab_size_of, with_target
 from jaxlm.errors import UserError
 from jaxlm.models import lora
 from jaxlm.training import checkpoint, finetune, lora_run
@@ -46,22 +47,34 @@ def fresh_data_state() -> dict:
   return iter(train_batches(two_windows, 2, 0, 0, 1)).get_state()
 
 
-def write_run(workdir: str, config: ml_collections.ConfigDict, tokenizer, params) -> int:
+def saved_tokenizers(workdir: str, tokenizer, target=None) -> dict:
+  """Writes WORKDIR/tokenizer.json (and a separate vocabulary's target_tokenizer.json); returns
+  the checkpoint's tokenizer JSON, which holds both."""
+  save_tokenizer(tokenizer, os.path.join(workdir, TOKENIZER_FILE))
+  if target is not None:
+    save_tokenizer(target, os.path.join(workdir, TARGET_TOKENIZER_FILE))
+  return with_target(tokenizer.to_json(), target)
+
+
+def write_run(workdir: str, config: ml_collections.ConfigDict, tokenizer, params,
+              target_tokenizer=None) -> int:
   """Saves `params` (a tree, or a function of the run's engine that returns one) as step 0 of a
-  new run in `workdir`; returns the parameter count."""
+  new run in `workdir` (`target_tokenizer`: a separate target vocabulary's); returns the
+  parameter count."""
   cli.ensure_writable(workdir)
   if checkpoint.latest_step(workdir) is not None:
     raise UserError(f"{workdir} already holds a run; import into a new --workdir")
-  engine = engine_for_config(config, tokenizer.vocab_size)
+  engine = engine_for_config(config, tokenizer.vocab_size,
+                             target_vocab_size=vocab_size_of(target_tokenizer))
   if callable(params):  # streamed onto the engine's mesh (convert.streamed_params)
     params = params(engine)
   else:
     params = jax.device_put(params, engine.state_shardings.params)
   # The parameters alone: `train` on this workdir starts a fresh optimizer state from them
   # (training.loop.start_or_resume), so the import never holds one (2x the model under AdamW).
-  save_tokenizer(tokenizer, os.path.join(workdir, TOKENIZER_FILE))
+  tokenizers = saved_tokenizers(workdir, tokenizer, target_tokenizer)
   mngr = checkpoint.manager(workdir, keep=config.checkpoint.keep)
-  checkpoint.save(mngr, 0, {"params": params}, cli.config_to_json(config), tokenizer.to_json(),
+  checkpoint.save(mngr, 0, {"params": params}, cli.config_to_json(config), tokenizers,
                   fresh_data_state())
   mngr.wait_until_finished()
   mngr.close()
@@ -76,7 +89,8 @@ def write_lora_run(workdir: str, config: ml_collections.ConfigDict, pretrained,
   cli.ensure_writable(workdir)
   if checkpoint.latest_step(workdir) is not None:
     raise UserError(f"{workdir} already holds a run; import into a new --workdir")
-  engine = engine_for_config(config, pretrained.tokenizer.vocab_size)
+  engine = engine_for_config(config, pretrained.tokenizer.vocab_size,
+                             target_vocab_size=vocab_size_of(pretrained.target_tokenizer))
   params, _ = finetune.restore_params(pretrained.workdir, pretrained.step,
                                       engine.abstract_state.params, engine.init().params,
                                       pretrained.config["model"]["max_len"])
@@ -86,10 +100,10 @@ def write_lora_run(workdir: str, config: ml_collections.ConfigDict, pretrained,
                     "a bug in the import, report it")
   state = engine.from_params(lora.combine(adapters, base))
   record = lora_run.base_record(pretrained.workdir, pretrained.step, lora.split(state.params)[1])
-  save_tokenizer(pretrained.tokenizer, os.path.join(workdir, TOKENIZER_FILE))
+  tokenizers = saved_tokenizers(workdir, pretrained.tokenizer, pretrained.target_tokenizer)
   mngr = checkpoint.manager(workdir, keep=config.checkpoint.keep)
   checkpoint.save(mngr, 0, lora_run.saved_state(state), lora_run.config_json(config, record),
-                  pretrained.tokenizer.to_json(), fresh_data_state())
+                  tokenizers, fresh_data_state())
   mngr.wait_until_finished()
   mngr.close()
   return sum(x.size for x in jax.tree.leaves(adapters))

@@ -18,7 +18,8 @@ LABEL_HEADS = ("classify", "tag")
 @section_dataclass("model")
 class ModelConfig:
   """The architecture: see `jaxlm/config.py` (model.*) for each field's meaning and default;
-  `vocab_size` is the tokenizer's."""
+  `vocab_size` is the tokenizer's (an encdec's source one), `target_vocab_size` a separate target
+  tokenizer's (data.separate_vocab; 0: the vocabulary is shared)."""
   vocab_size: int
   family: str
   head: str
@@ -55,6 +56,7 @@ class ModelConfig:
   attention_impl: str
   # LoRA adapters (models/lora.py), from train.lora; None: none.
   lora: Any = None
+  target_vocab_size: int = 0
 
   def __post_init__(self):
     if self.d_model % self.num_heads and not self.head_size:
@@ -104,6 +106,9 @@ class ModelConfig:
         raise UserError(f"model.positions={self.positions!r} needs model.family='encdec'; use "
                         "'learned' or 'rope' for a gpt or bert model")
       return
+    if self.target_vocab_size < 0:
+      raise UserError(f"a target vocabulary of {self.target_vocab_size} ids is negative; give "
+                      "data.target_vocab_size >= 0 (0 = data.vocab_size)")
     if self.type_vocab_size:
       raise UserError(f"model.type_vocab_size={self.type_vocab_size} is a BERT option (sentence "
                       "A / B types); an encdec model has none, set model.type_vocab_size=0")
@@ -152,6 +157,16 @@ class ModelConfig:
     return self.family == "gpt"
 
   @property
+  def separate_vocab(self) -> bool:
+    """Whether an encdec's decoder and head have a vocabulary of their own (data.separate_vocab)."""
+    return self.target_vocab_size > 0
+
+  @property
+  def target_vocab(self) -> int:
+    """Ids the decoder reads and the head predicts: the target vocabulary, or the shared one."""
+    return self.target_vocab_size or self.vocab_size
+
+  @property
   def output_size(self) -> int:
-    """Width of the logits: the vocabulary, or the labels of a classify / tag head."""
-    return self.num_labels if self.head in LABEL_HEADS else self.vocab_size
+    """Width of the logits: the (target) vocabulary, or the labels of a classify / tag head."""
+    return self.num_labels if self.head in LABEL_HEADS else self.target_vocab

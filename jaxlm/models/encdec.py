@@ -4,7 +4,10 @@ The encoder attends bidirectionally within each source document (segment ids; 0 
 decoder causally within each target document and, through cross-attention, to the encoder tokens
 of the same segment: several (source, target) examples may be packed into one row, example k
 with segment id k + 1 on both sides. Both stacks are `layers.Block`s; one token embedding
-(`embedding`) is shared by the encoder, the decoder and (tied) the output head, as in T5.
+(`embedding`) is shared by the encoder, the decoder and (tied) the output head, as in T5. With
+separate vocabularies (`cfg.target_vocab_size` > 0) `embedding` is the encoder's, over the source
+ids, and `decoder_embedding` the decoder's (and, tied, the head's), over the target ids: no matrix
+is shared across the two vocabularies.
 
   T5 v1.1:   norm_position "pre" (and each stack's `ln_final`), norm "rmsnorm", use_bias False,
              positions "relative" (unscaled scores + one bias table per stack), mlp "geglu",
@@ -12,9 +15,10 @@ with segment id k + 1 on both sides. Both stacks are `layers.Block`s; one token 
   original:  norm_position "post", norm "layernorm", use_bias True, positions "sinusoidal" or
              "learned", tie_embeddings True (logits scaled by d_model**-0.5)
 
-Parameters: `embedding`, `encoder/{block_i | blocks, ln_final, relative_bias, pos_embedding}`,
-`decoder/...` (each block with `attn`, `cross_attn/{q, kv, out}`, `mlp`, `ln_attn`, `ln_cross`,
-`ln_mlp`) and `head` when untied. With `decode=True` the decoder keeps a KV cache of its
+Parameters: `embedding`, `decoder_embedding` (separate vocabularies only),
+`encoder/{block_i | blocks, ln_final, relative_bias, pos_embedding}`, `decoder/...` (each block
+with `attn`, `cross_attn/{q, kv, out}`, `mlp`, `ln_attn`, `ln_cross`, `ln_mlp`) and `head` when
+untied. With `decode=True` the decoder keeps a KV cache of its
 self-attention and, from the prefill call that passes `encoded`, of its cross-attention keys and
 values; later calls pass `encoded=None`.
 """
@@ -66,19 +70,23 @@ class EncDec(nn.Module):
   def setup(self):
     cfg = self.cfg
     self.embedding = self.param("embedding", param_init(EMBEDDING_STD, ("vocab", "embed")),
-                                (cfg.vocab_size, cfg.d_model))  # [vocab, d_model]
+                                (cfg.vocab_size, cfg.d_model))  # [source vocab, d_model]
+    # [target vocab, d_model]: the decoder's own table, or the shared one
+    self.decoder_embedding = self.param(
+        "decoder_embedding", param_init(EMBEDDING_STD, ("vocab", "embed")),
+        (cfg.target_vocab, cfg.d_model)) if cfg.separate_vocab else self.embedding
     self.encoder = Stack(cfg, decoder=False)
     self.decoder = Stack(cfg, decoder=True, decode=self.decode)
     if not cfg.tie_embeddings:
       self.head = self.param("head", param_init(0.02, ("embed", "vocab")),
-                             (cfg.d_model, cfg.vocab_size))  # [d_model, vocab]
+                             (cfg.d_model, cfg.target_vocab))  # [d_model, target vocab]
 
   def __call__(self, inputs: Array, positions: Array, segment_ids: Array,
                deterministic: bool = True, token_types: Array | None = None, *,
                encoder_inputs: Array, encoder_positions: Array,
                encoder_segment_ids: Array) -> Array:
-    """Teacher-forced logits [batch, dec_len, vocab] of decoder `inputs` (targets shifted right
-    within each document) given the sources; every argument [batch, len] int. `token_types`
+    """Teacher-forced logits [batch, dec_len, target vocab] of decoder `inputs` (targets shifted
+    right within each document) given the sources; every argument [batch, len] int. `token_types`
     exists for the families' common signature and must be None."""
     del token_types  # an encdec model has no token types (model.type_vocab_size is 0)
     encoded = self.encode(encoder_inputs, encoder_positions, encoder_segment_ids, deterministic)
@@ -94,13 +102,13 @@ class EncDec(nn.Module):
   def decode_step(self, inputs: Array, positions: Array, segment_ids: Array,
                   encoded: Array | None, encoder_segment_ids: Array | None,
                   deterministic: bool = True) -> Array:
-    """Logits [batch, seq, vocab] of the decoder over `inputs` given `encoded` (with decode=True:
-    None after the prefill call, read from the cache)."""
+    """Logits [batch, seq, target vocab] of the decoder over `inputs` given `encoded` (with
+    decode=True: None after the prefill call, read from the cache)."""
     cfg = self.cfg
-    x = self.decoder(self.embedding, inputs, positions, segment_ids, deterministic, encoded,
+    x = self.decoder(self.decoder_embedding, inputs, positions, segment_ids, deterministic, encoded,
                      encoder_segment_ids)  # [batch, seq, d_model]
     if cfg.tie_embeddings:
-      head = self.embedding.T * cfg.d_model ** -0.5  # T5's scaling of a tied output layer
+      head = self.decoder_embedding.T * cfg.d_model ** -0.5  # T5's scaling of a tied output layer
     else:
       head = self.head
     logits = jnp.einsum("bsd,dv->bsv", x, head.astype(cfg.compute_dtype),

@@ -149,10 +149,13 @@ def mesh_for_config(config: ml_collections.ConfigDict) -> tuple[Mesh, tuple[str,
   return mesh, train_axes, eval_axes
 
 
-def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
-  """The run's architecture, with its LoRA adapters (train.lora) if any."""
+def model_config(config: ml_collections.ConfigDict, vocab_size: int,
+                 target_vocab_size: int = 0) -> ModelConfig:
+  """The run's architecture, with its LoRA adapters (train.lora) if any; `target_vocab_size`: a
+  separate target tokenizer's size (0: shared, see data/target_vocab.py)."""
   return ModelConfig.from_config(config.model, vocab_size=vocab_size,
-                                 lora=lora.lora_config(config.train.lora))
+                                 lora=lora.lora_config(config.train.lora),
+                                 target_vocab_size=target_vocab_size)
 
 
 def check_lora_targets(model_cfg: ModelConfig, params) -> None:
@@ -176,15 +179,16 @@ def encdec_objective(config: ml_collections.ConfigDict,
 
 
 def engine_for_config(config: ml_collections.ConfigDict, vocab_size: int,
-                      special: SpecialTokens | None = None) -> Engine:
+                      special: SpecialTokens | None = None, target_vocab_size: int = 0) -> Engine:
   """The engine of a run's config, on all devices: what every entry point builds.
 
   Training and evaluation batches are checked against the mesh separately, so each gets its own
   batch split (an awkward eval.batch_size never changes how training is sharded). `special`: the
   tokenizer's special tokens, for a masked-LM run (None: shapes only, see `objective_for`).
+  `target_vocab_size`: a separate target tokenizer's size (0: one shared vocabulary).
   """
   mesh, train_axes, eval_axes = mesh_for_config(config)
-  model_cfg = model_config(config, vocab_size)
+  model_cfg = model_config(config, vocab_size, target_vocab_size)
   objective = objective_for(model_cfg, special, config.train.mlm_probability,
                             config.train.whole_word_masking, encdec_objective(config, special))
   return build_engine(model_cfg, OptimConfig.from_config(config.train), mesh, config.mesh.rules,

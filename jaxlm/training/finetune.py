@@ -22,6 +22,7 @@ from jaxlm.config import (
   from_saved,
 )
 from jaxlm.data import Tokenizer, tokenizer_from_json
+from jaxlm.data.target_vocab import target_of
 from jaxlm.errors import UserError
 from jaxlm.training import checkpoint
 
@@ -37,6 +38,7 @@ class Pretrained:
   step: int
   config: dict  # its full config as JSON
   tokenizer: Tokenizer
+  target_tokenizer: Tokenizer | None = None  # its separate target vocabulary's; None: shared
 
 
 def prepare(config: ml_collections.ConfigDict,
@@ -50,7 +52,8 @@ def prepare(config: ml_collections.ConfigDict,
                     "adapters only); merge it first: python -m jaxlm.convert merge-lora "
                     f"--workdir={workdir} --out=MERGED, and start from MERGED")
   config, notes = inherit(config, saved.to_dict(), overrides)
-  return config, Pretrained(workdir, step, saved.to_dict(), tokenizer_from_json(tokenizer)), notes
+  return config, Pretrained(workdir, step, saved.to_dict(), tokenizer_from_json(tokenizer),
+                            target_of(tokenizer)), notes
 
 
 def resolve_source(init_from: str, init_step: int) -> tuple[str, int | None]:

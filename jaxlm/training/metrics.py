@@ -70,7 +70,7 @@ def encdec_flops_per_token(cfg: ModelConfig, enc_len: int, dec_len: int, params:
       continue
     encoder_side = names[0] == "encoder" or ("cross_attn" in names and "kv" in names)
     per_token["encoder" if encoder_side else "decoder"] += int(np.prod(leaf.shape))
-  per_token["decoder"] += cfg.vocab_size * cfg.d_model  # the output projection, tied or not
+  per_token["decoder"] += cfg.target_vocab * cfg.d_model  # the output projection, tied or not
   width = cfg.num_heads * cfg.head_dim
   attention = 12.0 * width * (cfg.num_layers * enc_len ** 2 +
                               cfg.decoder_layers * (dec_len ** 2 + dec_len * enc_len))

@@ -21,8 +21,10 @@ from jaxlm.data.dataset import (
   Dataset,
   build_dataset,
   read_corpus,
+  workdir_target_tokenizer,
   workdir_tokenizer,
 )
+from jaxlm.data import target_vocab
 from jaxlm.data.prepared_data import check_data_source, open_sources
 from jaxlm.data.records import PackedRecords
 from jaxlm.data.seq2seq import PackedSeq2Seq
@@ -59,9 +61,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise UserError(f"train.on_nonfinite={config.train.on_nonfinite!r} is not one of skip, stop")
 
 
-def check_lora(config: ml_collections.ConfigDict, vocab_size: int) -> None:
+def check_lora(config: ml_collections.ConfigDict, vocab_size: int,
+               target_vocab_size: int = 0) -> None:
   """The train.lora options, and targets that match a projection (from shapes only)."""
-  model_cfg = model_config(config, vocab_size)
+  model_cfg = model_config(config, vocab_size, target_vocab_size)
   tokens = jnp.zeros((1, 1), jnp.int32)
   shapes = jax.eval_shape(lambda: make_model(model_cfg).init(jax.random.key(0), tokens, tokens,
                                                              tokens + 1))
@@ -97,6 +100,8 @@ def check_task(config: ml_collections.ConfigDict, data_format: str) -> None:
   if family == "bert" and config.data.tokenizer != "wordpiece":
     raise UserError(f"a bert run needs data.tokenizer=wordpiece (with [CLS] [SEP] [MASK] [PAD]), "
                     f"not {config.data.tokenizer!r}; set --config.data.tokenizer=wordpiece")
+  target_vocab.check_options(config.data.separate_vocab, config.data.target_vocab_size, family,
+                             data_format, config.data.tokenizer)
 
 
 def special_tokens(config: ml_collections.ConfigDict,
@@ -143,7 +148,8 @@ def set_up(config: ml_collections.ConfigDict, workdir: str, overrides: dict,
   if config.init_from:
     config, pretrained, notes = finetune.prepare(config, overrides)
     if config.train.lora.rank:  # bad LoRA options fail before anything is logged or written
-      check_lora(config, pretrained.tokenizer.vocab_size)
+      check_lora(config, pretrained.tokenizer.vocab_size,
+                 target_vocab.vocab_size_of(pretrained.target_tokenizer))
     log(f"finetuning from step {pretrained.step} of {pretrained.workdir}" +
         "".join(f"\n  changed: {note}" for note in notes))
   check_config(config)
@@ -158,7 +164,8 @@ def set_up(config: ml_collections.ConfigDict, workdir: str, overrides: dict,
     _, saved_config, _ = checkpoint.restore_metadata(workdir)  # the latest step's
     check_resume(cli.config_to_json(from_saved(saved_config)), config)
   tokenizer = dataset.tokenizer
-  engine = engine_for_config(config, tokenizer.vocab_size, special_tokens(config, tokenizer))
+  engine = engine_for_config(config, tokenizer.vocab_size, special_tokens(config, tokenizer),
+                             target_vocab.vocab_size_of(dataset.target_tokenizer))
   feed = engine.train_feed(config.train.batch_size, config.train.grad_accum_steps)
   if dataset.sources is not None:
     iterator = dataset.sources.iterator(config.train.batch_size, config.train.seed, feed.block,
@@ -173,13 +180,16 @@ def set_up(config: ml_collections.ConfigDict, workdir: str, overrides: dict,
 def load_dataset(data_cfg: DataConfig, workdir: str, pretrained: Pretrained | None,
                  log: Callable[[str], None], encdec: bool = False) -> Dataset:
   """The run's tokenizer and data: prepared directories mapped (nothing tokenised), or the
-  corpus read, tokenised and packed in memory. An `encdec` run's new tokenizer has sentinels."""
+  corpus read, tokenised and packed in memory. An `encdec` run's new tokenizer has sentinels;
+  with data.separate_vocab it is the sources', and the targets get one of their own."""
   given = pretrained.tokenizer if pretrained else None
   if data_cfg.source != "prepared":
     check_data_source(data_cfg)
     corpus = read_corpus(data_cfg)
     tokenizer = workdir_tokenizer(data_cfg, corpus, workdir, given, encdec)
-    dataset = build_dataset(data_cfg, corpus, tokenizer)
+    target = workdir_target_tokenizer(data_cfg, corpus, workdir,
+                                      pretrained.target_tokenizer if pretrained else None)
+    dataset = build_dataset(data_cfg, corpus, tokenizer, target)
     log_data(log, data_cfg, corpus, dataset)
     return dataset
   sources = open_sources(data_cfg)
@@ -199,7 +209,9 @@ def log_data(log: Callable[[str], None], data_cfg: DataConfig, corpus, dataset: 
   tokenizer = dataset.tokenizer
   log(f"data: {len(corpus.train)} train / {len(corpus.val)} val {data_cfg.resolved_format} "
       f"examples in {dataset.train.num_full_windows:,} / {len(dataset.val):,} windows of "
-      f"{data_cfg.seq_len} tokens; {tokenizer.kind} tokenizer of {tokenizer.vocab_size} ids")
+      f"{data_cfg.seq_len} tokens; {tokenizer.kind} tokenizer of {tokenizer.vocab_size} ids" +
+      (f", the targets' of {dataset.target_tokenizer.vocab_size}" if dataset.target_tokenizer
+       else ""))
   if dataset.labels:
     log(f"labels ({len(dataset.labels)}): {', '.join(dataset.labels)}")
   if isinstance(dataset.train, (PackedRecords, PackedSeq2Seq)):
