@@ -192,3 +192,41 @@ def test_options_that_cannot_work_are_refused(case, options, fragment):
 def test_train_refuses_separate_vocabularies_for_a_gpt(tmp_path):
   result = train_tiny_gpt(tmp_path, "--config.data.separate_vocab=True")
   user_error(result, tmp_path, "separate_vocab_on_a_gpt", "data.separate_vocab=True")
+
+
+def test_the_server_frames_sources_and_decodes_completions_in_their_vocabularies(run):
+  """A served completion of a separate-vocabulary run is target ids: its text (streamed or not,
+  and each logprob's token) is read with the target tokenizer, the prompt with the source one."""
+  import asyncio  # noqa: PLC0415
+
+  from jaxlm.serving.metrics import Metrics  # noqa: PLC0415
+  from jaxlm.serving.protocol import CompletionRequest  # noqa: PLC0415
+  from jaxlm.serving.service import Service  # noqa: PLC0415
+
+  workdir = run[0]
+  source = load_tokenizer(f"{workdir}/tokenizer.json")
+  target = load_tokenizer(f"{workdir}/target_tokenizer.json")
+
+  class Queue:  # the scheduler's side of the service: takes every request
+    submitted = []
+
+    def submit_all(self, requests):
+      self.submitted.extend(requests)
+      return True
+
+  service = Service(source, Queue(), 32, "run", 32, "", Metrics(), seq2seq=True,
+                    target_tokenizer=target)
+  prompt = service.text_prompt("one two")
+  assert prompt.ids == source.encode("one two") + [source.eos_id]
+  german = target.encode("zwei drei")
+  assert [service.token_text(t) for t in german] == [target.decode([t]) for t in german]
+  assert service.token_text(target.eos_id) == "<eos>"
+
+  async def generate():
+    generation = service.start(CompletionRequest(model="run", prompt="one two"), [prompt], 8)
+    stream = generation.sinks[0].stream
+    for token in german:
+      stream.push(token)
+    return stream.text
+
+  assert asyncio.run(generate()) == "zwei drei" != source.decode(german)

@@ -95,7 +95,8 @@ def load_service(options: ServeOptions, metrics: Metrics, tokenizer_json: dict) 
               or chat.DEFAULT_TEMPLATE)
   cap = options.max_tokens or run.model_cfg.max_len
   return Service(run.tokenizer, scheduler.start(), run.model_cfg.max_len, name, cap, template,
-                 metrics, seq2seq=run.model_cfg.family == "encdec")
+                 metrics, seq2seq=run.model_cfg.family == "encdec",
+                 target_tokenizer=run.target_tokenizer)
 
 
 def serve(options: ServeOptions) -> None:

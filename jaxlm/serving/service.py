@@ -68,8 +68,12 @@ class Generation:
 
 class Service:
   def __init__(self, tokenizer: Tokenizer, scheduler: Scheduler, max_len: int, model_name: str,
-               max_tokens_cap: int, chat_template: str, metrics: Metrics, seq2seq: bool = False):
+               max_tokens_cap: int, chat_template: str, metrics: Metrics, seq2seq: bool = False,
+               target_tokenizer: Tokenizer | None = None):
     self.tokenizer, self.scheduler, self.max_len = tokenizer, scheduler, max_len
+    # What completions are decoded with: an encdec run with separate vocabularies writes target
+    # ids, which the source tokenizer (prompts) cannot read.
+    self.target_tokenizer = target_tokenizer or tokenizer
     self.model_name, self.chat_template, self.metrics = model_name, chat_template, metrics
     self.seq2seq = seq2seq
     # A gpt prompt takes one position at least; a source takes none of the decoder's.
@@ -156,7 +160,7 @@ class Service:
     for p, prompt in enumerate(prompts):
       for c in range(request.n):
         index = p * request.n + c
-        stream = TextStream(self.tokenizer, max_tokens, request.stops, request.ignore_eos)
+        stream = TextStream(self.target_tokenizer, max_tokens, request.stops, request.ignore_eos)
         sink = ChoiceSink(loop, queue, index, stream, (prompt.text, self._unframed(prompt.ids))
                           if echo else None, self.metrics)
         sink.request = Request(prompt.ids, request_key(seed, index), request.temperature, top_k,
@@ -174,4 +178,5 @@ class Service:
       self.scheduler.cancel(sink.request)
 
   def token_text(self, token: int) -> str:
-    return "<eos>" if token == self.tokenizer.eos_id else self.tokenizer.decode([token])
+    target = self.target_tokenizer
+    return "<eos>" if token == target.eos_id else target.decode([token])
