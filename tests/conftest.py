@@ -30,3 +30,22 @@ def subprocess_env() -> dict:
   env["JAX_COMPILATION_CACHE_DIR"] = CACHE_DIR
   env["PYTHONPATH"] = REPO
   return env
+
+
+if os.environ.get("JAXLM_TEST_CPU_LOG"):  # where the suite's CPU time goes (docs: README, tests)
+  import json  # noqa: E402
+  import resource  # noqa: E402
+  import time  # noqa: E402
+
+  @pytest.hookimpl(hookwrapper=True)
+  def pytest_runtest_protocol(item, nextitem):
+    """Appends each test's wall time and CPU time (this process's threads and the subprocesses
+    it waited for) to the file JAXLM_TEST_CPU_LOG names: the cores a test takes from the others."""
+    usage = lambda who: sum(resource.getrusage(who)[:2])  # noqa: E731  (user + system seconds)
+    start = (time.monotonic(), usage(resource.RUSAGE_SELF), usage(resource.RUSAGE_CHILDREN))
+    yield
+    wall, own, children = (time.monotonic(), usage(resource.RUSAGE_SELF),
+                           usage(resource.RUSAGE_CHILDREN))
+    with open(os.environ["JAXLM_TEST_CPU_LOG"], "a") as f:
+      f.write(json.dumps({"test": item.nodeid, "wall": wall - start[0], "cpu": own - start[1],
+                          "children": children - start[2]}) + "\n")

@@ -195,9 +195,8 @@ def test_features_jaxlm_lacks_are_named_in_one_error():
     assert feature in message
 
 
+@pytest.mark.parametrize("hf_dir", ["llama"], indirect=True)  # one layout is enough for the CLI
 def test_cli_import_of_unsupported_features_fails_in_one_line(hf_dir, tmp_path):
-  if hf_dir[1] != "llama":
-    pytest.skip("one architecture is enough for the command line")
   from test_hf_gpt2 import jaxlm_cli
   model_dir = tmp_path / "model"
   os.makedirs(model_dir)

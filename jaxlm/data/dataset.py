@@ -252,9 +252,11 @@ def workdir_tokenizer(c: DataConfig, corpus: Corpus, workdir: str,
   """The workdir's tokenizer if there is one; else `pretrained` (a finetune run's) or one trained
   on the training split (with sentinels for an `encdec` run; its sources alone with
   data.separate_vocab), saved."""
-  def make() -> Tokenizer:
+  def make() -> Tokenizer:  # no corpus when the tokenizer is given (prepared data has none)
+    if pretrained is not None:
+      return pretrained
     docs = side_texts(corpus.train, "source") if c.separate_vocab else corpus.train
-    return pretrained or make_tokenizer(c, docs, encdec)
+    return make_tokenizer(c, docs, encdec)
   return saved_once(os.path.join(workdir, TOKENIZER_FILE), make)
 
 
