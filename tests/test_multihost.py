@@ -26,7 +26,7 @@ STEPS = 20
 OVERRIDES = [f"--config.train.steps={STEPS}", "--config.train.log_every=1",
              "--config.train.batch_size=16", "--config.eval.batch_size=16",
              "--config.checkpoint.every=10", "--config.mesh.data=1", "--config.mesh.fsdp=-1"]
-TIMEOUT_S = 120
+TIMEOUT_S = 300  # generous: three processes share the machine with the other test worker
 
 
 def free_port() -> int:
@@ -109,34 +109,26 @@ def test_two_processes_train_like_one_with_the_same_devices(runs):
     assert json.load(f)  # trained once by process 0, read by process 1
 
 
-BERT_STEPS = 6
-BERT = ["--config.model.family=bert", "--config.model.norm_position=post",
-        "--config.model.mlp=gelu_exact", "--config.model.type_vocab_size=2",
-        "--config.data.tokenizer=wordpiece", "--config.data.vocab_size=120",
-        "--config.eval.sample_tokens=0", f"--config.train.steps={BERT_STEPS}",
-        f"--config.checkpoint.every={BERT_STEPS}"]
-
-
+PRETRAIN_STEPS = 6
 T5 = ["--config.model.family=encdec", "--config.model.positions=relative",
       "--config.model.norm=rmsnorm", "--config.model.mlp=geglu", "--config.model.use_bias=False",
       "--config.model.tie_embeddings=False", "--config.model.num_decoder_layers=1",
       "--config.model.relative_buckets=8", "--config.data.tokenizer=sentencepiece",
       "--config.data.vocab_size=320", "--config.data.num_sentinels=16",
-      "--config.eval.sample_tokens=0", f"--config.train.steps={BERT_STEPS}",
-      f"--config.checkpoint.every={BERT_STEPS}"]
+      "--config.eval.sample_tokens=0", f"--config.train.steps={PRETRAIN_STEPS}",
+      f"--config.checkpoint.every={PRETRAIN_STEPS}"]
 
 
-@pytest.mark.parametrize("family, overrides, shown", [("bert", BERT, "masked accuracy"),
-                                                      ("encdec", T5, "target accuracy")])
-def test_two_processes_pretrain_like_one(tmp_path, family, overrides, shown):
-  """Masked LM (BERT) and span corruption (T5) over two hosts: each step's masks or spans are
-  drawn over the global batch from the step's key, so both processes corrupt their rows as the
-  one-process run does; losses agree step by step."""
-  workdirs, logs = launch(tmp_path, [*OVERRIDES, *overrides])
+def test_two_processes_pretrain_a_t5_like_one(tmp_path):
+  """Span corruption over two hosts: each step's spans are drawn over the global batch from the
+  step's key inside the jitted step, so both processes corrupt their rows as the one-process run
+  does; losses agree step by step. BERT's masked LM is drawn by the same objective hook
+  (training/objectives.py `prepare`, in the step) and is checked sharded in tests/test_bert.py."""
+  workdirs, logs = launch(tmp_path, [*OVERRIDES, *T5])
   pair, single = train_losses(workdirs["pair"]), train_losses(workdirs["single"])
-  assert len(single) == len(pair) == BERT_STEPS
+  assert len(single) == len(pair) == PRETRAIN_STEPS
   np.testing.assert_allclose(pair, single, atol=1e-5)
-  assert shown in logs["process0"]
+  assert "target accuracy" in logs["process0"]
   final = {name: {k: v for k, v in last_json(logs[name]).items() if k != "wall_seconds"}
            for name in ("process0", "single")}
   assert final["process0"] == pytest.approx(final["single"], rel=1e-5)
@@ -168,24 +160,6 @@ def test_multihost_settings_come_from_flags_or_environment_and_must_be_complete(
     distributed.settings("10.0.0.1", 2, 0, environ={})
   with pytest.raises(UserError, match="JAX_NUM_PROCESSES='two' is not an integer"):
     distributed.settings("h:1", None, 0, environ={"JAX_NUM_PROCESSES": "two"})
-
-
-def test_a_batch_replicated_across_processes_is_read_alike_by_both(tmp_path):
-  """fsdp=4 spans both processes but does not divide the batch of 6, so the batch is split over
-  `data` (size 1) only: every device holds all 6 rows, and both processes must feed the same ones
-  (each feeding its own 3 rows would silently train two different models)."""
-  steps = 4
-  workdirs, logs = launch(tmp_path, [
-      f"--config.train.steps={steps}", "--config.train.log_every=1", "--config.train.batch_size=6",
-      "--config.eval.batch_size=6", f"--config.checkpoint.every={steps}", "--config.mesh.data=1",
-      "--config.mesh.fsdp=-1"])
-  assert "training batch split over data," in logs["process0"]
-  pair, single = train_losses(workdirs["pair"]), train_losses(workdirs["single"])
-  assert len(pair) == len(single) == steps
-  np.testing.assert_allclose(pair, single, atol=1e-5)
-  final = {name: {k: v for k, v in last_json(logs[name]).items() if k != "wall_seconds"}
-           for name in ("process0", "process1", "single")}
-  assert final["process0"] == final["process1"] == pytest.approx(final["single"], rel=1e-5)
 
 
 def test_sigterm_on_one_host_stops_both_at_the_same_step_with_a_checkpoint(tmp_path):
@@ -222,8 +196,12 @@ MIXTURE_STEPS = 10
 
 
 def test_two_processes_train_a_mixture_of_prepared_sources_like_one(tmp_path):
-  """Each process maps the shared shards and reads only its rows of each mixed batch; the losses,
-  the tokens drawn per source and the per-source validation metrics equal one process's."""
+  """Each process maps the shared shards and reads its rows of each mixed batch; the losses, the
+  tokens drawn per source and the per-source validation metrics equal one process's.
+
+  fsdp=4 spans both processes but does not divide the batch of 6, so the batch is split over
+  `data` (size 1) only: every device holds all 6 rows, and both processes must feed the same ones
+  (each feeding its own 3 rows would silently train two different models)."""
   from test_mixture import write_other_corpus  # noqa: PLC0415  (its fixtures are not needed here)
   from test_prepare import prepare_tiny  # noqa: PLC0415
 
@@ -231,7 +209,8 @@ def test_two_processes_train_a_mixture_of_prepared_sources_like_one(tmp_path):
   prepare_tiny(write_other_corpus(tmp_path / "corpus_b"), tmp_path / "b",
                tokenizer_file=str(tmp_path / "a" / "tokenizer.json"))
   mixture = f"(('a', '{tmp_path / 'a'}', 0.75), ('b', '{tmp_path / 'b'}', 0.25))"
-  workdirs, logs = launch(tmp_path, [*OVERRIDES, "--config.data.source=prepared",
+  workdirs, logs = launch(tmp_path, [*OVERRIDES, "--config.train.batch_size=6",
+                                     "--config.eval.batch_size=6", "--config.data.source=prepared",
                                      "--config.data.path=", f"--config.data.mixture={mixture}",
                                      "--config.data.mixture_stages=((5, (0.25, 0.75)),)",
                                      f"--config.train.steps={MIXTURE_STEPS}",
@@ -246,4 +225,6 @@ def test_two_processes_train_a_mixture_of_prepared_sources_like_one(tmp_path):
   final = {name: {k: v for k, v in last_json(logs[name]).items() if k != "wall_seconds"}
            for name in ("process0", "single")}
   assert {"a/loss", "b/loss", "loss"} <= set(final["single"])
-  assert final["process0"] == pytest.approx(final["single"], rel=1e-5)
+  assert "training batch split over data," in logs["process0"]
+  final["process1"] = {k: v for k, v in last_json(logs["process1"]).items() if k != "wall_seconds"}
+  assert final["process0"] == final["process1"] == pytest.approx(final["single"], rel=1e-5)
