@@ -39,6 +39,15 @@ class PreparedSources:
     return mixture_lib.MixtureBatches([p.train for p in self.opened], self.schedule,
                                       global_batch, seed, block, blocks)
 
+  def check_sentinels(self) -> None:
+    """Span corruption (an encdec run on prepared text) needs the tokenizer's sentinels, which
+    `prepare` trains only with an encdec config."""
+    if not getattr(self.tokenizer, "sentinel_ids", ()):
+      raise UserError(f"{self.opened[0].directory} was prepared with a {self.tokenizer.kind} "
+                      "tokenizer without the sentinel tokens that span corruption needs; prepare "
+                      "it again into a new --out with the encdec config (model.family=encdec, "
+                      "data.tokenizer=sentencepiece, data.num_sentinels > 0)")
+
   def describe(self) -> str:
     parts = []
     for name, p in zip(self.names, self.opened):
