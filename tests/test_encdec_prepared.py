@@ -1,8 +1,8 @@
-"""Span-corruption pretraining from prepared data: `prepare` with an encdec config trains the
-tokenizer with its sentinels (as a run on the raw text does), training from the shards corrupts
-real spans of the corpus's documents and equals training on the raw text, a SIGTERM stops the run
-with a checkpoint from which it resumes to the same losses, and data prepared without sentinels
-is refused in one line."""
+"""Span-corruption pretraining from prepared data: `python -m jaxlm.prepare` with an encdec config
+trains the tokenizer with its sentinels (as a run on the raw text does), training from the shards
+(one directory or a mixture) corrupts real spans of the corpus's documents and equals training on
+the raw text, a SIGTERM stops the run with a checkpoint from which it resumes to the same losses,
+and data prepared without sentinels is refused in one line."""
 
 import os
 import shutil
@@ -11,6 +11,7 @@ import signal
 import jax
 import numpy as np
 import pytest
+from test_cli import jaxlm
 from test_encdec_cli import GERMAN, WORDS, tiny_t5_config
 from test_errors import documented
 from test_prepare import SHARD_CHARS, assert_same_losses
@@ -37,16 +38,32 @@ def run_config(corpus: str, prepared: str = ""):
   return c
 
 
+# run_config's data settings and model family, for the prepare verb.
+ENCDEC_DATA = """
+from jaxlm.config import base_config
+
+def get_config():
+  c = base_config()
+  c.data.source, c.data.path, c.data.tokenizer = "files", {path!r}, "sentencepiece"
+  c.data.vocab_size, c.data.num_sentinels, c.data.seq_len, c.data.val_fraction = 320, {n}, 32, 0.2
+  c.model.family = "encdec"
+  return c
+"""
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-  """DIR/corpus, DIR/prepared (prepared with the encdec config) and DIR/copy of it, DIR/plain
-  (prepared without sentinels)."""
+  """DIR/corpus; DIR/prepared, by the prepare verb with an encdec config, and DIR/copy of it;
+  DIR/plain, prepared (in this process) as for a gpt: without sentinels."""
   root = tmp_path_factory.mktemp("encdec_prepared")
   corpus = write_corpus(root / "corpus", words=tuple(WORDS) + tuple(GERMAN.values()))
-  config = run_config(corpus)
-  for name, encdec in (("prepared", True), ("plain", False)):
-    prepare(DataConfig.from_config(config.data), str(root / name), 1, SHARD_CHARS,
-            lambda _: None, encdec=encdec)
+  (root / "t5.py").write_text(ENCDEC_DATA.format(path=corpus, n=SENTINELS))
+  result = jaxlm("prepare", f"--config={root / 't5.py'}", f"--out={root / 'prepared'}",
+                 "--workers=1", f"--shard_mb={SHARD_CHARS / 1e6}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert f"({SENTINELS} sentinels)" in result.stderr
+  prepare(DataConfig.from_config(run_config(corpus).data), str(root / "plain"), 1, SHARD_CHARS,
+          lambda _: None)
   shutil.copytree(root / "prepared", root / "copy")
   return root
 
