@@ -5,9 +5,10 @@
         --config.data.path=DIR --workdir=W
 
 Reads the config's data.* sources and cleans and splits them as `train` does, trains the tokenizer
-on a bounded sample (data.tokenizer_sample_chars) or takes data.tokenizer_file, tokenises in
-worker processes and writes DIR (see jaxlm/data/manifest.py). Interrupted, the same command
-resumes: finished shards are kept. The last line of stdout is a JSON summary.
+on a bounded sample (data.tokenizer_sample_chars; with an encdec config, model.family=encdec,
+a sentencepiece one gets data.num_sentinels sentinels for span corruption, as a training run on the
+raw text would) or takes data.tokenizer_file, tokenises in worker processes and writes DIR (see
+jaxlm/data/manifest.py). Interrupted, the same command resumes: finished shards are kept. The last line of stdout is a JSON summary.
 """
 
 import os
@@ -38,7 +39,8 @@ def main(argv):
     if not f.out:
       raise UserError("--out is required: the directory for the prepared data")
     manifest = prepare(DataConfig.from_config(f.config.data), f.out, max(f.workers, 1),
-                       int(f.shard_mb * 1e6), lambda text: print(text, file=sys.stderr))
+                       int(f.shard_mb * 1e6), lambda text: print(text, file=sys.stderr),
+                       encdec=f.config.model.family == "encdec")
     cli.emit_json({"out": f.out, **{f"{split}_{key}": entry[key]
                                     for split, entry in manifest["splits"].items()
                                     for key in ("docs", "tokens")},

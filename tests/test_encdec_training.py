@@ -47,9 +47,26 @@ def text_batch(rows: int, seed: int, accum: int = 2) -> dict:
           "segment_ids": segments, "weights": (segments > 0).astype(np.float32)}
 
 
-def span_engine(cfg, mesh, optim=SGD):
+def span_engine(cfg, mesh, optim=SGD, spike_sigma=0.0):
   objective = SpanCorruption(SENTINELS, EOS, target_len=16)
-  return build_engine(cfg, optim, mesh, RULES, 0, SEQ, objective=objective)
+  return build_engine(cfg, optim, mesh, RULES, 0, SEQ, spike_sigma=spike_sigma,
+                      objective=objective)
+
+
+def seq2seq_batch(rows: int, target_len: int = 12, seed: int = 0) -> dict:
+  """`[1, rows, ...]` seq2seq rows: two sources a row (12 tokens each); two targets (5 and 4
+  tokens), the last 3 decoder positions padding."""
+  rng = np.random.default_rng(seed)
+  decoder_segments = np.repeat(np.array([1, 2, 0], np.int32), [5, 4, 3])[None].repeat(rows, 0)
+  batch = {"encoder_inputs": rng.integers(2, VOCAB, (rows, SEQ)).astype(np.int32),
+           "encoder_positions": np.tile(np.arange(SEQ, dtype=np.int32) % 12, (rows, 1)),
+           "encoder_segment_ids": np.tile(np.repeat(np.array([1, 2], np.int32), 12), (rows, 1)),
+           "inputs": rng.integers(2, VOCAB, (rows, target_len)).astype(np.int32),
+           "targets": rng.integers(2, VOCAB, (rows, target_len)).astype(np.int32),
+           "positions": np.tile(np.concatenate([np.arange(5), np.arange(7)]).astype(np.int32),
+                                (rows, 1)),
+           "segment_ids": decoder_segments, "weights": (decoder_segments > 0).astype(np.float32)}
+  return {k: v[None] for k, v in batch.items()}
 
 
 def run_steps(cfg, mesh, rows: int, steps: int = 3):
@@ -90,25 +107,14 @@ def test_seq2seq_rows_train_and_score_only_their_targets(t5_cfg):
   weighted targets, and the encoder side is read (changing a source changes the loss)."""
   mesh = sharding.make_mesh(2, 2, 2)
   engine = build_engine(t5_cfg, SGD, mesh, RULES, 0, SEQ, objective=SEQ2SEQ)
-  rng = np.random.default_rng(0)
-  rows, target_len = 8, 12
-  decoder_segments = np.repeat(np.array([1, 2, 0], np.int32), [5, 4, 3])[None].repeat(rows, 0)
-  batch = {"encoder_inputs": rng.integers(2, VOCAB, (rows, SEQ)).astype(np.int32),
-           "encoder_positions": np.tile(np.arange(SEQ, dtype=np.int32) % 12, (rows, 1)),
-           "encoder_segment_ids": np.tile(np.repeat(np.array([1, 2], np.int32), 12), (rows, 1)),
-           "inputs": rng.integers(2, VOCAB, (rows, target_len)).astype(np.int32),
-           "targets": rng.integers(2, VOCAB, (rows, target_len)).astype(np.int32),
-           "positions": np.tile(np.concatenate([np.arange(5), np.arange(7)]).astype(np.int32),
-                                (rows, 1)),
-           "segment_ids": decoder_segments, "weights": (decoder_segments > 0).astype(np.float32)}
+  rows = 8
+  batch = seq2seq_batch(rows)
   feed = sharding.batch_sharding(mesh, leading_dims=1)
   params = engine.init().params
   state = engine.from_params(params)
-  _, metrics = engine.train_step(state, jax.device_put({k: v[None] for k, v in batch.items()},
-                                                       feed))
+  _, metrics = engine.train_step(state, jax.device_put(batch, feed))
   assert float(metrics["tokens"]) == rows * 9
   changed = {**batch, "encoder_inputs": (batch["encoder_inputs"] + 1) % VOCAB}
-  _, other = engine.train_step(engine.from_params(params),
-                               jax.device_put({k: v[None] for k, v in changed.items()}, feed))
+  _, other = engine.train_step(engine.from_params(params), jax.device_put(changed, feed))
   # At initialisation the source moves the loss by ~1e-4: far above float32 rounding (~5e-7).
   assert abs(float(other["loss"]) - float(metrics["loss"])) > 1e-5

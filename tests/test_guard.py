@@ -37,20 +37,27 @@ def same(a, b) -> bool:
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def test_a_nan_batch_leaves_parameters_and_optimizer_state_untouched(tiny_model_cfg):
-  engine = engine_with(tiny_model_cfg)
+def assert_a_nan_batch_is_refused(engine, batch: dict, clean: dict) -> None:
+  """`batch` with a NaN weight leaves the parameters and optimizer state untouched (and counts);
+  `clean` after it is applied."""
   state = engine.init()
   before = jax.device_get((state.params, state.opt_state))
-  poisoned = make_batch(tiny_model_cfg.vocab_size, 8)
+  poisoned = {**batch, "weights": batch["weights"].copy()}
   poisoned["weights"][0, 0, 0] = np.nan
   state, metrics = engine.train_step(state, poisoned)
   assert not np.isfinite(float(metrics["loss"]))
   assert same(before, (state.params, state.opt_state))
   assert int(state.guard.skipped) == 1 and int(state.guard.first_nonfinite) == 0
   assert int(state.step) == 1  # the batch is consumed: the data position moves on
-  state, metrics = engine.train_step(state, make_batch(tiny_model_cfg.vocab_size, 8))
+  state, metrics = engine.train_step(state, clean)
   assert np.isfinite(float(metrics["loss"])) and not same(before[0], state.params)
   assert int(state.guard.skipped) == 1
+
+
+def test_a_nan_batch_leaves_parameters_and_optimizer_state_untouched(tiny_model_cfg):
+  assert_a_nan_batch_is_refused(engine_with(tiny_model_cfg),
+                                make_batch(tiny_model_cfg.vocab_size, 8),
+                                make_batch(tiny_model_cfg.vocab_size, 8))
 
 
 def test_a_huge_learning_rate_never_puts_non_finite_values_in_the_parameters(tiny_model_cfg):

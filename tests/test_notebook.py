@@ -3,9 +3,12 @@
 import base64
 import io
 import os
+import re
 
 import pytest
 from conftest import REPO, subprocess_env
+
+from jaxlm.data.translation_tasks import catalogs
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -21,12 +24,18 @@ def test_colab_notebook_executes_in_tiny_mode(tmp_path):
   client.execute(env=env)  # raises CellExecutionError, with the cell's traceback, if a cell fails
 
   runs = tmp_path / "runs" / "notebook"
-  for run in ("pretrain", "finetune", "bert", "bert_classify"):
+  translated = bool(catalogs("de"))  # the translation task needs the German gettext catalogs
+  for run in ("pretrain", "finetune", "bert", "bert_classify", "t5") + ("translate",) * translated:
     assert (runs / run / "checkpoints").is_dir() and (runs / run / "report.png").is_file(), run
   assert (runs / "bert_classify" / "predictions").is_dir()  # the classifier's predictions
   outputs = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs]
   text = "".join(out.get("text", "") for out in outputs)
-  assert text.count("exact match") == 2  # the GPT runs' task metrics, each
+  assert text.count("exact match") == 2 + translated  # the GPT runs' and the T5's task metrics
+  if translated:  # the T5 finetune's BLEU and chrF, and its beam-4 translation of a --source
+    assert re.search(r"gettext_en_de at step 4: exact match \S+  BLEU \S+  chrF \S+", text)
+    assert "'Open the file' -> beam 4: '" in text
+  else:
+    assert "translation finetune skipped: task gettext_en_de reads the gettext catalogs" in text
   assert text.count("validation loss") == 3  # evaluate: the two GPT runs, the BERT classifier
   assert "macro f1" in text and "gold \\ predicted" in text  # the classifier's metrics and table
   assert "name of ___: " in text  # the finetuned model's sample

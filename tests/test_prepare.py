@@ -159,12 +159,17 @@ def runs(corpus_dir, prepared, tmp_path_factory):
   return root / "memory", root / "prepared"
 
 
-def test_training_from_shards_equals_training_in_memory(runs):
-  memory, from_shards = (read_metrics(str(w)) for w in runs)
+def assert_same_losses(workdir, other) -> None:
+  """Two runs logged the same train and validation losses, bit for bit."""
+  a_records, b_records = read_metrics(str(workdir)), read_metrics(str(other))
   for split in ("train", "val"):
-    a = [r["loss"] for r in memory if r["split"] == split]
-    b = [r["loss"] for r in from_shards if r["split"] == split]
+    a = [r["loss"] for r in a_records if r["split"] == split]
+    b = [r["loss"] for r in b_records if r["split"] == split]
     assert len(a) == len(b) > 0 and a == b, split
+
+
+def test_training_from_shards_equals_training_in_memory(runs):
+  assert_same_losses(*runs)
   with open(os.path.join(runs[1], "tokenizer.json")) as f:  # the prepared tokenizer, copied
     assert f.read() == open(os.path.join(runs[0], "tokenizer.json")).read()
 

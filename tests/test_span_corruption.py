@@ -28,11 +28,11 @@ def t5_counts(length, density=0.15, mean_span=3.0):
   return noise, min(max(round(noise / mean_span), 1), noise, length - noise)
 
 
-def documents(inputs, segments, weights):
+def documents(inputs, segments, weights, eos=EOS):
   """The document tokens of one LM row, by the module's rule, in a Python loop."""
   docs = {}
   for p, (token, segment, weight) in enumerate(zip(inputs, segments, weights)):
-    if p > 0 and weight > 0 and segment > 0 and token != EOS:
+    if p > 0 and weight > 0 and segment > 0 and token != eos:
       docs.setdefault(segment, []).append(int(token))
   return [docs[s] for s in sorted(docs)]
 
@@ -58,21 +58,21 @@ def parse(out, r):
   return pieces
 
 
-def reconstruct(enc, tgt):
+def reconstruct(enc, tgt, sentinels=SENTINELS, eos=EOS):
   """The document from its encoder tokens and targets, and its span lengths."""
-  assert enc[-1] == EOS and tgt[-1] == EOS
+  assert enc[-1] == eos and tgt[-1] == eos
   spans, k = [], -1
   for token in tgt[:-1]:
-    if token in SENTINELS:
+    if token in sentinels:
       k += 1
-      assert token == SENTINELS[k]  # sentinel k for the k-th span
+      assert token == sentinels[k]  # sentinel k for the k-th span
       spans.append([])
     else:
       spans[k].append(token)
   doc, used = [], 0
   for token in enc[:-1]:
-    if token in SENTINELS:
-      assert token == SENTINELS[used]
+    if token in sentinels:
+      assert token == sentinels[used]
       doc += spans[used]
       used += 1
     else:

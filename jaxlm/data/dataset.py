@@ -243,8 +243,13 @@ def make_tokenizer(c: DataConfig, train_docs, encdec: bool = False) -> Tokenizer
     return tokenizer
   texts = sample_documents((text_of(doc) for doc in train_docs), c.tokenizer_sample_chars,
                            TOKENIZER_SAMPLE_SEED)
-  sentinels = c.num_sentinels if encdec and c.tokenizer == "sentencepiece" else 0
-  return train_tokenizer(c.tokenizer, texts, c.vocab_size, c.sp_model_type, sentinels)
+  return train_tokenizer(c.tokenizer, texts, c.vocab_size, c.sp_model_type,
+                         sentinel_count(c, encdec))
+
+
+def sentinel_count(c: DataConfig, encdec: bool) -> int:
+  """The sentinels a new tokenizer gets: data.num_sentinels for an encdec run's sentencepiece."""
+  return c.num_sentinels if encdec and c.tokenizer == "sentencepiece" else 0
 
 
 def workdir_tokenizer(c: DataConfig, corpus: Corpus, workdir: str,

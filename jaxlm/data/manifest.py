@@ -3,9 +3,10 @@
     DIR/settings.json   the data settings prepare ran with (written first: claims DIR)
     DIR/tokenizer.json  the tokenizer (save_tokenizer's JSON)
     DIR/train/, val/    the shards of each split (shards.py)
-    DIR/manifest.json   written last: format, settings, the tokenizer's kind, size and SHA-256, the
-                        token dtype, and per split its documents, tokens, UTF-8 bytes, the SHA-256
-                        of its cleaned text and each shard's counts and SHA-256s
+    DIR/manifest.json   written last: format, settings, the tokenizer's kind, size, sentinels
+                        (span corruption's, 0 unless prepared with an encdec config) and SHA-256,
+                        the token dtype, and per split its documents, tokens, UTF-8 bytes, the
+                        SHA-256 of its cleaned text and each shard's counts and SHA-256s
 The validation split is fixed here, once; training packs the streams into windows of its own
 data.seq_len.
 """
@@ -30,8 +31,16 @@ SETTING_KEYS = ("source", "path", "text_field", "val_fraction", "dedup", "tokeni
 CLEANING = "NFC, newlines unified to \\n, blank documents dropped, exact duplicates if dedup"
 
 
-def settings_of(c) -> dict:
-  return {**{key: getattr(c, key) for key in SETTING_KEYS}, "cleaning": CLEANING}
+def settings_of(c, num_sentinels: int = 0) -> dict:
+  """The settings of DataConfig `c`; `num_sentinels`, those of an encdec config's new tokenizer,
+  only where there are any (so that directories prepared before sentinels existed still match)."""
+  sentinels = {"num_sentinels": num_sentinels} if num_sentinels else {}
+  return {**{key: getattr(c, key) for key in SETTING_KEYS}, **sentinels, "cleaning": CLEANING}
+
+
+def sentinels_of(tokenizer: Tokenizer) -> int:
+  """How many span-corruption sentinels `tokenizer` holds (an encdec run's sentencepiece)."""
+  return len(getattr(tokenizer, "sentinel_ids", ()) or ())
 
 
 def _dump(value: dict) -> bytes:
@@ -64,7 +73,7 @@ def write(out: str, settings: dict, tokenizer: Tokenizer, tokenizer_sha256: str,
   manifest = {"format": FORMAT, "settings": settings,
               "tokenizer": {"file": TOKENIZER, "kind": tokenizer.kind,
                             "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id,
-                            "sha256": tokenizer_sha256},
+                            "num_sentinels": sentinels_of(tokenizer), "sha256": tokenizer_sha256},
               "token_dtype": token_dtype(tokenizer.vocab_size).str, "splits": splits}
   write_atomic(os.path.join(out, MANIFEST), _dump(manifest))
   return manifest

@@ -26,7 +26,7 @@ import tqdm
 from jaxlm.data import manifest as manifest_lib
 from jaxlm.data import shards
 from jaxlm.data.clean import iter_clean
-from jaxlm.data.dataset import TOKENIZER_FILE, DataConfig, make_tokenizer
+from jaxlm.data.dataset import TOKENIZER_FILE, DataConfig, make_tokenizer, sentinel_count
 from jaxlm.data.sources import check_nonempty, read_raw
 from jaxlm.data.tokenizer import Tokenizer, load_tokenizer, save_tokenizer, tokenizer_from_json
 from jaxlm.errors import UserError
@@ -182,32 +182,36 @@ def write_split(out: str, split: str, docs: Iterable[str], tokenizer: Tokenizer,
                      for r in records]}
 
 
-def prepared_tokenizer(c: DataConfig, out: str, train_docs: Callable[[], Iterator[str]]):
+def prepared_tokenizer(c: DataConfig, out: str, train_docs: Callable[[], Iterator[str]],
+                       encdec: bool):
   """OUT/tokenizer.json if an interrupted run left one, else data.tokenizer_file's or one trained
-  on the bounded sample of the training documents; saved."""
+  on the bounded sample of the training documents (with sentinels for an `encdec` config, as
+  its training run would train it); saved."""
   path = os.path.join(out, TOKENIZER_FILE)
   if os.path.exists(path):
     return load_tokenizer(path)
-  tokenizer = make_tokenizer(c, train_docs())
+  tokenizer = make_tokenizer(c, train_docs(), encdec)
   save_tokenizer(tokenizer, path)
   return tokenizer
 
 
 def prepare(c: DataConfig, out: str, workers: int, shard_chars: int,
-            log: Callable[[str], None]) -> dict:
+            log: Callable[[str], None], encdec: bool = False) -> dict:
   """Prepares the corpus of `c` into `out` (resuming what a previous run there left); returns the
-  manifest."""
+  manifest. `encdec`: for an encoder-decoder (model.family=encdec), whose tokenizer has sentinels."""
   check_preparable(c)
   if shard_chars < 1:
     raise UserError(f"--shard_mb must be positive (got {shard_chars} characters per shard)")
-  settings = {**manifest_lib.settings_of(c), "shard_chars": shard_chars}
+  settings = {**manifest_lib.settings_of(c, sentinel_count(c, encdec)),
+              "shard_chars": shard_chars}
   manifest_lib.claim(out, settings)
   for stale in glob.glob(os.path.join(glob.escape(out), "*", "*.tmp*")):
     os.remove(stale)  # a write that an interruption cut short
   splits = clean_splits(c)
-  tokenizer = prepared_tokenizer(c, out, splits["train"])
+  tokenizer = prepared_tokenizer(c, out, splits["train"], encdec)
   tokenizer_sha256 = shards.sha256_file(os.path.join(out, TOKENIZER_FILE))
-  log(f"prepare: {tokenizer.kind} tokenizer of {tokenizer.vocab_size} ids; tokenising in "
+  log(f"prepare: {tokenizer.kind} tokenizer of {tokenizer.vocab_size} ids "
+      f"({manifest_lib.sentinels_of(tokenizer)} sentinels); tokenising in "
       f"{workers} worker process{'es' if workers > 1 else ''}")
   pool = Workers(workers, tokenizer)
   entries = {}

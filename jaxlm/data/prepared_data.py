@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 from jaxlm.data import mixture as mixture_lib
-from jaxlm.data.manifest import Prepared, open_prepared
+from jaxlm.data.manifest import Prepared, open_prepared, sentinels_of
 from jaxlm.data.pipeline import train_batches
 from jaxlm.data.shards import ShardedTokens
 from jaxlm.errors import UserError
@@ -38,6 +38,15 @@ class PreparedSources:
       return iter(train_batches(self.opened[0].train, global_batch, seed, block, blocks))
     return mixture_lib.MixtureBatches([p.train for p in self.opened], self.schedule,
                                       global_batch, seed, block, blocks)
+
+  def check_sentinels(self) -> None:
+    """Span corruption (an encdec run on prepared text) needs the tokenizer's sentinels, which
+    `prepare` trains only with an encdec config."""
+    if not sentinels_of(self.tokenizer):
+      raise UserError(f"{self.opened[0].directory} was prepared with a {self.tokenizer.kind} "
+                      "tokenizer without the sentinel tokens that span corruption needs; prepare "
+                      "it again into a new --out with the encdec config (model.family=encdec, "
+                      "data.tokenizer=sentencepiece, data.num_sentinels > 0)")
 
   def describe(self) -> str:
     parts = []

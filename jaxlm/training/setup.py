@@ -193,6 +193,8 @@ def load_dataset(data_cfg: DataConfig, workdir: str, pretrained: Pretrained | No
     log_data(log, data_cfg, corpus, dataset)
     return dataset
   sources = open_sources(data_cfg)
+  if encdec:  # prepared data is text: span corruption
+    sources.check_sentinels()
   tokenizer = workdir_tokenizer(data_cfg, None, workdir, given or sources.tokenizer)
   if tokenizer.to_json() != sources.tokenizer.to_json():
     whose = (f"the pretrained run's ({pretrained.workdir})" if given else
