@@ -98,7 +98,19 @@ def run(fn: Callable[[], object], multihost: bool = True, cpu_devices: int = 0) 
     _remove_empty_workdirs()
     message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
     print(f"error: {message}", file=sys.stderr)
+    _quiet_from_here()
     sys.exit(2)
+
+
+def _quiet_from_here() -> None:
+  """Sends what the process writes to stderr after its error line to /dev/null: reads or writes
+  that the error cut short (Orbax's tensorstore tasks, asyncio's "exception never retrieved", a
+  worker thread) may report themselves while Python shuts down, and the one-line error must stay
+  the last line. Shutdown itself (Orbax's finalisers, atexit) still runs."""
+  sys.stderr.flush()
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, sys.stderr.fileno())
+  os.close(devnull)
 
 
 def _hide_orbax(record) -> bool:

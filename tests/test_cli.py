@@ -161,3 +161,32 @@ def test_cpu_devices_leaves_an_already_started_backend_alone(caplog):
   assert "ignored" not in caplog.text
   sharding.split_cpu_host(2)
   assert jax.device_count() == 8 and "mesh.cpu_devices=2 ignored" in caplog.text
+
+
+def test_the_error_line_stays_last_whatever_reports_itself_at_shutdown():
+  """A background task that the error cut short (here a thread logging a traceback through
+  asyncio's logger as Python shuts down, as Orbax's tensorstore reads may) must not print after
+  the one-line error."""
+  program = """
+import logging, threading, time
+from jaxlm import cli
+from jaxlm.errors import UserError
+
+def late_report():
+  time.sleep(0.3)
+  try:
+    raise RuntimeError("a read the error cut short")
+  except RuntimeError:
+    logging.getLogger("asyncio").exception("Task exception was never retrieved")
+
+def fail():
+  threading.Thread(target=late_report).start()  # not a daemon: joined at shutdown
+  raise UserError("the input is wrong; fix it")
+
+cli.flags.FLAGS(["prog"])
+cli.run(fail)
+"""
+  result = subprocess.run([sys.executable, "-c", program], cwd=REPO, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2, result.stderr
+  assert result.stderr.strip().splitlines() == ["error: the input is wrong; fix it"], result.stderr

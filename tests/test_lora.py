@@ -247,7 +247,7 @@ def test_rank_8_checkpoint_of_the_default_model_is_under_a_tenth_of_its_base(tmp
   spec = importlib.util.spec_from_file_location("default", "configs/default.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  sizes = {}
+  sizes, array_bytes = {}, {}
   for rank in (0, 8):
     config = module.get_config()
     config.train.lora.rank = rank
@@ -259,9 +259,17 @@ def test_rank_8_checkpoint_of_the_default_model_is_under_a_tenth_of_its_base(tmp
     mngr.close()
     sizes[rank] = directory_bytes(os.path.join(checkpoint.checkpoint_dir(
         str(tmp_path / f"rank{rank}")), "1"))
+    # What the checkpoint holds, from its metadata (shapes and dtypes of every saved array).
+    saved = checkpoint._state_tree(str(tmp_path / f"rank{rank}"), 1)  # noqa: SLF001
+    array_bytes[rank] = sum(int(np.prod(m.shape)) * np.dtype(m.dtype).itemsize
+                            for m in jax.tree.leaves(saved) if hasattr(m, "shape"))
     if rank:
       assert lora.has_adapters(state.params) and not lora.split(state.params)[1]
-  assert 0.02 < sizes[8] / sizes[0] < 0.10, sizes
+  # Adapters + their two Adam moments against parameters + theirs: 98,304 / 2,197,632 = 4.47%.
+  assert array_bytes[8] / array_bytes[0] == pytest.approx(98_304 / 2_197_632, abs=1e-3)
+  # On disk (zstd-compressed; Adam's moments start at zero) it was 6.0% here; OCDBT's data-file
+  # layout varies with write timing (10.8% seen once on a loaded CI machine), hence the margin.
+  assert 0.02 < sizes[8] / sizes[0] < 0.15, sizes
 
 
 def test_scanned_layers_carry_the_same_adapters():
