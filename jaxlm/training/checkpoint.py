@@ -96,14 +96,14 @@ def save(mngr: Manager, step: int, state: Any, config: dict, tokenizer: dict,
 
 def write_once(workdir: str, step: int, state: Any, config: dict, tokenizer: dict,
                data_state: dict, keep: int | None = None) -> None:
-  """Saves `state` as `step` of `workdir` and waits until it is on disk, writing one array at a
-  time, so the host holds about the largest array beside the state (a whole model written at once:
-  an import's step 0).
+  """Saves `state` as `step` of `workdir` and waits until it is on disk, with no more bytes being
+  written at once than its largest array holds, so the host holds about that array beside the
+  state (for a whole model written in one go: an import's step 0).
 
   Orbax starts every array's write at once by default, and OCDBT gathers all their compressed
   chunks into one data file (up to 2 GiB) in host memory before writing it: a second copy of the
-  model. Bounding the bytes in flight to the largest array makes each write wait for the one
-  before. Periodic training saves keep the default, which is faster. The files are the same.
+  model. Bounded, each write waits for room, and they reach the disk in smaller data files; the
+  format is the same. Periodic training saves keep the default, which overlaps the writes.
   """
   largest = max(_write_bytes(x) for x in jax.tree.leaves(state))
   # Orbax refuses a write at or above its limit, in bytes (given in GB, multiplied back by 1e9).
