@@ -33,7 +33,7 @@ import jax
 from jaxlm import convert
 from jaxlm.config import base_config
 
-def status(field):  # KiB, of this process since exec (getrusage's maximum counts the forking parent)
+def status(field):  # KiB, this process since exec (getrusage's maximum counts the forking parent)
   with open("/proc/self/status") as f:
     return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
