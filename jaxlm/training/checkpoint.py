@@ -105,7 +105,7 @@ def write_once(workdir: str, step: int, state: Any, config: dict, tokenizer: dic
   model. Bounded, each write waits for room, and they reach the disk in smaller data files; the
   format is the same. Periodic training saves keep the default, which overlaps the writes.
   """
-  largest = max(_write_bytes(x) for x in jax.tree.leaves(state))
+  largest = max((_write_bytes(x) for x in jax.tree.leaves(state)), default=0)
   # Orbax refuses a write at or above its limit, in bytes (given in GB, multiplied back by 1e9).
   handler = ocp.StandardCheckpointHandler(save_concurrent_gb=(largest + 2**20) / 1e9)
   mngr = manager(workdir, keep=keep, state_handler=handler)
