@@ -8,8 +8,8 @@ streamed onto the mesh one at a time), (b) the same import with every tensor rea
 (hf_files.read_hf_weights, the GPT-2/BERT path), and (c) a process that only starts JAX, as the
 baseline. Prints each one's peak RSS (getrusage of the child). On a CPU the "device" arrays live in
 host memory too, so (a) holds the model once; (b) holds it twice. On Linux, (d) one more streamed
-import reports its RSS once the parameters are placed, and its peaks while placing and while
-writing the checkpoint (checkpoint.write_once), in MB.
+import reports its RSS at its start and once the parameters are placed, and its peaks while
+placing them and while writing the checkpoint (checkpoint.write_once), in MB.
 """
 
 import argparse
@@ -90,6 +90,7 @@ def traced(*args, **kwargs):  # the parameters are on the devices: now the check
   write_once(*args, **kwargs)
   phases["writing_peak_mb"] = status()[1]
 checkpoint.write_once = traced
+phases["start_rss_mb"] = status()[0]  # jaxlm and its libraries imported, JAX not started
 convert.from_hf(sys.argv[1], sys.argv[2], base_config())
 print(json.dumps(phases))
 """
