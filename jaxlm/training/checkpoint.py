@@ -100,10 +100,10 @@ def write_once(workdir: str, step: int, state: Any, config: dict, tokenizer: dic
   written at once than its largest array holds, so the host holds about that array beside the
   state (for a whole model written in one go: an import's step 0).
 
-  Orbax starts every array's write at once by default, and OCDBT gathers all their compressed
-  chunks into one data file (up to 2 GiB) in host memory before writing it: a second copy of the
-  model. Bounded, each write waits for room, and they reach the disk in smaller data files; the
-  format is the same. Periodic training saves keep the default, which overlaps the writes.
+  Orbax starts every array's write at once by default, and OCDBT holds all their compressed
+  chunks in host memory, in data files of up to 2 GiB, until each file is written: nearly a second
+  copy of the model. Bounded, each write waits for room, and they reach the disk in smaller data
+  files; the format is the same. Periodic training saves keep the default, which overlaps them.
   """
   largest = max((_write_bytes(x) for x in jax.tree.leaves(state)), default=0)
   # Orbax refuses a write at or above its limit, in bytes (given in GB, multiplied back by 1e9).
