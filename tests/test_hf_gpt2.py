@@ -302,3 +302,18 @@ def test_import_refuses_non_gpt2_models_and_pickled_weights(hf_dir, tmp_path):
   del tensors["transformer.h.1.mlp.c_fc.bias"]
   with pytest.raises(UserError, match=r"transformer.h.1.mlp.c_fc.bias missing"):
     hf_gpt2.params_from_hf(tensors, model_cfg)
+
+
+def test_half_precision_weights_read_as_float32(hf_dir, tmp_path):
+  """bfloat16 and float16 safetensors (as the hub's Llamas come) are read as float32, exactly."""
+  import safetensors.torch
+  tensors = convert.read_hf_weights(hf_dir)
+  for dtype in (torch.bfloat16, torch.float16):
+    half = {name: torch.from_numpy(value).to(dtype) for name, value in tensors.items()}
+    directory = tmp_path / str(dtype).removeprefix("torch.")
+    directory.mkdir()
+    safetensors.torch.save_file(half, str(directory / "model.safetensors"))
+    read = convert.read_hf_weights(str(directory))
+    for name, value in half.items():
+      assert read[name].dtype == np.float32
+      np.testing.assert_array_equal(read[name], value.float().numpy(), err_msg=name)

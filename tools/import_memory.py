@@ -7,7 +7,9 @@ saved in shards, then runs in fresh processes: (a) `python -m jaxlm.convert from
 streamed onto the mesh one at a time), (b) the same import with every tensor read first
 (hf_files.read_hf_weights, the GPT-2/BERT path), and (c) a process that only starts JAX, as the
 baseline. Prints each one's peak RSS (getrusage of the child). On a CPU the "device" arrays live in
-host memory too, so (a) holds the model once; (b) holds it twice.
+host memory too, so (a) holds the model once; (b) holds it twice. On Linux, (d) one more streamed
+import reports its RSS at its start and once the parameters are placed, and its peaks while
+placing them and while writing the checkpoint (checkpoint.write_once), in MB.
 """
 
 import argparse
@@ -69,6 +71,40 @@ convert.from_hf(sys.argv[1], sys.argv[2], base_config())
 """
 
 
+PHASES = """
+import json, sys
+from jaxlm import convert
+from jaxlm.config import base_config
+from jaxlm.training import checkpoint
+
+def status():  # MB of this process: (RSS now, peak RSS since exec or since the last reset)
+  with open("/proc/self/status") as f:
+    kib = {line.split(":")[0]: int(line.split()[1]) for line in f if line.startswith("Vm")}
+  return kib["VmRSS"] / 1e3, kib["VmHWM"] / 1e3
+
+phases, write_once = {}, checkpoint.write_once
+def traced(*args, **kwargs):  # the parameters are on the devices: now the checkpoint is written
+  phases["placed_rss_mb"], phases["placing_peak_mb"] = status()
+  with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the peak starts again from the RSS now
+  write_once(*args, **kwargs)
+  phases["writing_peak_mb"] = status()[1]
+checkpoint.write_once = traced
+phases["start_rss_mb"] = status()[0]  # jaxlm and its libraries imported, JAX not started
+convert.from_hf(sys.argv[1], sys.argv[2], base_config())
+print(json.dumps(phases))
+"""
+
+
+def phases(model_dir: str) -> dict:
+  """The streamed import's peak RSS while placing the parameters and while writing them (Linux)."""
+  env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
+  with tempfile.TemporaryDirectory() as tmp:
+    out = subprocess.run([sys.executable, "-c", PHASES, model_dir, f"{tmp}/phases"], cwd=REPO,
+                         env=env, check=True, capture_output=True, text=True).stdout
+  return json.loads(out.strip().splitlines()[-1])
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--dir", default="/tmp/llama_1gb")
@@ -86,6 +122,8 @@ def main():
   with tempfile.TemporaryDirectory() as tmp:
     results["whole_rss"], results["whole_seconds"] = peak_rss(
         [sys.executable, "-c", WHOLE, args.dir, f"{tmp}/whole"])
+  if sys.platform == "linux":
+    results.update(phases(args.dir))
   print(json.dumps(results))
 
 

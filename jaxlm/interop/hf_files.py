@@ -62,8 +62,9 @@ class LazyTensors(Mapping):
         self._where.update({key: path for key in f.keys()})  # noqa: SIM118
 
   def __getitem__(self, key: str) -> np.ndarray:
-    # The flax reader understands bfloat16 and float16 files, which numpy's cannot.
-    with safetensors.safe_open(self._where[key], framework="flax") as f:
+    # numpy's reader (bfloat16 through ml_dtypes) makes one copy out of the file; the flax one
+    # made a jax array of it first, about 3 tensors' bytes more at its peak.
+    with safetensors.safe_open(self._where[key], framework="numpy") as f:
       return np.asarray(f.get_tensor(key), np.float32)
 
   def shape(self, key: str) -> tuple[int, ...]:
@@ -109,6 +110,7 @@ def params_from_table(tensors: Mapping[str, np.ndarray], table: list[Tensor],
     value = tensors[t.hf_name]
     parts.setdefault(t.path, {})[t.part[1] if t.part else None] = (
         (value.T if t.transpose else value).reshape(t.shape))
+    del value  # not held through the next read: its part (a view, or a copy) is kept
     remaining[t.path] -= 1
     if remaining[t.path]:
       continue
@@ -119,6 +121,7 @@ def params_from_table(tensors: Mapping[str, np.ndarray], table: list[Tensor],
     for key in t.path[:-1]:
       node = node.setdefault(key, {})
     node[t.path[-1]] = value if place is None else place(t.path, value)
+    del value, values  # placed: the host copy goes before the next tensor is read
   return params
 
 

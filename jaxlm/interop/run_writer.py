@@ -73,13 +73,9 @@ def write_run(workdir: str, config: ml_collections.ConfigDict, tokenizer, params
   # The parameters alone: `train` on this workdir starts a fresh optimizer state from them
   # (training.loop.start_or_resume), so the import never holds one (2x the model under AdamW).
   tokenizers = saved_tokenizers(workdir, tokenizer, target_tokenizer)
-  mngr = checkpoint.manager(workdir, keep=config.checkpoint.keep)
-  checkpoint.save(mngr, 0, {"params": params}, cli.config_to_json(config), tokenizers,
-                  fresh_data_state())
-  mngr.wait_until_finished()
-  mngr.close()
+  checkpoint.write_once(workdir, 0, {"params": params}, cli.config_to_json(config), tokenizers,
+                        fresh_data_state(), keep=config.checkpoint.keep)
   return sum(x.size for x in jax.tree.leaves(params))
-
 
 
 def write_lora_run(workdir: str, config: ml_collections.ConfigDict, pretrained,
@@ -101,9 +97,7 @@ def write_lora_run(workdir: str, config: ml_collections.ConfigDict, pretrained,
   state = engine.from_params(lora.combine(adapters, base))
   record = lora_run.base_record(pretrained.workdir, pretrained.step, lora.split(state.params)[1])
   tokenizers = saved_tokenizers(workdir, pretrained.tokenizer, pretrained.target_tokenizer)
-  mngr = checkpoint.manager(workdir, keep=config.checkpoint.keep)
-  checkpoint.save(mngr, 0, lora_run.saved_state(state), lora_run.config_json(config, record),
-                  tokenizers, fresh_data_state())
-  mngr.wait_until_finished()
-  mngr.close()
+  checkpoint.write_once(workdir, 0, lora_run.saved_state(state),
+                        lora_run.config_json(config, record), tokenizers, fresh_data_state(),
+                        keep=config.checkpoint.keep)
   return sum(x.size for x in jax.tree.leaves(adapters))

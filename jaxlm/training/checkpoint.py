@@ -23,6 +23,7 @@ import shutil
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -58,10 +59,16 @@ class Manager(ocp.CheckpointManager):
       raise error from e
 
 
-def manager(workdir: str, keep: int | None = None, read_only: bool = False) -> Manager:
+def manager(workdir: str, keep: int | None = None, read_only: bool = False,
+            state_handler: ocp.StandardCheckpointHandler | None = None) -> Manager:
+  """The run's checkpoint manager (`state_handler`: how the state item is written, by default
+  Orbax's)."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
                                          read_only=read_only, cleanup_tmp_directories=not read_only)
-  return Manager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
+  if state_handler is None:
+    return Manager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
+  handlers = {"state": state_handler, **{item: ocp.JsonCheckpointHandler() for item in ITEMS[1:]}}
+  return Manager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
 
 
 def save(mngr: Manager, step: int, state: Any, config: dict, tokenizer: dict,
@@ -85,6 +92,33 @@ def save(mngr: Manager, step: int, state: Any, config: dict, tokenizer: dict,
       raise
     raise error from e
   mngr.pending_step = step
+
+
+def write_once(workdir: str, step: int, state: Any, config: dict, tokenizer: dict,
+               data_state: dict, keep: int | None = None) -> None:
+  """Saves `state` as `step` of `workdir` and waits until it is on disk, with no more bytes being
+  written at once than its largest array holds, so the host holds about that array beside the
+  state (for a whole model written in one go: an import's step 0).
+
+  Orbax starts every array's write at once by default, and OCDBT holds all their compressed
+  chunks in host memory, in data files of up to 2 GiB, until each file is written: nearly a second
+  copy of the model. Bounded, each write waits for room, and they reach the disk in smaller data
+  files; the format is the same. Periodic training saves keep the default, which overlaps them.
+  """
+  largest = max((_write_bytes(x) for x in jax.tree.leaves(state)), default=0)
+  # Orbax refuses a write at or above its limit, in bytes (given in GB, multiplied back by 1e9).
+  handler = ocp.StandardCheckpointHandler(save_concurrent_gb=(largest + 2**20) / 1e9)
+  mngr = manager(workdir, keep=keep, state_handler=handler)
+  save(mngr, step, state, config, tokenizer, data_state)
+  mngr.wait_until_finished()
+  mngr.close()
+
+
+def _write_bytes(x: Any) -> int:
+  """The bytes of the largest piece Orbax writes of `x` at once: an array's shard on this host."""
+  if isinstance(x, jax.Array):
+    return max((shard.data.nbytes for shard in x.addressable_shards), default=0)
+  return np.asarray(x).nbytes
 
 
 def latest_steps(workdir: str) -> list[int]:
