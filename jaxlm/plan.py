@@ -14,7 +14,7 @@ With train.lora.rank > 0 (LoRA) it plans the full finetune of the same model too
 both side by side: parameters, gradients, optimizer state, activations. The temporaries are what
 the CPU compiler needs; GPU and TPU compilers schedule collectives and
 rematerialise differently, so treat that line as an estimate. The vocabulary size is data.vocab_size
-(no tokenizer is trained). The last line of stdout is the plan as JSON.
+(and data.target_vocab_size for an encdec run's separate target side; no tokenizer is trained). The last line of stdout is the plan as JSON.
 """
 
 import jax

@@ -230,3 +230,19 @@ def test_the_server_frames_sources_and_decodes_completions_in_their_vocabularies
     return stream.text
 
   assert asyncio.run(generate()) == "zwei drei" != source.decode(german)
+
+
+def test_the_memory_plan_sizes_both_vocabularies():
+  """`plan` counts the encoder's source-vocabulary embedding, and the decoder's embedding and head
+  of the target vocabulary (untied): d·V_source + 2·d·V_target, by hand, over the shared model."""
+  from jaxlm.parallel.memory import memory_plan  # noqa: PLC0415
+  shared = tiny_t5_config("")
+  shared.data.vocab_size, shared.train.batch_size = SOURCE_VOCAB, 8
+  separate = tiny_t5_config("")
+  separate.data.vocab_size, separate.train.batch_size = SOURCE_VOCAB, 8
+  separate.data.separate_vocab, separate.data.target_vocab_size = True, TARGET_VOCAB
+  d = shared.model.d_model
+  assert not shared.model.tie_embeddings  # T5 v1.1: the head has its own matrix
+  extra = memory_plan(separate)["num_params"] - memory_plan(shared)["num_params"]
+  # shared: embedding + head, both V_source; separate: + decoder embedding, head of V_target.
+  assert extra == d * TARGET_VOCAB + d * (TARGET_VOCAB - SOURCE_VOCAB)

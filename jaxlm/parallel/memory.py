@@ -65,7 +65,9 @@ def memory_plan(config: ml_collections.ConfigDict, device_memory: int | None = N
   """Compiles the train step of `config` for the current devices and measures it, per device."""
   check_config(config)
   accum = config.train.grad_accum_steps
-  engine = engine_for_config(config, config.data.vocab_size)
+  data = config.data
+  target_vocab = (data.target_vocab_size or data.vocab_size) if data.separate_vocab else 0
+  engine = engine_for_config(config, data.vocab_size, target_vocab_size=target_vocab)
   mesh, batch_axes = engine.mesh, engine.train_batch_axes
   batch = abstract_batch(accum, config.train.batch_size, config.data.seq_len,
                          engine.train_feed(config.train.batch_size, accum).sharding,
