@@ -32,7 +32,7 @@ def subprocess_env() -> dict:
   return env
 
 
-if os.environ.get("JAXLM_TEST_CPU_LOG"):  # where the suite's CPU time goes (docs: README, tests)
+if os.environ.get("JAXLM_TEST_CPU_LOG"):  # where the suite's CPU time goes (README: Tests)
   import json  # noqa: E402
   import resource  # noqa: E402
   import time  # noqa: E402
