@@ -1,11 +1,13 @@
-"""Time one decode step's attention forms on this CPU: jaxlm's elementwise `single_query_attention`
-against an einsum (batched matmul) form and `jax.nn.dot_product_attention`, interleaved.
+"""Time one decode step's attention forms on this CPU, interleaved: jaxlm's
+`single_query_attention` (two einsums), the elementwise products and sums it used until 2026-12-06,
+and `jax.nn.dot_product_attention`.
 
     python tools/decode_attention_bench.py [--rows=1,16,32] [--keys=128] [--heads=6] [--head_dim=32]
+    python tools/decode_attention_bench.py --engine [--rows=1,16,32]   # whole serving steps
 
-`layers.attend` uses the elementwise form for every one-query step because it was faster on the
-AMD EPYC; on an Intel Xeon it measured ~10x slower (docs/benchmarks.md, issue 14). Run it on each
-CPU before changing that choice. Checks the forms agree (float32) before timing. Last line: JSON.
+`--engine` times the serving `Engine.step` of configs/default.py's model (random weights: speed
+does not depend on them) with each form patched into `layers.attend`, its tokens fetched to the
+host every step, as the server does. Checks the forms agree (float32) before timing. Last line: JSON.
 """
 
 import argparse
@@ -18,28 +20,61 @@ import time
 import jax
 import jax.numpy as jnp
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import cpu_model  # noqa: E402
 
+from jaxlm.models import layers  # noqa: E402
 from jaxlm.models.layers import single_query_attention  # noqa: E402
 
 
-def einsum_attention(query, key, value, allowed):
-  """The same attention as batched matmuls: query `[rows, 1, heads, head_dim]`."""
-  rows, _, heads, head_dim = query.shape
-  grouped = query.reshape(rows, heads, head_dim).astype(jnp.float32)
-  scores = jnp.einsum("bhd,bkhd->bhk", grouped, key.astype(jnp.float32)) * head_dim ** -0.5
-  scores = jnp.where(allowed[:, None, :], scores, jnp.finfo(jnp.float32).min)
-  out = jnp.einsum("bhk,bkhd->bhd", jax.nn.softmax(scores, axis=-1), value.astype(jnp.float32))
-  return out.reshape(rows, 1, heads, head_dim)
+def elementwise_attention(query, key, value, allowed, scale=None, bias=None):
+  """The same attention as broadcast products and sums (multi-head only: no kv-head groups)."""
+  scale = query.shape[-1] ** -0.5 if scale is None else scale
+  scores = jnp.sum(query * key, axis=-1) * scale  # [rows, keys, heads]
+  if bias is not None:
+    scores = scores + jnp.transpose(bias[:, :, 0], (0, 2, 1))
+  scores = jnp.where(allowed[:, :, None], scores, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(scores, axis=1)
+  return jnp.sum(weights[..., None] * value, axis=1)[:, None]
 
 
-FORMS = {
-    "elementwise": jax.jit(single_query_attention),
-    "einsum": jax.jit(einsum_attention),
-    "dot_product_attention": jax.jit(lambda q, k, v, a: jax.nn.dot_product_attention(
-        q, k, v, mask=a[:, None, None, :], implementation="xla")),
-}
+def xla_attention(query, key, value, allowed, scale=None, bias=None):
+  return jax.nn.dot_product_attention(query, key, value, bias=bias, scale=scale,
+                                      mask=allowed[:, None, None, :], implementation="xla")
+
+
+FORMS = {"einsum": single_query_attention, "elementwise": elementwise_attention,
+         "dot_product_attention": xla_attention}
+
+
+def time_engine(rows: int, steps: int) -> dict:
+  """Milliseconds per `Engine.step` (tokens fetched each step) with each form in `attend`."""
+  import runpy  # noqa: PLC0415
+  from jaxlm.models import GPT  # noqa: PLC0415
+  from jaxlm.serving.engine import Engine  # noqa: PLC0415
+  from jaxlm.training.engine import model_config  # noqa: PLC0415
+  config = runpy.run_path(os.path.join(REPO, "configs", "default.py"))["get_config"]()
+  cfg = model_config(config, config.data.vocab_size)
+  tokens = jnp.zeros((1, 8), jnp.int32)
+  params = GPT(cfg).init(jax.random.key(0), tokens, tokens, tokens + 1)["params"]
+  times = {name: [] for name in FORMS}
+  for round_ in range(5):  # interleaved rounds
+    for name, form in FORMS.items():
+      layers.single_query_attention = form
+      jax.clear_caches()  # the step compiles again with this form
+      engine = Engine(cfg, rows)
+      state = engine.init_state()
+      for _ in range(3):  # compile and warm up
+        state, out, _ = engine.step(params, state)
+      jax.device_get(out)
+      start = time.perf_counter()
+      for _ in range(steps):
+        state, out, _ = engine.step(params, state)
+        jax.device_get(out)
+      times[name].append((time.perf_counter() - start) / steps * 1e3)
+  layers.single_query_attention = FORMS["einsum"]
+  return {name: min(t) for name, t in times.items()}
 
 
 def main():
@@ -49,20 +84,28 @@ def main():
   parser.add_argument("--heads", type=int, default=6)
   parser.add_argument("--head_dim", type=int, default=32)
   parser.add_argument("--calls", type=int, default=200)
+  parser.add_argument("--engine", action="store_true", help="time whole serving steps")
   args = parser.parse_args()
   results = []
   for rows in [int(r) for r in args.rows.split(",")]:
+    if args.engine:
+      row = {"rows": rows, **time_engine(rows, args.calls // 5)}
+      results.append(row)
+      print(f"engine step, {rows} slots: " + ", ".join(f"{n} {row[n]:.2f} ms" for n in FORMS),
+            flush=True)
+      continue
     keys = jax.random.split(jax.random.key(rows), 3)
     query = jax.random.normal(keys[0], (rows, 1, args.heads, args.head_dim))
     key = jax.random.normal(keys[1], (rows, args.keys, args.heads, args.head_dim))
     value = jax.random.normal(keys[2], key.shape)
     allowed = jnp.arange(args.keys)[None] < jnp.arange(1, rows + 1)[:, None] * args.keys // rows
-    outs = {name: f(query, key, value, allowed) for name, f in FORMS.items()}
+    forms = {name: jax.jit(form) for name, form in FORMS.items()}
+    outs = {name: f(query, key, value, allowed) for name, f in forms.items()}
     for name, out in outs.items():  # float32 sums of 128 terms: agree to ~1e-6
-      assert float(jnp.max(jnp.abs(out - outs["elementwise"]))) < 1e-5, name
+      assert float(jnp.max(jnp.abs(out - outs["einsum"]))) < 1e-5, name
     times = {name: [] for name in FORMS}
     for _ in range(5):  # interleaved rounds: drift hits every form alike
-      for name, f in FORMS.items():
+      for name, f in forms.items():
         start = time.perf_counter()
         for _ in range(args.calls // 5):
           out = f(query, key, value, allowed)
@@ -72,6 +115,7 @@ def main():
     results.append(row)
     print(f"rows {rows}: " + ", ".join(f"{n} {row[n]:.3f} ms" for n in FORMS), flush=True)
   print(json.dumps({"machine": cpu_model(), "date": datetime.date.today().isoformat(),
+                    "engine": args.engine,
                     "keys": args.keys, "heads": args.heads, "head_dim": args.head_dim,
                     "results": results}))
 

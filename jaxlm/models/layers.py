@@ -107,24 +107,25 @@ def project_qkv(cfg: ModelConfig, x: Array, init_std: float) -> tuple[Array, Arr
 def single_query_attention(query: Array, key: Array, value: Array, allowed: Array,
                            scale: float | None = None, bias: Array | None = None) -> Array:
   """Softmax attention of one query per row, `query  # [batch, 1, heads, head_dim]`, over
-  `key, value  # [batch, keys, kv_heads, head_dim]` where `allowed  # [batch, keys]`, in float32,
-  as elementwise products and sums (a KV-cache step attends with one query; XLA:CPU runs these
-  several times faster than the batched matmuls of `dot_product_attention`). Query head h reads
-  kv head h // (heads / kv_heads), as `dot_product_attention` groups them. Scores are scaled by
-  `scale` (None: 1/sqrt(head_dim)) and `bias  # [batch, heads, 1, keys]` is added to them."""
+  `key, value  # [batch, keys, kv_heads, head_dim]` where `allowed  # [batch, keys]`: two batched
+  matmuls (einsum) with float32 scores and accumulation. Query head h reads kv head
+  h // (heads / kv_heads), as `dot_product_attention` groups them. Scores are scaled by `scale`
+  (None: 1/sqrt(head_dim)) and `bias  # [batch, heads, 1, keys]` is added to them. On both CPUs
+  measured (AMD EPYC, Intel Xeon) this is 10-25x faster than elementwise products and sums, and
+  ~1.2-1.5x faster than `dot_product_attention` (tools/decode_attention_bench.py)."""
   batch, _, heads, head_dim = query.shape
   kv_heads, keys = key.shape[2], key.shape[1]
-  grouped = query.reshape(batch, 1, kv_heads, heads // kv_heads, head_dim).astype(jnp.float32)
+  group = heads // kv_heads
+  grouped = query.reshape(batch, kv_heads, group, head_dim).astype(key.dtype)
   scale = head_dim ** -0.5 if scale is None else scale
-  scores = jnp.sum(grouped * key.astype(jnp.float32)[:, :, :, None], axis=-1) * scale
+  scores = jnp.einsum("bhgd,bkhd->bhgk", grouped, key,
+                      preferred_element_type=jnp.float32) * scale  # [batch, kv_heads, group, keys]
   if bias is not None:
-    scores = scores + jnp.transpose(bias[:, :, 0], (0, 2, 1)).reshape(
-        batch, keys, kv_heads, heads // kv_heads)
-  scores = jnp.where(allowed[:, :, None, None], scores,
-                     jnp.finfo(jnp.float32).min)  # [batch, keys, kv_heads, group]
-  weights = jax.nn.softmax(scores, axis=1)
-  out = jnp.sum(weights[..., None] * value.astype(jnp.float32)[:, :, :, None],
-                axis=1)  # [batch, kv_heads, group, head_dim]
+    scores = scores + bias.reshape(bias.shape[0], kv_heads, group, keys).astype(jnp.float32)
+  scores = jnp.where(allowed[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(scores, axis=-1)
+  out = jnp.einsum("bhgk,bkhd->bhgd", weights.astype(value.dtype), value,
+                   preferred_element_type=jnp.float32)  # [batch, kv_heads, group, head_dim]
   return out.reshape(batch, 1, heads, head_dim).astype(value.dtype)
 
 
@@ -132,7 +133,7 @@ def attend(query: Array, key: Array, value: Array, allowed: Array, scale: float,
            bias: Array | None) -> Array:
   """XLA softmax attention `[batch, seq, heads, head_dim]` where `allowed  # [batch, seq, keys]`,
   with `bias  # [batch, heads, seq, keys]` (or None) added to the scores."""
-  if query.shape[1] == 1:  # a decode step: elementwise beats XLA:CPU's tiny batched matmuls
+  if query.shape[1] == 1:  # a decode step: the einsum form skips the [seq, keys] mask layout
     return single_query_attention(query, key, value, allowed[:, 0], scale, bias)
   return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=allowed[:, None],
                                       scale=scale, implementation="xla")
