@@ -1,8 +1,8 @@
 """Continuous batching's host side: a thread that admits requests into free slots and steps them.
 
 Each loop iteration admits waiting requests into free slots (at most `prefills_per_step` while
-other slots are generating, so a burst of long prompts does not stall every stream), then runs
-one decode step for all slots and hands each active request its token. A request that finishes
+other slots are generating, so a burst of long prompts does not stall every stream), then starts
+one decode step for all slots and, while it runs, hands each request its token of the step before. A request that finishes
 (its sink says so: EOS, a stop string, max_tokens) or is cancelled frees its slot at once.
 Sinks are called on this thread; they must be quick and thread-safe (the server's hand tokens to
 an asyncio loop).
@@ -128,9 +128,9 @@ class Scheduler:
     if request.cancelled or request.sink.on_token(token, logprobs):
       self.slots[slot] = None
 
-  def _next_admissions(self) -> list[tuple[int, Request]]:
+  def _next_admissions(self, block: bool) -> list[tuple[int, Request]]:
     with self.wake:
-      while self.running and not self.waiting and not self.active:
+      while block and self.running and not self.waiting and not self.active:
         self.wake.wait()
       budget = self.prefills_per_step if self.active else len(self.slots)
       admitted = []
@@ -144,22 +144,39 @@ class Scheduler:
             occupant = request
       return admitted
 
+  def _dispatch(self) -> tuple[Any, Any, list[Request | None]]:
+    """Starts one decode step (JAX dispatches it asynchronously); what `_deliver_step` needs."""
+    self.state, tokens, logprobs = self.engine.step(self.params, self.state)
+    return tokens, logprobs, list(self.slots)
+
+  def _deliver_step(self, tokens, logprobs, occupants: list[Request | None]) -> None:
+    """Hands each request of a step its token. A request that finished (or whose slot was
+    taken over) since the step was dispatched gets nothing: that row's token is dropped."""
+    tokens, logprobs = jax.device_get((tokens, logprobs))
+    for slot, request in enumerate(occupants):
+      if request is not None and self.slots[slot] is request:
+        self._deliver(slot, int(tokens[slot]), host_logprobs(logprobs, slot))
+
   def _loop(self) -> None:
+    # One step stays in flight: step t+1 is dispatched before step t's tokens are delivered, so
+    # the host's work per token (fetch, detokenise, stop strings, SSE) overlaps the device's next
+    # step instead of adding to it. A request that finishes at step t costs its row one wasted
+    # token of step t+1; its output is unchanged (each slot feeds its own token on the device).
+    pending = None
     while self.running:
       admitted: list[tuple[int, Request]] = []
       try:
-        admitted = self._next_admissions()
+        admitted = self._next_admissions(block=pending is None)
         for slot, request in admitted:
           self._admit(slot, request)
-        if self.active:
-          self.state, tokens, logprobs = self.engine.step(self.params, self.state)
-          tokens, logprobs = jax.device_get((tokens, logprobs))
-          for slot, request in enumerate(self.slots):
-            if request is not None:
-              self._deliver(slot, int(tokens[slot]), host_logprobs(logprobs, slot))
+        dispatched = self._dispatch() if self.active else None
+        if pending is not None:
+          self._deliver_step(*pending)
+        pending = dispatched
         self.on_step(self)
       except Exception as e:  # noqa: BLE001  (a failed step must not hang its clients)
         log.exception("decode step failed")
+        pending = None
         self._fail_all(admitted, f"generation failed: {type(e).__name__}: {e}")
 
   def _fail_all(self, admitted, message: str) -> None:
