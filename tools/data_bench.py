@@ -8,9 +8,11 @@ each as a fresh `python -m jaxlm.<verb>` with configs/default.py:
   memory    train on data.source=files: start-up until the data is ready (the log's `data:` line,
             before any compilation), peak RSS;
   prepare   wall time, MB/s, peak RSS (its own and its largest worker's), shard bytes per token;
+            then again with that run's tokenizer given (data.tokenizer_file): the tokenising
+            and writing alone, without training SentencePiece on the sample;
   shards    train on data.source=prepared: start-up until the data is ready, peak RSS, host wait
             (metrics.jsonl's median share of a log window spent waiting for a batch).
-Also the tokenizer's own single-core throughput, and a small format comparison: writing and
+Also the tokenizer's own throughput on one core and on all, and a small format comparison: writing and
 reading random windows of flat memmapped arrays against ArrayRecord (one record per chunk of 4,096
 tokens), the choice in docs/benchmarks.md. Prints one JSON line per measurement.
 """
@@ -119,6 +121,13 @@ def measure_size(root: str, megabytes: float, steps: int, workers: int,
          prepared["wall_s"], peak_rss_mb=prepared["peak_rss_mb"],
          largest_worker_rss_mb=prepared["largest_child_rss_mb"], workers=workers,
          shard_bytes_per_token=shard_bytes / tokens, tokens=tokens)
+  # Again with that tokenizer given: tokenising and writing alone, without training SentencePiece.
+  given = run(["jaxlm.prepare", "--config=configs/default.py", *files,
+               f"--out={out}_given", f"--workers={workers}",
+               f"--config.data.tokenizer_file={os.path.join(out, 'tokenizer.json')}"])
+  report(megabytes, "prepare_given_tokenizer", wall_s=given["wall_s"],
+         mb_per_s=num_bytes / 1e6 / given["wall_s"], peak_rss_mb=given["peak_rss_mb"],
+         workers=workers)
   workdir = os.path.join(base, "shards")
   shards = run(train_args(workdir, steps, ["--config.data.source=prepared",
                                            f"--config.data.path={out}"]), "data: ")
@@ -132,16 +141,25 @@ def report(megabytes: float, what: str, **numbers) -> None:
 
 
 def tokenizer_throughput(root: str) -> None:
-  """Single-core chars/s of the default config's tokenizer (prepared at the smallest size)."""
+  """MB/s of the default config's tokenizer (prepared at the smallest size) on one core, and on
+  all of this process's cores. `encode_batch` spreads one call over every core it may use
+  (SentencePiece's num_threads), so one core means pinning the process to one."""
   from jaxlm.data.tokenizer import load_tokenizer  # noqa: PLC0415
   sizes = sorted(d for d in os.listdir(root) if d.endswith("mb"))
   tokenizer = load_tokenizer(os.path.join(root, sizes[0], "prepared", "tokenizer.json"))
   train, _ = load_stdlib(0.1)
   docs = train[:200]
-  start = time.perf_counter()
-  tokenizer.encode_batch(docs)
-  seconds = time.perf_counter() - start
-  report(0, "tokenizer", mb_per_s=sum(len(d.encode()) for d in docs) / 1e6 / seconds)
+  megabytes = sum(len(d.encode()) for d in docs) / 1e6
+  cores = os.sched_getaffinity(0)
+  rates = {}
+  for name, allowed in (("one_core", {min(cores)}), ("all_cores", cores)):
+    os.sched_setaffinity(0, allowed)
+    start = time.perf_counter()
+    tokenizer.encode_batch(docs)
+    rates[name] = megabytes / (time.perf_counter() - start)
+  os.sched_setaffinity(0, cores)
+  report(0, "tokenizer", mb_per_s_one_core=rates["one_core"],
+         mb_per_s_all_cores=rates["all_cores"], cores=len(cores))
 
 
 def format_comparison(root: str, num_tokens: int = 50_000_000, reads: int = 20_000,

@@ -1,6 +1,7 @@
 """Full finetune vs LoRA on the built-in finetuning task (the `make run` flow).
 
     python tools/lora_bench.py [--root=runs/lora_bench] [--ranks=4,16,64] [--steps=300]
+    python tools/lora_bench.py --skip_full --ranks=16 --lora_lr=6e-3,1e-2   # a learning-rate sweep
 
 Pretrains configs/default.py once (or reuses ROOT/pretrain), then finetunes it with
 configs/finetune.py on pyfunc_params: fully (its train.lr, 5e-4) and with LoRA at each rank
@@ -58,15 +59,20 @@ def main():
   parser.add_argument("--root", default="runs/lora_bench")
   parser.add_argument("--ranks", default="4,16,64")
   parser.add_argument("--steps", type=int, default=300)
+  parser.add_argument("--lora_lr", default="3e-3", help="LoRA runs' train.lr; a list sweeps it")
+  parser.add_argument("--skip_full", action="store_true", help="LoRA runs only")
   args = parser.parse_args()
   root = os.path.abspath(args.root)
   pretrain = os.path.join(root, "pretrain")
   if not os.path.isdir(os.path.join(pretrain, "checkpoints")):
     run("jaxlm.train", "--config=configs/default.py", f"--workdir={pretrain}")
-  variants = [("full", [])] + [(f"lora_r{r}", [f"--config.train.lora.rank={r}",
-                                               f"--config.train.lora.alpha={2 * r}",
-                                               "--config.train.lr=3e-3"])
-                               for r in map(int, args.ranks.split(","))]
+  variants = [] if args.skip_full else [("full", [])]
+  for lr in args.lora_lr.split(","):
+    suffix = "" if lr == "3e-3" else f"_lr{lr}"
+    variants += [(f"lora_r{r}{suffix}", [f"--config.train.lora.rank={r}",
+                                         f"--config.train.lora.alpha={2 * r}",
+                                         f"--config.train.lr={lr}"])
+                 for r in map(int, args.ranks.split(","))]
   for name, extra in variants:
     workdir = os.path.join(root, name)
     _, rss = run("jaxlm.train", "--config=configs/finetune.py", f"--config.init_from={pretrain}",
