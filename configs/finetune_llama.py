@@ -8,7 +8,10 @@ prompt/completion records, on an accelerator.
 
 Every parameter trains, with AdamW state (8 bytes per parameter) sharded over all devices (fsdp);
 `python -m jaxlm.plan` says whether it fits. configs/finetune_llama_lora.py trains adapters only.
-The architecture and tokenizer come from init_from.
+The architecture and tokenizer come from init_from; the runtime model options set here (bfloat16,
+full remat, scanned layers) override the import's. The import is unscanned (Hugging Face's
+layout); its layers are stacked as they are restored, so they compile as one scanned layer, and
+the checkpoints hold them stacked (to-hf unstacks them again).
 """
 
 from jaxlm.config import base_config
@@ -24,6 +27,7 @@ def get_config():
   c.data.seq_len = 2048
   c.model.dtype = "bfloat16"
   c.model.remat = "full"
+  c.model.scan_layers = True  # one compiled layer; see docs/benchmarks.md for the memory plan
   c.train.batch_size = 32
   c.train.grad_accum_steps = 4
   c.train.steps = 1000

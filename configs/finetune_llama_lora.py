@@ -1,6 +1,8 @@
 """LoRA finetune of an imported Llama-family model: rank-16 adapters on every attention and MLP
-projection, the base frozen in bfloat16 (no gradients, no optimizer state), so a 7B model trains on
-one 80 GB device (docs/benchmarks.md has the plan).
+projection, the base frozen in bfloat16 (no gradients, no optimizer state), the layers scanned
+(configs/finetune_llama.py's runtime options), so a 7B model trains on one 80 GB device
+(docs/benchmarks.md has the plan: unscanned, it would not fit). The imported base stays unscanned
+on disk; its layers are stacked on the device as they are restored.
 
     python -m jaxlm.convert from-hf --model=HF_DIR --workdir=runs/base
     python -m jaxlm.train --config=configs/finetune_llama_lora.py --config.init_from=runs/base \
@@ -8,7 +10,8 @@ one 80 GB device (docs/benchmarks.md has the plan).
     python -m jaxlm.convert to-hf --workdir=runs/lora --peft --out=adapters    # for peft
     python -m jaxlm.convert merge-lora --workdir=runs/lora --out=runs/merged   # an ordinary run
 
-The run's checkpoints hold the adapters and their optimizer state, and name the base run and step.
+The run's checkpoints hold the adapters (stacked, as the layers) and their optimizer state, and
+name the base run and step; `to-hf --peft` writes the adapters per layer, as PEFT names them.
 """
 
 import importlib.util

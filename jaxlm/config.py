@@ -9,10 +9,10 @@ import dataclasses
 
 import ml_collections
 
-# Model options that change how a model runs, not what its parameters mean: a trained run may be
-# evaluated, sampled, exported or finetuned with other values. Every other model.* option, and the
-# tokenizer's data options, are fixed by the checkpoint.
-RUNTIME_MODEL_OPTIONS = ("model.dropout", "model.dtype", "model.remat", "model.attention_impl")
+# Model options of how a model runs, not what its parameters mean: a trained run may be evaluated,
+# sampled, exported or finetuned with others. Other model.* and tokenizer options are fixed by it.
+RUNTIME_MODEL_OPTIONS = ("model.dropout", "model.dtype", "model.remat", "model.attention_impl",
+                         "model.scan_layers")
 TOKENIZER_OPTIONS = ("data.tokenizer", "data.vocab_size", "data.sp_model_type",
                      "data.separate_vocab", "data.target_vocab_size")
 # Options of a run's task, not of its pretrained body: a finetune sets its own (a classification
@@ -217,9 +217,9 @@ def _add_layer_options(d: ml_collections.ConfigDict) -> None:
   # (keep only each layer's input) or "dots" (keep matmul outputs, recompute the rest). Same numbers;
   # less activation memory for more compute.
   d.remat = "none"
-  # One nn.scan over the layers instead of a Python loop: compile time independent of depth. The
-  # parameters then sit under `blocks` with a leading layer axis (mesh rule "layers"); checkpoints
-  # of the two layouts do not mix, and Hugging Face export needs the unscanned one.
+  # One nn.scan over the layers, not a Python loop: compile time independent of depth. Parameters
+  # sit under `blocks` with a leading layer axis (mesh rule "layers"); either layout restores the
+  # other's checkpoints, converted (training/scan_layout.py), so an import may be finetuned scanned.
   d.scan_layers = False
   # Attention kernel: "xla", "cudnn" (cuDNN flash attention; GPU only, bfloat16/float16) or "auto"
   # (cudnn on a GPU when model.dtype is bfloat16, else xla). KV-cache decoding always uses xla.

@@ -23,7 +23,9 @@ and the tokenizer files when the run's tokenizer has a Hugging Face form
 Weights are read and written as safetensors only: nothing is unpickled.
 
 merge-lora writes a LoRA run (train.lora.rank > 0) as an ordinary run at step 0: its base run's
-parameters with every adapter merged into its kernel (W + alpha / rank A B). to-hf of a LoRA run
+parameters with every adapter merged into its kernel (W + alpha / rank A B), in the LoRA run's
+layer layout (model.scan_layers). from-hf writes the layout --config.model.scan_layers asks for
+(default: unscanned, Hugging Face's); to-hf exports either. to-hf of a LoRA run
 exports those merged weights; `to-hf --peft` writes its adapters alone, as PEFT's
 adapter_model.safetensors + adapter_config.json, for `peft.PeftModel` over the base's export;
 `from-hf --peft` imports such adapters as a LoRA run over the jaxlm run of their base model.
@@ -53,7 +55,7 @@ from jaxlm.interop import hf_bert, hf_gpt2, hf_llama, hf_t5, peft
 from jaxlm.interop.hf_files import WEIGHTS, LazyTensors, read_hf_weights, read_json
 from jaxlm.interop.run_writer import imported_config, write_lora_run, write_run
 from jaxlm.models import ModelConfig, lora
-from jaxlm.training import checkpoint, finetune, lora_run
+from jaxlm.training import checkpoint, finetune, lora_run, scan_layout
 
 COMMANDS = ("from-hf", "to-hf", "merge-lora")
 # config.json's model_type of the models jaxlm reads.
@@ -107,15 +109,14 @@ def params_from_hf(tensors: dict[str, np.ndarray], model_cfg: ModelConfig) -> di
 def streamed_params(family, tensors: LazyTensors, model_cfg: ModelConfig, engine) -> dict:
   """A Llama-family or T5 state dict (`family`: its interop module) read one tensor at a time,
   each parameter put on `engine`'s mesh as soon as it is assembled: the host holds about one
-  parameter, not the model."""
-  shardings = engine.state_shardings.params
+  parameter, not the model. With model.scan_layers the layers (Hugging Face's: one per layer)
+  are then stacked on the devices."""
+  target = engine.abstract_state.params
+  per_layer = scan_layout.abstract_in(target, False)
 
   def place(path, value):
-    target = shardings
-    for key in path:
-      target = target[key]
-    return jax.device_put(value, target)
-  return family.params_from_hf(tensors, model_cfg, place)
+    return jax.device_put(value, scan_layout.get(per_layer, path).sharding)
+  return scan_layout.convert(family.params_from_hf(tensors, model_cfg, place), target, free=True)
 
 
 def from_hf(model_dir: str, workdir: str, config: ml_collections.ConfigDict,
@@ -135,7 +136,8 @@ def from_hf(model_dir: str, workdir: str, config: ml_collections.ConfigDict,
     # Streamed: each tensor read and placed on the run's mesh in turn (see streamed_params).
     params = functools.partial(streamed_params, family, LazyTensors(model_dir), model_cfg)
   else:
-    params = params_from_hf(read_hf_weights(model_dir), model_cfg)
+    params = scan_layout.in_layout(params_from_hf(read_hf_weights(model_dir), model_cfg),
+                                   model_cfg.scan_layers)
   num_params = write_run(workdir, config, tokenizer, params)
   print(f"imported {model_dir} ({num_params:,} parameters, {config.model.num_layers} layers, "
         f"vocabulary {tokenizer.vocab_size}) into {checkpoint.checkpoint_dir(workdir)} as step 0")
@@ -226,7 +228,8 @@ def to_peft(run: trained.TrainedRun, workdir: str, out: str) -> dict:
 def to_hf(workdir: str, out: str, step: int | None = None, adapters_only: bool = False) -> dict:
   """Writes the run's checkpoint as a Hugging Face model directory (a LoRA run: merged), or with
   `adapters_only` a LoRA run's adapters as PEFT files."""
-  run = trained.load(workdir, step)
+  # Hugging Face's layout: one module per layer (a scanned run's layers are unstacked).
+  run = trained.load(workdir, step, {"model.scan_layers": False})
   if adapters_only:
     return to_peft(run, workdir, out)
   settings, tensors = hf_model(run)

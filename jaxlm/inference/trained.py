@@ -2,7 +2,8 @@
 
 The checkpoint carries the run's config and tokenizer, so nothing is retrained and the architecture
 cannot drift; options that only change how the model is used (eval.*, mesh.*, the data to evaluate
-on, the runtime model options of `config.RUNTIME_MODEL_OPTIONS`) may be overridden.
+on, the runtime model options of `config.RUNTIME_MODEL_OPTIONS`) may be overridden. Another
+`model.scan_layers` than the run's converts its parameters as they are restored (scan_layout.py).
 """
 
 import dataclasses
@@ -14,7 +15,7 @@ from jaxlm.data import Tokenizer, tokenizer_from_json
 from jaxlm.data.target_vocab import target_of, vocab_size_of
 from jaxlm.errors import UserError
 from jaxlm.models import ModelConfig
-from jaxlm.training import checkpoint, lora_run
+from jaxlm.training import checkpoint, lora_run, scan_layout
 from jaxlm.training.engine import Engine, engine_for_config
 from jaxlm.training.setup import special_tokens
 
@@ -64,7 +65,7 @@ def load(workdir: str, step: int | None = None, overrides: dict | None = None) -
     params = lora_run.restore_params(workdir, step, engine.abstract_state.params,
                                      config_json.get(lora_run.RECORD))
   else:
-    params = checkpoint.restore_params(workdir, step, engine.abstract_state.params)
+    params = scan_layout.restore_params(workdir, step, engine.abstract_state.params)
   return TrainedRun(config, tokenizer, engine.model.cfg, engine, params, step, target)
 
 

@@ -137,8 +137,7 @@ def inexpressible(cfg: ModelConfig) -> list[str]:
   """The options of `cfg` that a Hugging Face BERT cannot express (empty when it can be
   exported)."""
   wanted = {"family": "bert", "norm_position": "post", "positions": "learned",
-            "norm": "layernorm", "use_bias": True, "tie_embeddings": True,
-            "scan_layers": False}  # the scanned layout: see model.unstack_layers
+            "norm": "layernorm", "use_bias": True, "tie_embeddings": True}
   problems = [f"model.{key}={getattr(cfg, key)!r} (BERT has {value!r})"
               for key, value in wanted.items() if getattr(cfg, key) != value]
   if cfg.mlp not in ACTIVATIONS.values():

@@ -84,8 +84,7 @@ def model_fields(hf_settings: dict) -> dict:
 def inexpressible(cfg: ModelConfig) -> list[str]:
   """The options of `cfg` that a GPT-2 cannot express (empty when it can be exported)."""
   wanted = {"family": "gpt", "norm_position": "pre", "type_vocab_size": 0, "positions": "learned",
-            "norm": "layernorm", "mlp": "gelu", "use_bias": True,
-            "scan_layers": False}  # the scanned layout: see model.unstack_layers
+            "norm": "layernorm", "mlp": "gelu", "use_bias": True}
   return [f"model.{key}={getattr(cfg, key)!r} (GPT-2 has {value!r})"
           for key, value in wanted.items() if getattr(cfg, key) != value]
 

@@ -110,7 +110,7 @@ def model_fields(settings: dict) -> dict:
 def inexpressible(cfg: ModelConfig) -> list[str]:
   """The options of `cfg` that a Llama / Qwen2 cannot express (empty when it can be exported)."""
   wanted = {"family": "gpt", "norm_position": "pre", "type_vocab_size": 0, "positions": "rope",
-            "norm": "rmsnorm", "mlp": "swiglu", "use_bias": False, "scan_layers": False}
+            "norm": "rmsnorm", "mlp": "swiglu", "use_bias": False}
   return [f"model.{key}={getattr(cfg, key)!r} (Llama has {value!r})"
           for key, value in wanted.items() if getattr(cfg, key) != value]
 

@@ -26,7 +26,7 @@ UNUSED = frozenset({"decoder.block.0.layer.1.EncDecAttention.relative_attention_
 # jaxlm's wanted value of every option a T5 fixes.
 T5_OPTIONS = {"family": "encdec", "head": "lm", "norm_position": "pre", "type_vocab_size": 0,
               "positions": "relative", "norm": "rmsnorm", "mlp": "geglu", "use_bias": False,
-              "qkv_bias": False, "scan_layers": False}
+              "qkv_bias": False}
 
 
 def _linear(path: tuple[str, ...], hf: str, shape: tuple[int, ...], part=None) -> Tensor:

@@ -12,7 +12,7 @@ from jaxlm.data.dataset import TOKENIZER_FILE
 from jaxlm.data.target_vocab import TARGET_TOKENIZER_FILE, vocab_size_of, with_target
 from jaxlm.errors import UserError
 from jaxlm.models import lora
-from jaxlm.training import checkpoint, finetune, lora_run
+from jaxlm.training import checkpoint, finetune, lora_run, scan_layout
 from jaxlm.training.engine import engine_for_config
 
 
@@ -91,6 +91,7 @@ def write_lora_run(workdir: str, config: ml_collections.ConfigDict, pretrained,
                                       engine.abstract_state.params, engine.init().params,
                                       pretrained.config["model"]["max_len"])
   fresh, base = lora.split(params)
+  adapters = scan_layout.in_layout(adapters, config.model.scan_layers)  # PEFT's: one per layer
   if jax.tree.structure(fresh) != jax.tree.structure(adapters):
     raise UserError("the adapter's modules are not the ones train.lora.targets selects; this is "
                     "a bug in the import, report it")

@@ -149,8 +149,10 @@ def cast_frozen(params: Mapping, dtype: str) -> dict:
   return combine(trainable, frozen)
 
 
-def merged(params: Mapping, lora: LoraConfig) -> dict:
-  """Ordinary parameters: every adapted kernel W + (alpha / rank) A @ B, the adapters dropped."""
+def merged(params: Mapping, lora: LoraConfig, stacked: bool = False) -> dict:
+  """Ordinary parameters: every adapted kernel W + (alpha / rank) A @ B, the adapters dropped.
+  Under scanned layers (`blocks`: `stacked`) each leaf leads with a layer axis: A B per layer."""
+  product = lambda a, b: jnp.tensordot(a, b, axes=1)  # contracts the rank axis
   out = {}
   for key, value in params.items():
     if not isinstance(value, Mapping):
@@ -158,9 +160,10 @@ def merged(params: Mapping, lora: LoraConfig) -> dict:
         out[key] = value
     elif "lora_a" in value:
       a, b, kernel = value["lora_a"], value["lora_b"], value["kernel"]
-      delta = jnp.tensordot(a.astype(jnp.float32), b.astype(jnp.float32), axes=1)
+      delta = (jax.vmap(product) if stacked else product)(a.astype(jnp.float32),
+                                                           b.astype(jnp.float32))
       out[key] = {**{k: v for k, v in value.items() if not is_adapter(k)},
                   "kernel": (kernel.astype(jnp.float32) + lora.scale * delta).astype(kernel.dtype)}
     else:
-      out[key] = merged(value, lora)
+      out[key] = merged(value, lora, stacked or key == "blocks")
   return out

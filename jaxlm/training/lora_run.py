@@ -3,7 +3,8 @@
 A LoRA run's checkpoint state holds the adapters and their optimizer state only (`saved_state`);
 the frozen base parameters are read from the base run (config.init_from) at the step recorded in
 the checkpoint's config under "lora_base", with a fingerprint of them (a sum of squares per
-tensor). Restoring onto another base run, another step, or a base whose parameters have changed
+tensor, in the base checkpoint's own layer layout, whichever `model.scan_layers` the LoRA run
+chose). Restoring onto another base run, another step, or a base whose parameters have changed
 since is refused in one line (`check_base`).
 """
 
@@ -14,7 +15,7 @@ import numpy as np
 from jaxlm import cli
 from jaxlm.errors import UserError
 from jaxlm.models import lora
-from jaxlm.training import checkpoint
+from jaxlm.training import checkpoint, scan_layout
 
 RECORD = "lora_base"  # the key of the base reference in a LoRA checkpoint's config JSON
 # Sums of squares of the same parameters on another mesh differ by float32 reassociation (~1e-7
@@ -26,15 +27,28 @@ def is_lora(config) -> bool:
   return config.train.lora.rank != 0
 
 
-def fingerprint(frozen) -> list[float]:
-  """Sum of squares of each frozen tensor, in tree order."""
-  sums = jax.jit(lambda t: [jnp.sum(jnp.square(x.astype(jnp.float32)))
-                            for x in jax.tree.leaves(t)])(frozen)
-  return [float(s) for s in jax.device_get(sums)]
+def fingerprint(frozen, scanned: bool | None = None) -> list[float]:
+  """Sum of squares of each frozen tensor, in tree order, of the tensors as they are in the
+  `scanned` layout (None: `frozen`'s own), whichever layout `frozen` is in."""
+  have = scan_layout.tree_is_scanned(frozen)
+  if scanned is None or have in (None, scanned):
+    sums = jax.jit(lambda t: [jnp.sum(jnp.square(x.astype(jnp.float32)))
+                              for x in jax.tree.leaves(t)])(frozen)
+    return [float(s) for s in jax.device_get(sums)]
+
+  def per_layer(path, x):  # a stacked tensor: one sum per layer
+    axes = tuple(range(1, x.ndim)) if any(k.key == "blocks" for k in path) else None
+    return jnp.sum(jnp.square(x.astype(jnp.float32)), axis=axes)
+  sums = jax.device_get(jax.jit(lambda t: jax.tree_util.tree_map_with_path(per_layer, t))(frozen))
+  # The per-layer sums regrouped on the host as the other layout's tensors.
+  return [float(np.sum(s)) for s in jax.tree.leaves(scan_layout.in_layout(sums, scanned))]
 
 
 def base_record(workdir: str, step: int, frozen) -> dict:
-  return {"workdir": workdir, "step": step, "fingerprint": fingerprint(frozen)}
+  """The reference to a base run's step, with the fingerprint of its parameters `frozen` (in any
+  layer layout) as its checkpoint holds them."""
+  layout = scan_layout.is_scanned(checkpoint.param_paths(workdir, step))
+  return {"workdir": workdir, "step": step, "fingerprint": fingerprint(frozen, layout)}
 
 
 def check_base(saved: dict | None, current: dict, where: str) -> None:
@@ -66,13 +80,15 @@ def read_record(workdir: str, step: int) -> dict | None:
   return checkpoint.restore_metadata(workdir, step)[1].get(RECORD)
 
 
-def restore_params(workdir: str, step: int, abstract_params, record: dict | None):
+def restore_params(workdir: str, step: int, abstract_params, record: dict | None,
+                   log=scan_layout.stderr_log):
   """A LoRA run's parameters for evaluation: its base run's at the recorded step, and its
-  adapters from its own checkpoint, placed like `abstract_params`."""
+  adapters from its own checkpoint, placed like `abstract_params` (in its layer layout: each
+  checkpoint is converted from its own, see scan_layout.py)."""
   if record is None:
     check_base(None, {}, workdir)
   adapters_target, base_target = lora.split(abstract_params)
-  base = checkpoint.restore_params(record["workdir"], record["step"], base_target)
+  base = scan_layout.restore_params(record["workdir"], record["step"], base_target, log)
   check_base(record, base_record(record["workdir"], record["step"], base), workdir)
-  adapters = checkpoint.restore_params(workdir, step, adapters_target)
+  adapters = scan_layout.restore_params(workdir, step, adapters_target, log)
   return lora.combine(adapters, base)
