@@ -96,7 +96,7 @@ def inherit(config: ml_collections.ConfigDict, pretrained: dict,
       if key in CHANGEABLE:
         notes.append(f"{key}: {value!r} in the pretrained run -> {chosen[key]!r} here")
         continue
-      refused.append(f"{key} (pretrained {value!r}, override {overrides[key]!r})")
+      refused.append(f"{key} (pretrained {value!r}, override {chosen[key]!r})")
     else:
       config[section][name] = value
   if refused:
