@@ -53,27 +53,30 @@ def write_corpus(directory: str, megabytes: float) -> int:
 
 
 def run(args: list[str], ready_marker: str | None = None) -> dict:
-  """Runs a jaxlm verb; wall seconds, seconds until `ready_marker` appears on stderr, and peak
-  RSS (MB) of the process and of its largest descendant."""
+  """Runs a jaxlm verb; wall seconds, seconds until `ready_marker` appears on stderr, peak RSS
+  (MB) of the process and of its largest descendant, and the CPU seconds of the process and its
+  workers (user + system: less sensitive than wall time to other jobs on the machine)."""
   start = time.perf_counter()
   # A wrapper process runs the verb, so that its RUSAGE_CHILDREN is the verb's and its workers'
   # alone (this process's would include every earlier run).
   proc = subprocess.Popen([sys.executable, "-c", _WRAPPER, sys.executable, "-m", *args], cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
-  ready, lines, verb_kb, largest_kb = None, [], 0, 0
+  ready, lines, verb_kb, largest_kb, cpu = None, [], 0, 0, float("nan")
   for line in proc.stderr:
     lines.append(line)
     if ready is None and ready_marker and ready_marker in line:
       ready = time.perf_counter() - start
     if line.startswith("RSS_KB="):
       verb_kb, largest_kb = map(int, line[len("RSS_KB="):].split(","))
+    if line.startswith("CPU_S="):
+      cpu = float(line[len("CPU_S="):])
   out = proc.stdout.read()
   status = proc.wait()
   wall = time.perf_counter() - start
   if status:
     raise RuntimeError(f"{args} failed:\n{''.join(lines)[-3000:]}")
   return {"wall_s": wall, "ready_s": ready, "peak_rss_mb": verb_kb / 1024,
-          "largest_child_rss_mb": largest_kb / 1024, "stdout": out}
+          "largest_child_rss_mb": largest_kb / 1024, "cpu_s": cpu, "stdout": out}
 
 
 _WRAPPER = """
@@ -82,6 +85,7 @@ proc = subprocess.Popen(sys.argv[1:])
 _, status, usage = os.wait4(proc.pid, 0)
 largest = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 print(f"RSS_KB={usage.ru_maxrss},{largest}", file=sys.stderr)
+print(f"CPU_S={usage.ru_utime + usage.ru_stime}", file=sys.stderr)
 sys.exit(os.waitstatus_to_exitcode(status))
 """
 
@@ -118,7 +122,7 @@ def measure_size(root: str, megabytes: float, steps: int, workers: int,
                     for n in names if n.endswith((".tokens", ".docs")))
   tokens = summary["train_tokens"] + summary["val_tokens"]
   report(megabytes, "prepare", wall_s=prepared["wall_s"], mb_per_s=num_bytes / 1e6 /
-         prepared["wall_s"], peak_rss_mb=prepared["peak_rss_mb"],
+         prepared["wall_s"], cpu_s=prepared["cpu_s"], peak_rss_mb=prepared["peak_rss_mb"],
          largest_worker_rss_mb=prepared["largest_child_rss_mb"], workers=workers,
          shard_bytes_per_token=shard_bytes / tokens, tokens=tokens)
   # Again with that tokenizer given: tokenising and writing alone, without training SentencePiece.
@@ -126,7 +130,8 @@ def measure_size(root: str, megabytes: float, steps: int, workers: int,
                f"--out={out}_given", f"--workers={workers}",
                f"--config.data.tokenizer_file={os.path.join(out, 'tokenizer.json')}"])
   report(megabytes, "prepare_given_tokenizer", wall_s=given["wall_s"],
-         mb_per_s=num_bytes / 1e6 / given["wall_s"], peak_rss_mb=given["peak_rss_mb"],
+         mb_per_s=num_bytes / 1e6 / given["wall_s"], cpu_s=given["cpu_s"],
+         mb_per_cpu_s=num_bytes / 1e6 / given["cpu_s"], peak_rss_mb=given["peak_rss_mb"],
          workers=workers)
   workdir = os.path.join(base, "shards")
   shards = run(train_args(workdir, steps, ["--config.data.source=prepared",
@@ -151,15 +156,17 @@ def tokenizer_throughput(root: str) -> None:
   docs = train[:200]
   megabytes = sum(len(d.encode()) for d in docs) / 1e6
   cores = os.sched_getaffinity(0)
-  rates = {}
+  rates, cpu = {}, {}
   for name, allowed in (("one_core", {min(cores)}), ("all_cores", cores)):
     os.sched_setaffinity(0, allowed)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     tokenizer.encode_batch(docs)
     rates[name] = megabytes / (time.perf_counter() - start)
+    cpu[name] = megabytes / (time.process_time() - start_cpu)
   os.sched_setaffinity(0, cores)
   report(0, "tokenizer", mb_per_s_one_core=rates["one_core"],
-         mb_per_s_all_cores=rates["all_cores"], cores=len(cores))
+         mb_per_s_all_cores=rates["all_cores"], mb_per_cpu_s_one_core=cpu["one_core"],
+         mb_per_cpu_s_all_cores=cpu["all_cores"], cores=len(cores))
 
 
 def format_comparison(root: str, num_tokens: int = 50_000_000, reads: int = 20_000,

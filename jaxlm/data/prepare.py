@@ -17,6 +17,7 @@ import glob
 import hashlib
 import multiprocessing
 import os
+import queue
 import sys
 from collections.abc import Callable, Iterable, Iterator
 
@@ -40,8 +41,16 @@ PIECE_CHARS = 1_000_000
 _worker_tokenizer: Tokenizer | None = None
 
 
-def _init_worker(tokenizer_json: dict) -> None:
+def _init_worker(tokenizer_json: dict, cores=None) -> None:
+  """Loads the tokenizer; with `cores` (a queue of core ids) pins this worker to the next one, so
+  that a tokenizer that spreads a batch over every core it may use (SentencePiece's threads,
+  Hugging Face tokenizers' Rayon pool) runs one thread per worker instead of one per core each."""
   global _worker_tokenizer  # noqa: PLW0603  (one tokenizer per worker process)
+  if cores is not None:
+    try:
+      os.sched_setaffinity(0, {cores.get(timeout=5)})
+    except queue.Empty:  # a replacement worker finds the queue used up: it is left unpinned
+      pass
   _worker_tokenizer = tokenizer_from_json(tokenizer_json)
 
 
@@ -113,7 +122,12 @@ class Workers:
     self.pool = None
     if count > 1:
       context = multiprocessing.get_context("spawn")  # no fork of a process that started JAX
-      self.pool = context.Pool(count, _init_worker, (tokenizer.to_json(),))
+      cores = context.Queue()
+      allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+      for worker in range(count):  # more workers than cores share them in turn
+        cores.put(allowed[worker % len(allowed)] if allowed else None)
+      self.pool = context.Pool(count, _init_worker, (tokenizer.to_json(), cores if allowed
+                                                     else None))
     else:
       _init_worker(tokenizer.to_json())
     self.eos_id, self.dtype = tokenizer.eos_id, shards.token_dtype(tokenizer.vocab_size)

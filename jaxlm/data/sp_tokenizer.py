@@ -49,6 +49,13 @@ _UNK_ID, _EOS_ID = 0, 1
 SENTINEL = "<extra_id_{}>"
 
 
+def usable_cores() -> int:
+  """The cores this process may run on (its affinity where the OS has one), at least 1."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0)) or 1
+  return os.cpu_count() or 1
+
+
 def _escape(text: str) -> str:
   if _ESC in text or "\u2581" in text:
     text = text.replace(_ESC, _ESCAPES[_ESC]).replace("\u2581", _ESCAPES["\u2581"])
@@ -164,8 +171,9 @@ class SentencePieceTokenizer:
     return self._sp.encode(_escape(text))
 
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-    # One call encodes all texts on all cores.
-    return self._sp.encode([_escape(t) for t in texts], num_threads=os.cpu_count() or 1)
+    # One call encodes all texts on every core this process may use (a prepare worker pinned to
+    # one core uses one thread, instead of each worker starting a thread per core).
+    return self._sp.encode([_escape(t) for t in texts], num_threads=usable_cores())
 
   def decode(self, ids: Sequence[int]) -> str:
     """The text of `ids`, EOS dropped; a sentinel shows as its name ("<extra_id_0>")."""
