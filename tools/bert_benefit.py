@@ -1,36 +1,49 @@
 """Does masked-LM pretraining help? The built-in classification task learned three ways.
 
     python tools/bert_benefit.py [--pretrained=runs/bert] [--out=runs/bert_benefit] \
-        [--pretrain_steps=N]
+        [--pretrain_steps=N] [--seeds=1] [--ft_lr=LR] [--ft_steps=N]
 
 1. pretrained: `configs/bert_classify.py` finetuned from the MLM run `--pretrained` (trained first
    with `configs/bert_tiny.py` when that workdir holds no run, for `--pretrain_steps` steps if
    given, with 5% of them warm-up);
-2. scratch: the same architecture (bert_tiny's), the same tokenizer (the pretrained run's
+2. scratch: the same architecture (the pretrained run's), the same tokenizer (the pretrained run's
    tokenizer.json, copied into the workdir before training) and the same finetuning settings
    (steps, lr, batch), trained on the labels alone from a random initialisation;
 3. tf-idf: scikit-learn's TfidfVectorizer (word 1-2-grams, sublinear tf) + LogisticRegression on
    the same training texts.
+With `--seeds=N`, pretrained and scratch are each finetuned N times, with train.seed 0..N-1 (the
+seed of the new head's and scratch's initialisation, of the batch order and of dropout); tf-idf is
+deterministic. `--ft_lr` / `--ft_steps` change bert_classify's finetuning for both alike.
+
 All three are scored on the task's validation and test splits (docstrings from stdlib files that
 neither pretraining nor the training split read; the test split is given to `evaluate` as a JSONL
-file): accuracy and macro-F1 by `jaxlm.eval.labels`. The splits are small (80 and 95 examples), so
-the table also prints each accuracy's binomial standard error. Prints a table; the last line of
-stdout is one JSON object.
+file), and on both together ("val+test", 175 examples): accuracy and macro-F1 by
+`jaxlm.eval.labels`, mean and spread over the seeds. Nothing here is chosen by the held-out
+scores (no early stopping: every run is scored at its last step), so val+test is a clean test
+set unless the finetuning settings were tuned on validation; then read the test rows. The pretrained
+model is compared with each baseline by paired tests on the same examples (tools/paired_tests.py):
+McNemar's exact test per seed and a sign-flip test over the seeds' mean correctness. Prints the
+tables; the last line of stdout is one JSON object.
 """
 
 import argparse
 import json
-import math
 import os
 import runpy
 import shutil
+import statistics
 import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "tools"))
+
+from paired_tests import mcnemar_exact, sign_flip_test  # noqa: E402
 
 TASK = "docstring_package"
+SPLITS = ("val", "test")
+BOTH = "val+test"
 
 
 def run(args: list[str]) -> dict:
@@ -40,55 +53,80 @@ def run(args: list[str]) -> dict:
   return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def scored(workdir: str, test_file: str) -> dict:
-  """{"val": metrics, "test": metrics} of a trained classifier."""
+def predictions(workdir: str, extra: list[str]) -> list[str]:
+  """The predicted label of each example `evaluate` scores (its validation split, or the file
+  that `extra` names), read from the predictions file before the next evaluation overwrites it."""
+  step = run(["jaxlm.evaluate", f"--workdir={workdir}", *extra])["step"]
+  path = os.path.join(workdir, "predictions", f"val_step{step}.jsonl")
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line)["prediction"] for line in f]
+
+
+def scored(workdir: str, test_file: str) -> dict[str, list[str]]:
+  """{"val": predictions, "test": predictions} of a trained classifier."""
   test = ["--config.data.source=files", "--config.data.format=classification",
           f"--config.data.path={test_file}", f"--config.data.val_path={test_file}"]
-  return {"val": run(["jaxlm.evaluate", f"--workdir={workdir}"]),
-          "test": run(["jaxlm.evaluate", f"--workdir={workdir}", *test])}
+  return {"val": predictions(workdir, []), "test": predictions(workdir, test)}
 
 
-def finetuned(pretrained: str, workdir: str, test_file: str) -> dict:
+def finetune_options(ft_lr: float, ft_steps: int) -> list[str]:
+  """bert_classify's optimisation, with --ft_lr / --ft_steps when given (0: the config's)."""
+  ft = runpy.run_path(os.path.join(REPO, "configs", "bert_classify.py"))["get_config"]()
+  steps = ft_steps or ft.train.steps
+  # Warm-up and evaluation keep bert_classify's proportions when the steps change.
+  warmup = ft.train.warmup_steps * steps // ft.train.steps
+  every = max(1, ft.eval.every * steps // ft.train.steps)
+  return [f"--config.train.steps={steps}", f"--config.train.lr={ft_lr or ft.train.lr}",
+          f"--config.train.batch_size={ft.train.batch_size}",
+          f"--config.train.warmup_steps={warmup}",
+          f"--config.train.weight_decay={ft.train.weight_decay}",
+          f"--config.eval.every={every}", f"--config.checkpoint.every={every}"]
+
+
+def finetuned(pretrained: str, workdir: str, test_file: str, options: list[str]) -> dict:
   run(["jaxlm.train", "--config=configs/bert_classify.py", f"--config.init_from={pretrained}",
-       f"--workdir={workdir}"])
+       f"--workdir={workdir}", *options])
   return scored(workdir, test_file)
 
 
-def scratch(pretrained: str, workdir: str, test_file: str) -> dict:
-  """bert_tiny's architecture with bert_classify's data and optimisation, from random weights."""
+def architecture(pretrained: str) -> list[str]:
+  """Overrides of bert_tiny's model options that give the pretrained run's architecture (a run
+  pretrained with, say, --config.model.positions=rope): its saved model.* options that the
+  checkpoint fixes, where they differ from bert_tiny's; the head is the task's."""
+  from jaxlm.config import TASK_OPTIONS, fixed_by_checkpoint
+  from jaxlm.training.checkpoint import restore_metadata
+  tiny = runpy.run_path(os.path.join(REPO, "configs", "bert_tiny.py"))["get_config"]().model
+  saved = restore_metadata(pretrained)[1]["model"]
+  return [f"--config.model.{key}={value}" for key, value in sorted(saved.items())
+          if key in tiny and fixed_by_checkpoint(f"model.{key}")
+          and f"model.{key}" not in TASK_OPTIONS and value != tiny[key]]
+
+
+def scratch(pretrained: str, workdir: str, test_file: str, options: list[str]) -> dict:
+  """The pretrained run's architecture with bert_classify's data and optimisation, from random
+  weights."""
   ft = runpy.run_path(os.path.join(REPO, "configs", "bert_classify.py"))["get_config"]()
   os.makedirs(workdir, exist_ok=True)
   shutil.copy(os.path.join(pretrained, "tokenizer.json"), os.path.join(workdir, "tokenizer.json"))
-  overrides = [f"--config.data.source={ft.data.source}", f"--config.data.path={ft.data.path}",
-               f"--config.data.format={ft.data.format}", f"--config.data.seq_len={ft.data.seq_len}",
-               "--config.model.head=classify", f"--config.train.steps={ft.train.steps}",
-               f"--config.train.lr={ft.train.lr}",
-               f"--config.train.batch_size={ft.train.batch_size}",
-               f"--config.train.warmup_steps={ft.train.warmup_steps}",
-               f"--config.train.weight_decay={ft.train.weight_decay}",
-               f"--config.eval.every={ft.eval.every}", f"--config.checkpoint.every={ft.eval.every}"]
-  run(["jaxlm.train", "--config=configs/bert_tiny.py", f"--workdir={workdir}", *overrides])
+  data = [f"--config.data.source={ft.data.source}", f"--config.data.path={ft.data.path}",
+          f"--config.data.format={ft.data.format}", f"--config.data.seq_len={ft.data.seq_len}",
+          "--config.model.head=classify", *architecture(pretrained)]
+  run(["jaxlm.train", "--config=configs/bert_tiny.py", f"--workdir={workdir}", *data, *options])
   return scored(workdir, test_file)
 
 
-def tfidf() -> dict:
+def tfidf() -> dict[str, list[str]]:
   from sklearn.feature_extraction.text import TfidfVectorizer
   from sklearn.linear_model import LogisticRegression
 
   from jaxlm.data.label_tasks import load_label_task
-  from jaxlm.eval.labels import classification_metrics
   train = load_label_task(TASK, "train")
   vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
   features = vectorizer.fit_transform([r.text for r in train])
   model = LogisticRegression(max_iter=2000, C=10.0)
   model.fit(features, [str(r.label) for r in train])
-  labels = sorted({str(r.label) for r in train})
-  scores = {}
-  for split in ("val", "test"):
-    records = load_label_task(TASK, split)
-    predicted = model.predict(vectorizer.transform([r.text for r in records]))
-    scores[split] = classification_metrics([str(r.label) for r in records], list(predicted), labels)
-  return scores
+  return {split: [str(p) for p in model.predict(vectorizer.transform(
+      [r.text for r in load_label_task(TASK, split)]))] for split in SPLITS}
 
 
 def write_test_split(path: str) -> str:
@@ -101,32 +139,106 @@ def write_test_split(path: str) -> str:
   return path
 
 
-def main() -> None:
-  from jaxlm.data.label_tasks import load_label_task
+def with_both(runs: list[dict[str, list[str]]]) -> list[dict[str, list[str]]]:
+  """Each run's predictions with "val+test": the two held-out splits as one, val first."""
+  return [{**r, BOTH: r["val"] + r["test"]} for r in runs]
+
+
+def summarize(runs: list[dict[str, list[str]]], gold: dict[str, list[str]]) -> dict:
+  """Per split: each seed's accuracy and macro-F1, their mean and sample standard deviation."""
+  from jaxlm.data.label_tasks import PACKAGES
+  from jaxlm.eval.labels import classification_metrics
+  out = {}
+  for split, labels in gold.items():
+    seeds = [classification_metrics(labels, r[split], list(PACKAGES)) for r in runs]
+    out[split] = {"examples": len(labels)}
+    for key in ("accuracy", "macro_f1"):
+      values = [m[key] for m in seeds]
+      out[split][key] = {"mean": statistics.fmean(values), "values": values,
+                         "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+  return out
+
+
+def correctness(runs: list[dict[str, list[str]]], gold: list[str], split: str) -> list[list[bool]]:
+  return [[p == g for p, g in zip(r[split], gold)] for r in runs]
+
+
+def compare(best: list[dict], other: list[dict], gold: dict[str, list[str]]) -> dict:
+  """Paired tests of `best` against `other` per split: McNemar per seed (a deterministic `other`,
+  one run, is paired with every seed of `best`) and the sign-flip test over the seeds' means."""
+  out = {}
+  for split, labels in gold.items():
+    a, b = correctness(best, labels, split), correctness(other, labels, split)
+    per_seed = [mcnemar_exact(a[s], b[s % len(b)]) for s in range(len(a))]
+    mean_a = [statistics.fmean(col) for col in zip(*a)]  # [examples]
+    mean_b = [statistics.fmean(col) for col in zip(*b)]
+    out[split] = {"mcnemar": per_seed,
+                  "difference": statistics.fmean(mean_a) - statistics.fmean(mean_b),
+                  "sign_flip_p": sign_flip_test([x - y for x, y in zip(mean_a, mean_b)])}
+  return out
+
+
+def print_tables(summary: dict, tests: dict) -> None:
+  print(f"\n{TASK:<11} {'split':<9} {'n':>4} {'seeds':>5} {'accuracy (sd)':>16} "
+        f"{'macro_f1 (sd)':>16}  per-seed accuracy")
+  for name, splits in summary.items():
+    for split, m in splits.items():
+      acc, f1 = m["accuracy"], m["macro_f1"]
+      print(f"{name:<11} {split:<9} {m['examples']:>4} {len(acc['values']):>5} "
+            f"{acc['mean']:>9.4f} ({acc['std']:.3f}) {f1['mean']:>9.4f} ({f1['std']:.3f})  "
+            + " ".join(f"{v:.3f}" for v in acc["values"]))
+  print(f"\n{'pretrained vs':<14} {'split':<9} {'acc diff':>9} {'sign-flip p':>12}  "
+        "McNemar per seed (pretrained only / other only, p)")
+  for name, splits in tests.items():
+    for split, t in splits.items():
+      seeds = "  ".join(f"{m['a_only']}/{m['b_only']} {m['p']:.3g}" for m in t["mcnemar"])
+      p = f"{t['sign_flip_p']:.4f}" if t["sign_flip_p"] >= 1e-4 else "<0.0001"
+      print(f"{name:<14} {split:<9} {t['difference']:>+9.4f} {p:>12}  {seeds}")
+
+
+def parse_args() -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--pretrained", default="runs/bert")
   parser.add_argument("--out", default="runs/bert_benefit")
   parser.add_argument("--pretrain_steps", type=int, default=0,
                       help="Pretraining steps (default: configs/bert_tiny.py's).")
-  args = parser.parse_args()
+  parser.add_argument("--seeds", type=int, default=1,
+                      help="Finetunes of pretrained and of scratch each, train.seed 0..N-1.")
+  parser.add_argument("--ft_lr", type=float, default=0.0,
+                      help="Finetuning peak lr of both (default: configs/bert_classify.py's).")
+  parser.add_argument("--ft_steps", type=int, default=0,
+                      help="Finetuning steps of both (default: configs/bert_classify.py's).")
+  return parser.parse_args()
+
+
+def main() -> None:
+  from jaxlm.data.label_tasks import load_label_task
+  args = parse_args()
+  if args.seeds < 1:
+    raise SystemExit(f"--seeds={args.seeds}: at least one finetune per model")
   if not os.path.isdir(os.path.join(args.pretrained, "checkpoints")):
     steps = ([f"--config.train.steps={args.pretrain_steps}",
               f"--config.train.warmup_steps={args.pretrain_steps // 20}"]
              if args.pretrain_steps else [])
     run(["jaxlm.train", "--config=configs/bert_tiny.py", f"--workdir={args.pretrained}", *steps])
   test_file = write_test_split(os.path.join(args.out, "test.jsonl"))
-  results = {"pretrained": finetuned(args.pretrained, os.path.join(args.out, "finetuned"),
-                                     test_file),
-             "scratch": scratch(args.pretrained, os.path.join(args.out, "scratch"), test_file),
-             "tfidf": tfidf()}
-  print(f"\n{TASK:<20} {'split':<6} {'n':>4} {'accuracy':>9} {'(s.e.)':>8} {'macro_f1':>9}")
-  for name, splits in results.items():
-    for split, m in splits.items():
-      n = len(load_label_task(TASK, split))
-      stderr = math.sqrt(m["accuracy"] * (1 - m["accuracy"]) / n)
-      print(f"{name:<20} {split:<6} {n:>4} {m['accuracy']:>9.4f} {stderr:>8.4f} "
-            f"{m['macro_f1']:>9.4f}")
-  print(json.dumps(results))
+  options = finetune_options(args.ft_lr, args.ft_steps)
+  runs = {"pretrained": [], "scratch": []}
+  for seed in range(args.seeds):
+    seeded = [*options, f"--config.train.seed={seed}"]
+    out = os.path.join(args.out, "{}_s%d" % seed)
+    runs["pretrained"].append(finetuned(args.pretrained, out.format("finetuned"), test_file,
+                                        seeded))
+    runs["scratch"].append(scratch(args.pretrained, out.format("scratch"), test_file, seeded))
+  runs["tfidf"] = [tfidf()]
+  runs = {name: with_both(r) for name, r in runs.items()}
+  gold = {split: [str(r.label) for r in load_label_task(TASK, split)] for split in SPLITS}
+  gold[BOTH] = gold["val"] + gold["test"]
+  summary = {name: summarize(r, gold) for name, r in runs.items()}
+  tests = {other: compare(runs["pretrained"], runs[other], gold) for other in ("scratch", "tfidf")}
+  print_tables(summary, tests)
+  print(json.dumps({"options": options, "seeds": args.seeds, "summary": summary, "tests": tests,
+                    "predictions": runs}))
 
 
 if __name__ == "__main__":
