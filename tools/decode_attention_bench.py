@@ -1,6 +1,6 @@
 """Time one decode step's attention forms on this CPU, interleaved: jaxlm's
-`single_query_attention` (two einsums), the elementwise products and sums it used until 2026-12-06,
-and `jax.nn.dot_product_attention`.
+`single_query_attention` (two einsums), elementwise products and sums (4-D, multi-head only, and
+the 5-D grouped form jaxlm used until 2026-12-06) and `jax.nn.dot_product_attention`.
 
     python tools/decode_attention_bench.py [--rows=1,16,32] [--keys=128] [--heads=6] [--head_dim=32]
     python tools/decode_attention_bench.py --engine [--rows=1,16,32]   # whole serving steps
@@ -39,13 +39,30 @@ def elementwise_attention(query, key, value, allowed, scale=None, bias=None):
   return jnp.sum(weights[..., None] * value, axis=1)[:, None]
 
 
+def grouped_elementwise_attention(query, key, value, allowed, scale=None, bias=None):
+  """jaxlm's form until 2026-12-06: the same products and sums over kv-head groups, with the
+  query reshaped to `[rows, 1, kv_heads, group, head_dim]` (5-D broadcasts: 10-25x slower)."""
+  rows, _, heads, head_dim = query.shape
+  kv_heads, keys = key.shape[2], key.shape[1]
+  grouped = query.reshape(rows, 1, kv_heads, heads // kv_heads, head_dim)
+  scale = head_dim ** -0.5 if scale is None else scale
+  scores = jnp.sum(grouped * key[:, :, :, None], axis=-1) * scale
+  if bias is not None:
+    scores = scores + jnp.transpose(bias[:, :, 0], (0, 2, 1)).reshape(
+        rows, keys, kv_heads, heads // kv_heads)
+  scores = jnp.where(allowed[:, :, None, None], scores, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(scores, axis=1)
+  out = jnp.sum(weights[..., None] * value[:, :, :, None], axis=1)
+  return out.reshape(rows, 1, heads, head_dim)
+
+
 def xla_attention(query, key, value, allowed, scale=None, bias=None):
   return jax.nn.dot_product_attention(query, key, value, bias=bias, scale=scale,
                                       mask=allowed[:, None, None, :], implementation="xla")
 
 
 FORMS = {"einsum": single_query_attention, "elementwise": elementwise_attention,
-         "dot_product_attention": xla_attention}
+         "elementwise_5d": grouped_elementwise_attention, "dot_product_attention": xla_attention}
 
 
 def time_engine(rows: int, steps: int) -> dict:
