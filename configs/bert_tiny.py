@@ -7,6 +7,11 @@ Hugging Face BERT's layout: post-norm, exact GELU, LayerNorm eps 1e-12, learned 
 types, an MLM head tied to the embeddings, a WordPiece vocabulary trained on the corpus. 15% of the
 tokens are chosen each step (80% [MASK], 10% random, 10% kept). Finetune it with
 configs/bert_classify.py or configs/bert_tag.py.
+
+Learned absolute positions make the masked LM slow to start on a CPU budget: a [MASK] says nothing
+of itself, and attending to its neighbours waits on the position table. At 300 steps it masks 14%
+right, 34% with --config.model.positions=rope --config.train.lr=2e-3 (docs/benchmarks.md, issue
+#12), which `convert to-hf` cannot export: a BERT has learned positions.
 """
 
 from jaxlm.config import base_config
