@@ -110,9 +110,10 @@ def single_query_attention(query: Array, key: Array, value: Array, allowed: Arra
   `key, value  # [batch, keys, kv_heads, head_dim]` where `allowed  # [batch, keys]`: two batched
   matmuls (einsum) with float32 scores and accumulation. Query head h reads kv head
   h // (heads / kv_heads), as `dot_product_attention` groups them. Scores are scaled by `scale`
-  (None: 1/sqrt(head_dim)) and `bias  # [batch, heads, 1, keys]` is added to them. On both CPUs
-  measured (AMD EPYC, Intel Xeon) this is 10-25x faster than elementwise products and sums, and
-  ~1.2-1.5x faster than `dot_product_attention` (tools/decode_attention_bench.py)."""
+  (None: 1/sqrt(head_dim)) and `bias  # [batch, heads, 1, keys]` is added to them. It replaced
+  5-D broadcast products and sums, 10-25x slower on the AMD EPYC and ~10x on the Intel Xeon
+  measured; in a whole serving step it is within 10% of `dot_product_attention` and 4-D products
+  (tools/decode_attention_bench.py, docs/benchmarks.md)."""
   batch, _, heads, head_dim = query.shape
   kv_heads, keys = key.shape[2], key.shape[1]
   group = heads // kv_heads
@@ -133,7 +134,7 @@ def attend(query: Array, key: Array, value: Array, allowed: Array, scale: float,
            bias: Array | None) -> Array:
   """XLA softmax attention `[batch, seq, heads, head_dim]` where `allowed  # [batch, seq, keys]`,
   with `bias  # [batch, heads, seq, keys]` (or None) added to the scores."""
-  if query.shape[1] == 1:  # a decode step: the einsum form skips the [seq, keys] mask layout
+  if query.shape[1] == 1:  # a decode step: one query per row, grouped by kv head
     return single_query_attention(query, key, value, allowed[:, 0], scale, bias)
   return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=allowed[:, None],
                                       scale=scale, implementation="xla")

@@ -2,8 +2,9 @@
 
 Each loop iteration admits waiting requests into free slots (at most `prefills_per_step` while
 other slots are generating, so a burst of long prompts does not stall every stream), then starts
-one decode step for all slots and, while it runs, hands each request its token of the step before. A request that finishes
-(its sink says so: EOS, a stop string, max_tokens) or is cancelled frees its slot at once.
+one decode step for all slots and, while it runs, hands each request its token of the step
+before. A request that finishes (its sink says so: EOS, a stop string, max_tokens) or is
+cancelled frees its slot at once.
 Sinks are called on this thread; they must be quick and thread-safe (the server's hand tokens to
 an asyncio loop).
 """
