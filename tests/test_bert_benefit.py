@@ -61,3 +61,59 @@ def test_finetune_options_keep_bert_classifys_proportions():
   longer = bert_benefit.finetune_options(1e-3, 300)
   assert "--config.train.steps=300" in longer and "--config.train.lr=0.001" in longer
   assert "--config.train.warmup_steps=30" in longer and "--config.checkpoint.every=100" in longer
+
+
+def _records(counts: dict[str, int]) -> list:
+  from jaxlm.data.labelled import ClassificationRecord
+  records = [ClassificationRecord(f"{label} docstring {i}", label)
+             for label, n in counts.items() for i in range(n)]
+  order = sorted(range(len(records)), key=lambda i: (i * 37) % len(records))
+  return [records[i] for i in order]  # labels interleaved
+
+
+@pytest.mark.parametrize("counts, n, expected", [
+    # shares 4.5 / 3.5 / 2.0: floors 4 + 3 + 2, the last place to the tied shortfall first by name
+    ({"a": 45, "b": 35, "c": 20}, 10, {"a": 5, "b": 3, "c": 2}),
+    # shares 3.15 / 2.45 / 1.4: floors 3 + 2 + 1, the last place to b's 0.45
+    ({"a": 45, "b": 35, "c": 20}, 7, {"a": 3, "b": 3, "c": 1}),
+    # shares 10 / 6 / 3 / 0.8 / 0.2: d and e get their one each, the largest gives one back
+    ({"a": 50, "b": 30, "c": 15, "d": 4, "e": 1}, 20, {"a": 9, "b": 6, "c": 3, "d": 1, "e": 1}),
+])
+def test_subsample_is_stratified_by_label(counts, n, expected):
+  records = _records(counts)
+  chosen = bert_benefit.subsample(records, n, seed=0)
+  assert len(chosen) == n == len(set(chosen))
+  got = {label: sum(r.label == label for r in chosen) for label in counts}
+  assert got == expected
+  positions = [records.index(r) for r in chosen]
+  assert positions == sorted(positions)  # a subset, in the records' order
+  assert bert_benefit.subsample(records, n, seed=0) == chosen  # one subsample per seed
+  assert bert_benefit.subsample(records, len(records), seed=0) == records
+
+
+def test_subsample_seed_draws_another_subsample_of_the_same_strata():
+  records = _records({"a": 60, "b": 40})
+  first, second = (bert_benefit.subsample(records, 10, seed) for seed in (0, 1))
+  assert first != second
+  assert sorted(r.label for r in first) == sorted(r.label for r in second) == ["a"] * 6 + ["b"] * 4
+  with pytest.raises(SystemExit):
+    bert_benefit.subsample(records, 1, seed=0)  # one example cannot hold both labels
+
+
+def test_subsample_is_what_the_finetunes_read(tmp_path):
+  from jaxlm.data.labelled import read_labelled
+  records = _records({"email": 30, "json": 12})
+  chosen = bert_benefit.subsample(records, 14, seed=0)
+  options = dict(o.removeprefix("--config.").split("=", 1)
+                 for o in bert_benefit.data_options(str(tmp_path), chosen))
+  assert options["data.source"] == "files" and options["data.format"] == "classification"
+  assert read_labelled(options["data.path"], "classification") == chosen
+  assert options["data.val_path"] != options["data.path"]
+  assert bert_benefit.data_options(str(tmp_path), None) == [
+      "--config.data.source=task", "--config.data.path=docstring_package",
+      "--config.data.format=classification"]  # all examples: the built-in task, as before
+
+
+def test_finetune_batch_is_overridden_for_small_training_sets():
+  assert "--config.train.batch_size=32" in bert_benefit.finetune_options(0.0, 0)
+  assert "--config.train.batch_size=16" in bert_benefit.finetune_options(0.0, 0, 16)

@@ -1,7 +1,8 @@
 """Does masked-LM pretraining help? The built-in classification task learned three ways.
 
     python tools/bert_benefit.py [--pretrained=runs/bert] [--out=runs/bert_benefit] \
-        [--pretrain_steps=N] [--seeds=1] [--ft_lr=LR] [--ft_steps=N]
+        [--pretrain_steps=N] [--seeds=1] [--ft_lr=LR] [--ft_steps=N] [--ft_batch=B] \
+        [--train_examples=N]
 
 1. pretrained: `configs/bert_classify.py` finetuned from the MLM run `--pretrained` (trained first
    with `configs/bert_tiny.py` when that workdir holds no run, for `--pretrain_steps` steps if
@@ -13,7 +14,15 @@
    the same training texts.
 With `--seeds=N`, pretrained and scratch are each finetuned N times, with train.seed 0..N-1 (the
 seed of the new head's and scratch's initialisation, of the batch order and of dropout); tf-idf is
-deterministic. `--ft_lr` / `--ft_steps` change bert_classify's finetuning for both alike.
+deterministic. `--ft_lr` / `--ft_steps` / `--ft_batch` change bert_classify's finetuning for
+both alike (a batch is of windows of 128 tokens, which pack several short examples each).
+`--train_examples=N` (a learning-curve point) gives all three methods the same N of the 1,193
+training examples instead of all: a subsample stratified by package (each package's share of N in
+proportion to its share of the training split, rounded by largest remainder, at least one each, so
+every label is still learned), drawn with `--subsample_seed` (0) and not with the finetuning seeds,
+so every seed and method sees one subsample. The networks then read it, and the validation split,
+as JSONL files written to `--out` (`data.source=files`); validation and test are unchanged. 100
+examples pack into 16 windows: give `--ft_batch=16` or less.
 
 All three are scored on the task's validation and test splits (docstrings from stdlib files that
 neither pretraining nor the training split read; the test split is given to `evaluate` as a JSONL
@@ -29,6 +38,7 @@ tables; the last line of stdout is one JSON object.
 import argparse
 import json
 import os
+import random
 import runpy
 import shutil
 import statistics
@@ -69,21 +79,69 @@ def scored(workdir: str, test_file: str) -> dict[str, list[str]]:
   return {"val": predictions(workdir, []), "test": predictions(workdir, test)}
 
 
-def finetune_options(ft_lr: float, ft_steps: int) -> list[str]:
-  """bert_classify's optimisation, with --ft_lr / --ft_steps when given (0: the config's)."""
+def finetune_options(ft_lr: float, ft_steps: int, ft_batch: int = 0) -> list[str]:
+  """bert_classify's optimisation, with --ft_lr / --ft_steps / --ft_batch when given (0: the
+  config's)."""
   ft = runpy.run_path(os.path.join(REPO, "configs", "bert_classify.py"))["get_config"]()
   steps = ft_steps or ft.train.steps
   # Warm-up and evaluation keep bert_classify's proportions when the steps change.
   warmup = ft.train.warmup_steps * steps // ft.train.steps
   every = max(1, ft.eval.every * steps // ft.train.steps)
   return [f"--config.train.steps={steps}", f"--config.train.lr={ft_lr or ft.train.lr}",
-          f"--config.train.batch_size={ft.train.batch_size}",
+          f"--config.train.batch_size={ft_batch or ft.train.batch_size}",
           f"--config.train.warmup_steps={warmup}",
           f"--config.train.weight_decay={ft.train.weight_decay}",
           f"--config.eval.every={every}", f"--config.checkpoint.every={every}"]
 
 
+def subsample(records: list, n: int, seed: int) -> list:
+  """`n` of classification `records`, stratified by label: each label gets its proportional share
+  of `n` (floor, at least 1, then the remaining places to the largest shortfalls, ties by label
+  name), drawn at random with `seed`; in the records' order. All of them when n >= len(records)."""
+  if n >= len(records):
+    return list(records)
+  by_label: dict[str, list[int]] = {}
+  for i, r in enumerate(records):
+    by_label.setdefault(str(r.label), []).append(i)
+  if n < len(by_label):
+    raise SystemExit(f"--train_examples={n}: fewer than the {len(by_label)} labels")
+  share = {label: n * len(idx) / len(records) for label, idx in by_label.items()}
+  quota = {label: max(1, int(s)) for label, s in share.items()}
+  by_remainder = sorted(share, key=lambda label: (quota[label] - share[label], label))
+  for label in by_remainder[:max(0, n - sum(quota.values()))]:
+    quota[label] += 1
+  while sum(quota.values()) > n:  # the minimum of 1 overshot: take from the largest quota
+    quota[max(sorted(quota), key=lambda label: quota[label])] -= 1
+  rng = random.Random(seed)
+  chosen = {i for label in sorted(by_label) for i in rng.sample(by_label[label], quota[label])}
+  return [records[i] for i in sorted(chosen)]
+
+
+def write_jsonl(path: str, records: list) -> str:
+  """Classification records as the {"text", "label"} JSONL a user would give train/evaluate."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    for r in records:
+      f.write(json.dumps({"text": r.text, "label": r.label}) + "\n")
+  return path
+
+
+def data_options(out: str, train: list | None) -> list[str]:
+  """The finetunes' data: bert_classify's built-in task, or (`train` given, a subsample) `train`
+  and the task's validation split as JSONL files under `out`."""
+  ft = runpy.run_path(os.path.join(REPO, "configs", "bert_classify.py"))["get_config"]()
+  if train is None:
+    return [f"--config.data.source={ft.data.source}", f"--config.data.path={ft.data.path}",
+            f"--config.data.format={ft.data.format}"]
+  from jaxlm.data.label_tasks import load_label_task
+  val = write_jsonl(os.path.join(out, "val.jsonl"), load_label_task(TASK, "val"))
+  return ["--config.data.source=files", f"--config.data.format={ft.data.format}",
+          f"--config.data.path={write_jsonl(os.path.join(out, 'train.jsonl'), train)}",
+          f"--config.data.val_path={val}"]
+
+
 def finetuned(pretrained: str, workdir: str, test_file: str, options: list[str]) -> dict:
+  """`options`: the data and optimisation (data_options, finetune_options, the seed)."""
   run(["jaxlm.train", "--config=configs/bert_classify.py", f"--config.init_from={pretrained}",
        f"--workdir={workdir}", *options])
   return scored(workdir, test_file)
@@ -103,40 +161,29 @@ def architecture(pretrained: str) -> list[str]:
 
 
 def scratch(pretrained: str, workdir: str, test_file: str, options: list[str]) -> dict:
-  """The pretrained run's architecture with bert_classify's data and optimisation, from random
-  weights."""
+  """The pretrained run's architecture with bert_classify's sequence length and the finetunes'
+  `options` (data, optimisation, seed), from random weights."""
   ft = runpy.run_path(os.path.join(REPO, "configs", "bert_classify.py"))["get_config"]()
   os.makedirs(workdir, exist_ok=True)
   shutil.copy(os.path.join(pretrained, "tokenizer.json"), os.path.join(workdir, "tokenizer.json"))
-  data = [f"--config.data.source={ft.data.source}", f"--config.data.path={ft.data.path}",
-          f"--config.data.format={ft.data.format}", f"--config.data.seq_len={ft.data.seq_len}",
-          "--config.model.head=classify", *architecture(pretrained)]
-  run(["jaxlm.train", "--config=configs/bert_tiny.py", f"--workdir={workdir}", *data, *options])
+  model = [f"--config.data.seq_len={ft.data.seq_len}", "--config.model.head=classify",
+           *architecture(pretrained)]
+  run(["jaxlm.train", "--config=configs/bert_tiny.py", f"--workdir={workdir}", *model, *options])
   return scored(workdir, test_file)
 
 
-def tfidf() -> dict[str, list[str]]:
+def tfidf(train: list) -> dict[str, list[str]]:
+  """TF-IDF + logistic regression trained on `train`; its predictions on validation and test."""
   from sklearn.feature_extraction.text import TfidfVectorizer
   from sklearn.linear_model import LogisticRegression
 
   from jaxlm.data.label_tasks import load_label_task
-  train = load_label_task(TASK, "train")
   vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
   features = vectorizer.fit_transform([r.text for r in train])
   model = LogisticRegression(max_iter=2000, C=10.0)
   model.fit(features, [str(r.label) for r in train])
   return {split: [str(p) for p in model.predict(vectorizer.transform(
       [r.text for r in load_label_task(TASK, split)]))] for split in SPLITS}
-
-
-def write_test_split(path: str) -> str:
-  """The task's test split as the {"text", "label"} JSONL a user would give `evaluate`."""
-  from jaxlm.data.label_tasks import load_label_task
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    for r in load_label_task(TASK, "test"):
-      f.write(json.dumps({"text": r.text, "label": r.label}) + "\n")
-  return path
 
 
 def with_both(runs: list[dict[str, list[str]]]) -> list[dict[str, list[str]]]:
@@ -208,6 +255,14 @@ def parse_args() -> argparse.Namespace:
                       help="Finetuning peak lr of both (default: configs/bert_classify.py's).")
   parser.add_argument("--ft_steps", type=int, default=0,
                       help="Finetuning steps of both (default: configs/bert_classify.py's).")
+  parser.add_argument("--ft_batch", type=int, default=0,
+                      help="Finetuning batch (windows of data.seq_len tokens) of both (default: "
+                           "configs/bert_classify.py's).")
+  parser.add_argument("--train_examples", type=int, default=0,
+                      help="Train all three on a stratified subsample of this many training "
+                           "examples (default: all).")
+  parser.add_argument("--subsample_seed", type=int, default=0,
+                      help="Seed of --train_examples' subsample.")
   return parser.parse_args()
 
 
@@ -221,8 +276,12 @@ def main() -> None:
               f"--config.train.warmup_steps={args.pretrain_steps // 20}"]
              if args.pretrain_steps else [])
     run(["jaxlm.train", "--config=configs/bert_tiny.py", f"--workdir={args.pretrained}", *steps])
-  test_file = write_test_split(os.path.join(args.out, "test.jsonl"))
-  options = finetune_options(args.ft_lr, args.ft_steps)
+  test_file = write_jsonl(os.path.join(args.out, "test.jsonl"), load_label_task(TASK, "test"))
+  train = load_label_task(TASK, "train")
+  if args.train_examples:
+    train = subsample(train, args.train_examples, args.subsample_seed)
+  options = [*data_options(args.out, train if args.train_examples else None),
+             *finetune_options(args.ft_lr, args.ft_steps, args.ft_batch)]
   runs = {"pretrained": [], "scratch": []}
   for seed in range(args.seeds):
     seeded = [*options, f"--config.train.seed={seed}"]
@@ -230,15 +289,15 @@ def main() -> None:
     runs["pretrained"].append(finetuned(args.pretrained, out.format("finetuned"), test_file,
                                         seeded))
     runs["scratch"].append(scratch(args.pretrained, out.format("scratch"), test_file, seeded))
-  runs["tfidf"] = [tfidf()]
+  runs["tfidf"] = [tfidf(train)]
   runs = {name: with_both(r) for name, r in runs.items()}
   gold = {split: [str(r.label) for r in load_label_task(TASK, split)] for split in SPLITS}
   gold[BOTH] = gold["val"] + gold["test"]
   summary = {name: summarize(r, gold) for name, r in runs.items()}
   tests = {other: compare(runs["pretrained"], runs[other], gold) for other in ("scratch", "tfidf")}
   print_tables(summary, tests)
-  print(json.dumps({"options": options, "seeds": args.seeds, "summary": summary, "tests": tests,
-                    "predictions": runs}))
+  print(json.dumps({"options": options, "seeds": args.seeds, "train_examples": len(train),
+                    "summary": summary, "tests": tests, "predictions": runs}))
 
 
 if __name__ == "__main__":
