@@ -33,8 +33,12 @@ def define_flags() -> None:
   flags.DEFINE_integer("max_tokens", 0, "Largest max_tokens a request may ask (0: the context).")
   flags.DEFINE_integer("max_body_bytes", 1 << 20, "Largest request body, in bytes.")
   flags.DEFINE_integer("max_waiting", 256, "Requests that may wait for a slot; more get 429.")
-  flags.DEFINE_integer("prefills_per_step", 1, "Prompts prefilled between two decode steps "
-                       "while other requests are generating.")
+  flags.DEFINE_integer("prefills_per_step", 1, "Prompts prefilled per token of a decode call "
+                       "(per --decode_steps tokens: that many times more) while other requests "
+                       "are generating.")
+  flags.DEFINE_integer("decode_steps", 8, "Tokens each slot advances per compiled decode call "
+                       "(streamed as one chunk): more amortise the host's per-call work, fewer "
+                       "let new requests join sooner and stream smoother.")
   flags.DEFINE_float("shutdown_timeout", 30.0, "On SIGTERM, seconds in-flight requests may take "
                      "to finish.")
 
@@ -49,7 +53,8 @@ def main(argv):
         slots=f.slots, api_key=f.api_key if f.api_key is not None else
         os.environ.get("JAXLM_API_KEY"), model_name=f.served_model_name, max_tokens=f.max_tokens,
         max_body_bytes=f.max_body_bytes, max_waiting=f.max_waiting,
-        prefills_per_step=f.prefills_per_step, shutdown_timeout=f.shutdown_timeout,
+        prefills_per_step=f.prefills_per_step, decode_steps=f.decode_steps,
+        shutdown_timeout=f.shutdown_timeout,
         overrides=f["config"].override_values))
 
   cli.run(run, multihost=False)

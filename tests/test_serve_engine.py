@@ -36,28 +36,31 @@ class Collect:
     self.max_tokens, self.tokens, self.logprobs = max_tokens, [], []
     self.done = threading.Event()
 
-  def on_token(self, token, logprobs):
-    self.tokens.append(token)
-    self.logprobs.append(logprobs)
-    finished = len(self.tokens) >= self.max_tokens
-    if finished:
-      self.done.set()
-    return finished
+  def on_tokens(self, tokens, logprobs):
+    for token, token_logprobs in zip(tokens, logprobs):
+      self.tokens.append(token)
+      self.logprobs.append(token_logprobs)
+      if len(self.tokens) >= self.max_tokens:
+        self.done.set()
+        return True
+    return False
 
   def on_error(self, message):
     self.tokens.append(message)
     self.done.set()
 
 
-def run_all(cfg, params, specs, slots):
+def run_all(cfg, params, specs, slots, decode_steps=1):
   """Submits every (prompt, max_tokens, temperature, top_k, top_p, seed) at once; their tokens."""
-  scheduler = Scheduler(Engine(cfg, slots), params).start()
+  scheduler = Scheduler(Engine(cfg, slots), params, decode_steps=decode_steps)
+  scheduler.warm_up()  # finds the row counts a decode call may run, as the server does
+  scheduler.start()
   try:
     sinks = []
     for prompt, max_tokens, temperature, top_k, top_p, seed in specs:
       sink = Collect(max_tokens)
       assert scheduler.submit(Request(list(prompt), request_key(seed, 0), temperature, top_k,
-                                      top_p, sink))
+                                      top_p, sink, max_tokens=max_tokens))
       sinks.append(sink)
     for sink in sinks:
       assert sink.done.wait(120)
@@ -66,11 +69,15 @@ def run_all(cfg, params, specs, slots):
     scheduler.stop()
 
 
-def test_greedy_equals_generate_and_recomputing_the_whole_context(sharp_model):
+@pytest.mark.parametrize("decode_steps", [1, 5])
+def test_greedy_equals_generate_and_recomputing_the_whole_context(sharp_model, decode_steps):
+  """With 5 tokens per decode call, 12 tokens end inside a call: the 4th prompt joins a slot
+  whose last occupant ran past its end."""
   cfg, params = sharp_model
   prompts = [[5, 9, 2, 7], [11, 3], [1, 2, 3, 4, 5, 6, 7, 8, 9], list(range(1, 18))]  # 2 buckets
   steps = 12
-  served, _ = run_all(cfg, params, [(p, steps, 0.0, 0, 1.0, 0) for p in prompts], slots=3)
+  served, _ = run_all(cfg, params, [(p, steps, 0.0, 0, 1.0, 0) for p in prompts], slots=3,
+                      decode_steps=decode_steps)
   expected = generate(params, cfg, prompts, SamplingConfig(max_new_tokens=steps, temperature=0))
   assert served == expected
   assert served == [reference_greedy(params, cfg, p, steps) for p in prompts]
@@ -85,7 +92,9 @@ def test_scanned_layers_serve_the_same_tokens(sharp_model):
   assert run_all(scanned, stack_layers(params, cfg.num_layers), specs, slots=2)[0] == expected
 
 
-def test_mixed_concurrent_requests_equal_each_alone(sharp_model):
+@pytest.mark.parametrize("decode_steps", [1, 4])
+def test_mixed_concurrent_requests_equal_each_alone(sharp_model, decode_steps):
+  """Together (with `decode_steps` tokens per decode call) equals each alone (one per call)."""
   cfg, params = sharp_model
   rng = np.random.default_rng(0)
   specs = []
@@ -93,7 +102,8 @@ def test_mixed_concurrent_requests_equal_each_alone(sharp_model):
     prompt = rng.integers(1, cfg.vocab_size, rng.integers(1, 20)).tolist()
     temperature, top_k, top_p = [(0.0, 0, 1.0), (1.0, 0, 1.0), (0.7, 5, 1.0), (1.3, 0, 0.8)][i % 4]
     specs.append((prompt, int(rng.integers(3, 10)), temperature, top_k, top_p, 100 + i))
-  together, together_lp = run_all(cfg, params, specs, slots=3)  # queueing; varied slots
+  together, together_lp = run_all(cfg, params, specs, slots=3,
+                                  decode_steps=decode_steps)  # queueing; varied slots
   alone = [run_all(cfg, params, [spec], slots=3) for spec in specs]
   assert together == [tokens[0] for tokens, _ in alone]
   for mixed, (_, single) in zip(together_lp, alone):

@@ -1,7 +1,7 @@
 """Benchmark `python -m jaxlm.serve`: streaming clients at several concurrencies, fixed lengths.
 
     python tools/serve_bench.py --workdir=runs/default [--concurrency=1,4,16,32] [--slots=32]
-        [--prompt_tokens=32] [--output_tokens=64] [--requests=2]
+        [--prompt_tokens=32] [--output_tokens=64] [--requests=2] [--decode_steps=8]
 
 Starts the server (`--slots`, then `--slots=1` at `--baseline_concurrency`), and for each
 concurrency C runs C client threads that each send `--requests` streaming completions one after the other: a fixed
@@ -76,12 +76,14 @@ def run_level(host, port, model, prompt, output_tokens, concurrency, requests) -
           "itl_p50_ms": pct(itl, 50), "itl_p99_ms": pct(itl, 99)}
 
 
-def bench_server(workdir, slots, levels, prompt, output_tokens, requests) -> list[dict]:
-  process, host, port, _ = launch(workdir, f"--slots={slots}", "--max_waiting=1024")
+def bench_server(workdir, slots, levels, prompt, output_tokens, requests,
+                 decode_steps) -> list[dict]:
+  process, host, port, _ = launch(workdir, f"--slots={slots}", "--max_waiting=1024",
+                                  f"--decode_steps={decode_steps}")
   try:
     model = os.path.basename(os.path.normpath(workdir))
     stream_once(host, port, model, prompt, output_tokens)  # compiles this prompt's bucket
-    return [{"slots": slots, **run_level(host, port, model, prompt, output_tokens, c, requests)}
+    return [{"slots": slots, "decode_steps": decode_steps, **run_level(host, port, model, prompt, output_tokens, c, requests)}
             for c in levels]
   finally:
     process.terminate()
@@ -123,15 +125,19 @@ def main():
   parser.add_argument("--prompt_tokens", type=int, default=32)
   parser.add_argument("--output_tokens", type=int, default=64)
   parser.add_argument("--requests", type=int, default=2, help="per client, one after another")
+  parser.add_argument("--decode_steps", type=int, default=8,
+                      help="the servers' --decode_steps (tokens per slot per decode call)")
   parser.add_argument("--baseline_concurrency", default="1,16",
                       help="levels run against a --slots=1 server too ('' = none)")
   args = parser.parse_args()
   levels = [int(c) for c in args.concurrency.split(",")]
   prompt = prompt_of(args.workdir, args.prompt_tokens)
-  rows = bench_server(args.workdir, args.slots, levels, prompt, args.output_tokens, args.requests)
+  rows = bench_server(args.workdir, args.slots, levels, prompt, args.output_tokens, args.requests,
+                      args.decode_steps)
   if args.baseline_concurrency:
     baseline = [int(c) for c in args.baseline_concurrency.split(",")]
-    rows += bench_server(args.workdir, 1, baseline, prompt, args.output_tokens, args.requests)
+    rows += bench_server(args.workdir, 1, baseline, prompt, args.output_tokens, args.requests,
+                         args.decode_steps)
   sample = sample_tokens_per_s(args.workdir, prompt, args.output_tokens)
   header = ["slots", "concurrency", "requests", "req_per_s", "out_tok_per_s", "ttft_p50_ms",
             "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms", "itl_p50_ms", "itl_p99_ms"]

@@ -131,10 +131,10 @@ class Engine:
 
   def _step_logits(self, params: Any, cache: Any, tokens: jax.Array,
                    positions: jax.Array) -> tuple[jax.Array, Any]:
-    """(next-token logits `[slots, vocab]`, the cache) of `tokens` at `positions` (`[slots]`)."""
+    """(next-token logits `[rows, vocab]`, the cache) of `tokens` at `positions` (`[rows]`)."""
     logits, mutated = self.model.apply(
         {"params": params, "cache": cache}, tokens[:, None], positions[:, None],
-        jnp.ones((self.slots, 1), jnp.int32), mutable=["cache"])
+        jnp.ones((tokens.shape[0], 1), jnp.int32), mutable=["cache"])
     return logits[:, 0], mutated["cache"]
 
   @functools.partial(jax.jit, static_argnums=(0, 4))
@@ -169,8 +169,7 @@ class Engine:
                        jax.tree.map(lambda rows, row: set_row(rows, row[0]), state.sampling,
                                     sampling))
 
-  @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
-  def step(self, params: Any, state: DecodeState) -> tuple[DecodeState, jax.Array, Logprobs]:
+  def _advance(self, params: Any, state: DecodeState) -> tuple[DecodeState, jax.Array, Logprobs]:
     """One token for every slot: (new state, tokens `[slots]`, their logprobs)."""
     # Empty slots keep stepping; clamping keeps their positions inside the position table.
     positions = jnp.minimum(state.positions, self.cfg.max_len - 1)
@@ -179,6 +178,34 @@ class Engine:
     new_state = DecodeState(cache, tokens, positions + 1, state.generated + 1,
                             state.sampling)
     return new_state, tokens, logprobs
+
+  @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
+  def step(self, params: Any, state: DecodeState) -> tuple[DecodeState, jax.Array, Logprobs]:
+    """One token for every slot: (new state, tokens `[slots]`, their logprobs)."""
+    return self._advance(params, state)
+
+  @functools.partial(jax.jit, static_argnums=(0, 3, 4), donate_argnums=2)
+  def steps(self, params: Any, state: DecodeState, count: int,
+            rows: int | None = None) -> tuple[DecodeState, jax.Array, Logprobs]:
+    """`count` tokens for each of the first `rows` slots (None: all) in one compiled loop:
+    (new state, tokens `[count, rows]`, their logprobs, each `[count, rows, ...]`). A call costs
+    the host one dispatch and one fetch, which on a CPU take longer than a small model's step;
+    and a step's cost grows with its rows, so slots past the last occupied one are not run.
+    Each token is the one `step` would give (a row's key is folded with its own token index)."""
+    rows = rows or self.slots
+    batch_axis = 1 if self.cfg.scan_layers else 0  # scanned layers stack the cache on axis 0
+    axes = DecodeState(jax.tree.map(lambda _: batch_axis, state.cache), 0, 0, 0,
+                       jax.tree.map(lambda _: 0, state.sampling))
+    part = jax.tree.map(lambda x, axis: jax.lax.slice_in_dim(x, 0, rows, axis=axis), state, axes)
+
+    def advance(part, _):
+      part, tokens, logprobs = self._advance(params, part)
+      return part, (tokens, logprobs)
+
+    part, (tokens, logprobs) = jax.lax.scan(advance, part, None, length=count)
+    state = jax.tree.map(lambda x, new, axis: jax.lax.dynamic_update_slice_in_dim(x, new, 0, axis),
+                         state, part, axes)
+    return state, tokens, logprobs
 
 
 def sampling_row(key_data: np.ndarray, temperature: float, top_k: int, top_p: float) -> Sampling:

@@ -1,10 +1,13 @@
 """Continuous batching's host side: a thread that admits requests into free slots and steps them.
 
-Each loop iteration admits waiting requests into free slots (at most `prefills_per_step` while
-other slots are generating, so a burst of long prompts does not stall every stream), then starts
-one decode step for all slots and, while it runs, hands each request its token of the step
-before. A request that finishes (its sink says so: EOS, a stop string, max_tokens) or is
-cancelled frees its slot at once.
+Each loop iteration admits waiting requests into free slots (while other slots are generating,
+at most `prefills_per_step` per token of a decode call, so a burst of long prompts does not stall
+every stream), then starts one decode call of `decode_steps` tokens for the occupied slots and,
+while it runs, hands each request its tokens of the call before. A request that finishes (its
+sink says so: EOS, a stop string, max_tokens) or is cancelled frees its slot when that call's
+tokens are handed out; the tokens its row computed past its end are dropped. A call runs the
+fewest rows (`row_counts`) that reach the last occupied slot, and no more tokens than the
+requests' max_tokens leave.
 Sinks are called on this thread; they must be quick and thread-safe (the server's hand tokens to
 an asyncio loop).
 """
@@ -19,14 +22,17 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 
+from jaxlm.serving import row_counts
 from jaxlm.serving.engine import Engine, Logprobs, pad_prompt, sampling_row
 
 log = logging.getLogger("jaxlm.serve")
 
 
 class Sink(Protocol):
-  def on_token(self, token: int, logprobs: tuple[float, list[int], list[float]]) -> bool:
-    """Takes a generated token (with its logprob and the top alternatives); True = finished."""
+  def on_tokens(self, tokens: list[int],
+                logprobs: list[tuple[float, list[int], list[float]]]) -> bool:
+    """Takes the next generated tokens (each with its logprob and the top alternatives), in
+    order; True = finished (the tokens after the one that finished it are to be ignored)."""
 
   def on_error(self, message: str) -> None:
     """The request cannot complete (an engine failure)."""
@@ -41,23 +47,30 @@ class Request:
   top_p: float
   sink: Sink
   prompt_logprobs: bool = False
+  max_tokens: int | None = None  # the most tokens the sink takes (None: as many as come)
+  scheduled: int = 0  # tokens computed or dispatched for it so far
   prompt_logprob_values: Any = None  # set after prefill when asked: a host `Logprobs`
   cancelled: bool = False  # set by any thread; the slot is freed before the next step
   submitted: float = dataclasses.field(default_factory=time.monotonic)
 
 
-def host_logprobs(logprobs: Logprobs, row: int) -> tuple[float, list[int], list[float]]:
-  return (float(logprobs.chosen[row]), logprobs.top_ids[row].tolist(),
-          logprobs.top_logprobs[row].tolist())
+def rows_of(tokens: np.ndarray, logprobs: Logprobs) -> tuple[list, list]:
+  """Host tokens `[count, rows]` and their logprobs as each row's lists: tokens `[rows][count]`,
+  logprobs `[rows][count]` of (logprob, top ids, top logprobs)."""
+  chosen, top_ids, top_logprobs = (np.moveaxis(np.asarray(x), 0, 1).tolist() for x in logprobs)
+  return np.asarray(tokens).T.tolist(), [list(zip(*row)) for row in zip(chosen, top_ids,
+                                                                          top_logprobs)]
 
 
 class Scheduler:
   """Owns the decode state and the thread that advances it."""
 
   def __init__(self, engine: Engine, params: Any, max_waiting: int = 256,
-               prefills_per_step: int = 1, on_step=None):
+               prefills_per_step: int = 1, decode_steps: int = 1, on_step=None):
     self.engine, self.params = engine, params
     self.max_waiting, self.prefills_per_step = max_waiting, prefills_per_step
+    self.decode_steps = decode_steps  # tokens per slot per decode call
+    self.row_counts = [engine.slots]  # rows a decode call may run (warm_up finds more)
     self.on_step = on_step or (lambda scheduler: None)  # metrics hook, on this thread
     self.state = engine.init_state()
     self.slots: list[Request | None] = [None] * engine.slots
@@ -99,14 +112,16 @@ class Scheduler:
       self.wake.notify()
 
   def warm_up(self) -> None:
-    """Compiles the decode step and the smallest prefill before the first request."""
-    request = Request([0], np.zeros(2, np.uint32), 0.0, 0, 1.0, sink=None)
-    prefix, sampling = self._prefill(request)
-    # Twice: the fresh state and the steps' outputs are placed differently (two compilations).
-    for _ in range(2):
-      state = self.engine.insert(self.state, prefix, 0, self.engine.cache_length(1), sampling)
-      self.state, tokens, _ = self.engine.step(self.params, state)
+    """Compiles the prefill of the shortest prompts and a decode call of each row count, and
+    keeps the row counts that give every request the output of a call over all slots
+    (`row_counts`). Calls at the end of a request, with fewer tokens, compile when first needed."""
+    self.row_counts, state = row_counts.invariant_row_counts(self.engine, self.params,
+                                                             self.state, self.decode_steps)
+    for rows in self.row_counts:  # compiled for a call's output, as the loop runs them
+      state, tokens, _ = self.engine.steps(self.params, state, self.decode_steps, rows)
     jax.block_until_ready(tokens)
+    self.state = state
+    log.info("decode calls run %s of %d slots", self.row_counts, self.engine.slots)
 
   def _prefill(self, request: Request):
     tokens = pad_prompt(request.prompt, self.engine.cfg.max_len)
@@ -122,18 +137,23 @@ class Scheduler:
     if request.prompt_logprobs:
       request.prompt_logprob_values = jax.device_get(prefix.prompt_logprobs)
     self.slots[slot] = request
-    self._deliver(slot, int(token[0]), host_logprobs(logprobs, 0))
+    request.scheduled = 1
+    tokens, logprobs = rows_of(token[None], jax.tree.map(lambda x: x[None], logprobs))
+    self._deliver(slot, tokens[0], logprobs[0])
 
-  def _deliver(self, slot: int, token: int, logprobs) -> None:
+  def _deliver(self, slot: int, tokens: list[int], logprobs: list) -> None:
     request = self.slots[slot]
-    if request.cancelled or request.sink.on_token(token, logprobs):
+    if request.cancelled or request.sink.on_tokens(tokens, logprobs):
       self.slots[slot] = None
 
   def _next_admissions(self, block: bool) -> list[tuple[int, Request]]:
     with self.wake:
       while block and self.running and not self.waiting and not self.active:
         self.wake.wait()
-      budget = self.prefills_per_step if self.active else len(self.slots)
+      # Per decode call, as many prefills as its tokens allow: the streams' share of the
+      # device stays that of one-token calls.
+      budget = (self.prefills_per_step * self.decode_steps if self.active
+                else len(self.slots))
       admitted = []
       for slot, occupant in enumerate(self.slots):
         if occupant is not None and occupant.cancelled:
@@ -145,24 +165,45 @@ class Scheduler:
             occupant = request
       return admitted
 
-  def _dispatch(self) -> tuple[Any, Any, list[Request | None]]:
-    """Starts one decode step (JAX dispatches it asynchronously); what `_deliver_step` needs."""
-    self.state, tokens, logprobs = self.engine.step(self.params, self.state)
-    return tokens, logprobs, list(self.slots)
+  def _dispatch(self) -> tuple[Any, Any, list[Request | None]] | None:
+    """Starts one decode call (JAX dispatches it asynchronously); what `_deliver_step` needs.
+    None when no slot needs another token: each active request's max_tokens is already computed
+    or in flight."""
+    occupants = list(self.slots)
+    active = [r for r in occupants if r is not None]
+    needed = max((r.max_tokens - r.scheduled for r in active if r.max_tokens is not None),
+                 default=0)
+    if any(r.max_tokens is None for r in active):
+      needed = self.decode_steps
+    if needed <= 0:
+      return None
+    # Fewer tokens (a power of two: few compilations) when every request ends sooner.
+    count = min(self.decode_steps, 1 << (needed - 1).bit_length())
+    for request in active:
+      request.scheduled += count
+    self.state, tokens, logprobs = self.engine.steps(self.params, self.state, count,
+                                                     self.rows_to_run())
+    return tokens, logprobs, occupants
+
+  def rows_to_run(self) -> int:
+    """Slots a decode call runs: the fewest of `row_counts` that reach the last occupied one.
+    Admission fills the lowest free slot, so a few requests run a few rows."""
+    last = max(slot for slot, r in enumerate(self.slots) if r is not None)
+    return next(rows for rows in self.row_counts if rows > last)
 
   def _deliver_step(self, tokens, logprobs, occupants: list[Request | None]) -> None:
-    """Hands each request of a step its token. A request that finished (or whose slot was
-    taken over) since the step was dispatched gets nothing: that row's token is dropped."""
-    tokens, logprobs = jax.device_get((tokens, logprobs))
+    """Hands each request of a decode call its tokens. A request that finished (or whose slot
+    was taken over) since the call was dispatched gets nothing: that row's tokens are dropped."""
+    tokens, logprobs = rows_of(*jax.device_get((tokens, logprobs)))
     for slot, request in enumerate(occupants):
       if request is not None and self.slots[slot] is request:
-        self._deliver(slot, int(tokens[slot]), host_logprobs(logprobs, slot))
+        self._deliver(slot, tokens[slot], logprobs[slot])
 
   def _loop(self) -> None:
-    # One step stays in flight: step t+1 is dispatched before step t's tokens are delivered, so
+    # One call stays in flight: call t+1 is dispatched before call t's tokens are delivered, so
     # the host's work per token (fetch, detokenise, stop strings, SSE) overlaps the device's next
-    # step instead of adding to it. A request that finishes at step t costs its row one wasted
-    # token of step t+1; its output is unchanged (each slot feeds its own token on the device).
+    # call instead of adding to it. A request that finishes in call t costs its row the rest of
+    # call t and call t+1; its output is unchanged (each slot feeds its own token on the device).
     pending = None
     while self.running:
       admitted: list[tuple[int, Request]] = []

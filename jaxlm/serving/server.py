@@ -41,12 +41,14 @@ class ServeOptions:
   max_body_bytes: int = 1 << 20
   max_waiting: int = 256
   prefills_per_step: int = 1
+  decode_steps: int = 8  # tokens per slot per compiled decode call
   shutdown_timeout: float = 30.0
   overrides: dict = dataclasses.field(default_factory=dict)  # --config.* (mesh, dtype)
 
   def check(self) -> None:
     for name, low in (("port", 0), ("slots", 1), ("max_body_bytes", 1), ("max_waiting", 1),
-                      ("prefills_per_step", 1), ("max_tokens", 0), ("shutdown_timeout", 0)):
+                      ("prefills_per_step", 1), ("decode_steps", 1), ("max_tokens", 0),
+                      ("shutdown_timeout", 0)):
       if getattr(self, name) < low:
         raise UserError(f"--{name}={getattr(self, name)} is below its minimum; give {low} or more")
     if self.port > 65535:
@@ -87,7 +89,7 @@ class DrainingServer(uvicorn.Server):
 def load_service(options: ServeOptions, metrics: Metrics, tokenizer_json: dict) -> Service:
   run = trained.load(options.workdir, options.step, options.overrides)
   scheduler = Scheduler(engine_for(run.model_cfg, options.slots), run.params, options.max_waiting,
-                        options.prefills_per_step)
+                        options.prefills_per_step, options.decode_steps)
   scheduler.warm_up()
   metrics.watch(scheduler)
   name = options.model_name or os.path.basename(os.path.normpath(options.workdir))

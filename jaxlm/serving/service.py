@@ -164,7 +164,8 @@ class Service:
         sink = ChoiceSink(loop, queue, index, stream, (prompt.text, self._unframed(prompt.ids))
                           if echo else None, self.metrics)
         sink.request = Request(prompt.ids, request_key(seed, index), request.temperature, top_k,
-                               request.top_p, sink, prompt_logprobs=prompt_logprobs)
+                               request.top_p, sink, prompt_logprobs=prompt_logprobs,
+                               max_tokens=max_tokens)
         sinks.append(sink)
         requests.append(sink.request)
     if not self.scheduler.submit_all(requests):

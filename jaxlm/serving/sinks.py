@@ -1,7 +1,8 @@
 """One choice of a request, between the decode thread and the asyncio handler serving it.
 
-The scheduler calls `ChoiceSink.on_token` on its thread; the sink turns tokens into text with a
-`TextStream` and posts each releasable `Piece` to the handler's asyncio queue. The first piece of
+The scheduler calls `ChoiceSink.on_tokens` on its thread with the choice's tokens of one decode
+call; the sink turns them into text with a `TextStream` and posts what may be released as one
+`Piece` to the handler's asyncio queue (one SSE chunk when streaming). The first piece of
 an echoing choice carries the prompt (and its logprobs, when asked).
 """
 
@@ -35,14 +36,15 @@ class ChoiceSink:
     self.request: Request | None = None  # set before submission
     self.first_token_at: float | None = None
 
-  def on_token(self, token: int, logprobs) -> bool:
-    delta = self.stream.push(token, logprobs)
+  def on_tokens(self, tokens: list[int], logprobs: list) -> bool:
+    before = self.stream.generated
+    delta = self.stream.push_all(tokens, logprobs)
     now = time.monotonic()
     if self.first_token_at is None:
       self.first_token_at = now
       self.metrics.ttft.observe(now - self.request.submitted)
       delta = self._with_echo(delta)
-    self.metrics.generation_tokens.inc()
+    self.metrics.generation_tokens.inc(self.stream.generated - before)
     if delta.finish_reason and self.stream.generated > 1:
       self.metrics.tpot.observe((now - self.first_token_at) / (self.stream.generated - 1))
     if delta.text or delta.tokens or delta.finish_reason:

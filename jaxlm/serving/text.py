@@ -73,6 +73,20 @@ class TextStream:
     settled -= held_back(self.text[:settled], self.stops)
     return self._release(max(settled, self.released))
 
+  def push_all(self, tokens: Sequence[int], logprobs: Sequence) -> Delta:
+    """`push` of each token (with its logprobs) until the choice finishes: the deltas joined.
+    Tokens after the one that finishes it are not read."""
+    joined = Delta("", [], [])
+    for token, token_logprobs in zip(tokens, logprobs):
+      delta = self.push(token, token_logprobs)
+      joined.text += delta.text
+      joined.tokens += delta.tokens
+      joined.logprobs += delta.logprobs
+      if delta.finish_reason:
+        joined.finish_reason = delta.finish_reason
+        break
+    return joined
+
   def _stop_position(self) -> int | None:
     """Where the earliest stop string begins, searching only text that may hold a new one."""
     longest = max((len(s) for s in self.stops), default=0)
