@@ -9,10 +9,11 @@ import threading
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from jaxlm.inference.decode import SamplingConfig, generate
-from jaxlm.models import GPT
+from jaxlm.models import GPT, layers
 from jaxlm.serving import row_counts
 from jaxlm.serving.engine import Engine, request_key
 from jaxlm.serving.scheduler import Request, Scheduler
@@ -108,3 +109,28 @@ def test_decode_calls_end_with_the_requests_max_tokens(tiny_model_cfg, params, m
   expected = generate(params, tiny_model_cfg, [[3, 5, 7]],
                       SamplingConfig(max_new_tokens=max_tokens, temperature=0))[0]
   assert sink.tokens == expected
+
+
+@pytest.mark.parametrize("heads, kv_heads", [(6, 6), (6, 2)])
+def test_decode_attention_of_few_rows_is_computed_as_in_eight(heads, kv_heads):
+  """2-7 rows are padded to 8: each row's output is bit for bit its output in 8 rows (whatever
+  the other rows hold), and equals softmax attention written out in numpy."""
+  rng = np.random.default_rng(0)
+  keys, head_dim = 128, 32  # configs/default.py's decode attention
+  query = rng.normal(size=(8, 1, heads, head_dim)).astype(np.float32)
+  key = rng.normal(size=(8, keys, kv_heads, head_dim)).astype(np.float32)
+  value = rng.normal(size=(8, keys, kv_heads, head_dim)).astype(np.float32)
+  allowed = rng.random((8, keys)) < 0.7
+  attention = jax.jit(layers.single_query_attention)  # fused, as in a decode step
+  eight = np.asarray(attention(query, key, value, allowed))
+  group = heads // kv_heads
+  scores = np.einsum("bhd,bkhd->bhk", query[:, 0], np.repeat(key, group, axis=2)) / head_dim**0.5
+  scores = np.where(allowed[:, None], scores, -np.inf)
+  weights = np.exp(scores - scores.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  reference = np.einsum("bhk,bkhd->bhd", weights, np.repeat(value, group, axis=2))[:, None]
+  for rows in range(1, 8):
+    few = np.asarray(attention(query[:rows], key[:rows], value[:rows], allowed[:rows]))
+    np.testing.assert_allclose(few, reference[:rows], rtol=1e-5, atol=1e-6)  # float32 sums
+    if rows > 1:
+      np.testing.assert_array_equal(few, eight[:rows])

@@ -104,8 +104,28 @@ def project_qkv(cfg: ModelConfig, x: Array, init_std: float) -> tuple[Array, Arr
   return query, kv[:, :, 0], kv[:, :, 1]
 
 
+MIN_ATTENTION_ROWS = 8
+
+
 def single_query_attention(query: Array, key: Array, value: Array, allowed: Array,
                            scale: float | None = None, bias: Array | None = None) -> Array:
+  """Softmax attention of one query per row (`_single_query_attention`), computed on at least
+  MIN_ATTENTION_ROWS rows: XLA:CPU picks how to vectorise the reductions over the keys by the
+  number of rows, and 2-4 rows round differently from 8 or more, so a server's request would get
+  other bits depending on how many rows its decode call runs. Padded with rows that attend to
+  nothing, every call of 2 rows or more computes a row alike (the server checks that at start-up:
+  serving/row_counts.py). One row is left alone: its matmuls round differently anyway (a
+  matrix-vector kernel), and `generate` of one prompt would pay for the padding."""
+  rows = query.shape[0]
+  if not 1 < rows < MIN_ATTENTION_ROWS:
+    return _single_query_attention(query, key, value, allowed, scale, bias)
+  pad = lambda x: jnp.pad(x, [(0, MIN_ATTENTION_ROWS - rows)] + [(0, 0)] * (x.ndim - 1))  # noqa: E731
+  return _single_query_attention(pad(query), pad(key), pad(value), pad(allowed), scale,
+                                 None if bias is None else pad(bias))[:rows]
+
+
+def _single_query_attention(query: Array, key: Array, value: Array, allowed: Array,
+                            scale: float | None = None, bias: Array | None = None) -> Array:
   """Softmax attention of one query per row, `query  # [batch, 1, heads, head_dim]`, over
   `key, value  # [batch, keys, kv_heads, head_dim]` where `allowed  # [batch, keys]`: two batched
   matmuls (einsum) with float32 scores and accumulation. Query head h reads kv head
