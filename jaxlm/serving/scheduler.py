@@ -129,17 +129,23 @@ class Scheduler:
     return self.engine.prefill(self.params, tokens, len(request.prompt), request.prompt_logprobs,
                                sampling), sampling
 
-  def _admit(self, slot: int, request: Request) -> None:
+  def _admit(self, slot: int, request: Request):
+    """Prefills the request into `slot` (dispatched, not waited for); its first token's arrays."""
     (prefix, sampling) = self._prefill(request)
     self.state = self.engine.insert(self.state, prefix, slot,
                                     self.engine.cache_length(len(request.prompt)), sampling)
+    self.slots[slot] = request
+    request.scheduled = 1
+    return prefix
+
+  def _deliver_first(self, slot: int, request: Request, prefix) -> None:
+    """Hands a new request its first token, the prefill's."""
     token, logprobs = jax.device_get((prefix.token, prefix.logprobs))
     if request.prompt_logprobs:
       request.prompt_logprob_values = jax.device_get(prefix.prompt_logprobs)
-    self.slots[slot] = request
-    request.scheduled = 1
-    tokens, logprobs = rows_of(token[None], jax.tree.map(lambda x: x[None], logprobs))
-    self._deliver(slot, tokens[0], logprobs[0])
+    if self.slots[slot] is request:
+      tokens, logprobs = rows_of(token[None], jax.tree.map(lambda x: x[None], logprobs))
+      self._deliver(slot, tokens[0], logprobs[0])
 
   def _deliver(self, slot: int, tokens: list[int], logprobs: list) -> None:
     request = self.slots[slot]
@@ -209,9 +215,12 @@ class Scheduler:
       admitted: list[tuple[int, Request]] = []
       try:
         admitted = self._next_admissions(block=pending is None)
-        for slot, request in admitted:
-          self._admit(slot, request)
+        prefixes = [self._admit(slot, request) for slot, request in admitted]
+        # The next call is dispatched before the prefills' tokens are fetched: the device
+        # goes on from the prefills to it without waiting for the host.
         dispatched = self._dispatch() if self.active else None
+        for (slot, request), prefix in zip(admitted, prefixes):
+          self._deliver_first(slot, request, prefix)
         if pending is not None:
           self._deliver_step(*pending)
         pending = dispatched
