@@ -109,13 +109,11 @@ MIN_ATTENTION_ROWS = 8
 
 def single_query_attention(query: Array, key: Array, value: Array, allowed: Array,
                            scale: float | None = None, bias: Array | None = None) -> Array:
-  """Softmax attention of one query per row (`_single_query_attention`), computed on at least
-  MIN_ATTENTION_ROWS rows: XLA:CPU picks how to vectorise the reductions over the keys by the
-  number of rows, and 2-4 rows round differently from 8 or more, so a server's request would get
-  other bits depending on how many rows its decode call runs. Padded with rows that attend to
-  nothing, every call of 2 rows or more computes a row alike (the server checks that at start-up:
-  serving/row_counts.py). One row is left alone: its matmuls round differently anyway (a
-  matrix-vector kernel), and `generate` of one prompt would pay for the padding."""
+  """`_single_query_attention` on at least MIN_ATTENTION_ROWS rows: XLA:CPU vectorises the
+  reductions over the keys by row count, and 2-4 rows round differently from 8 or more, so a
+  server's request would get other bits by how many rows its call runs. Padded (rows that attend
+  to nothing), calls of 2 rows or more compute a row alike (serving/row_counts.py checks). One row
+  is left alone: its matmuls round differently anyway, and `generate` would pay for padding."""
   rows = query.shape[0]
   if not 1 < rows < MIN_ATTENTION_ROWS:
     return _single_query_attention(query, key, value, allowed, scale, bias)
