@@ -134,3 +134,10 @@ def test_decode_attention_of_few_rows_is_computed_as_in_eight(heads, kv_heads):
     np.testing.assert_allclose(few, reference[:rows], rtol=1e-5, atol=1e-6)  # float32 sums
     if rows > 1:
       np.testing.assert_array_equal(few, eight[:rows])
+
+
+def test_request_keys_are_jax_random_keys_folded_with_the_choice():
+  for seed in [0, 1, 7, 2**31 + 5, 2**32 + 7, 2**40 + 12345, 2**63 - 1, 2**64 + 3]:
+    for choice in [0, 1, 5]:
+      expected = jax.random.key_data(jax.random.fold_in(jax.random.key(seed % 2**63), choice))
+      np.testing.assert_array_equal(request_key(seed, choice), expected)
