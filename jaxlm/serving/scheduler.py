@@ -47,7 +47,9 @@ class Request:
   top_p: float
   sink: Sink
   prompt_logprobs: bool = False
-  max_tokens: int | None = None  # the most tokens the sink takes (None: as many as come)
+  # The most tokens the sink takes: it finishes by that token at the latest, and no call
+  # computes more for it (None: as many as come).
+  max_tokens: int | None = None
   scheduled: int = 0  # tokens computed or dispatched for it so far
   prompt_logprob_values: Any = None  # set after prefill when asked: a host `Logprobs`
   cancelled: bool = False  # set by any thread; the slot is freed before the next step
