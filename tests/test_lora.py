@@ -292,19 +292,31 @@ def test_peft_adapters_with_features_jaxlm_lacks_are_refused():
                            "bias": "all"})
 
 
+@pytest.fixture(scope="module")
+def gqa_lora_cfg(tiny_model_cfg):
+  return dataclasses.replace(tiny_model_cfg, num_kv_heads=2, positions="rope",
+                             lora=adapters_cfg())
+
+
+@pytest.fixture(scope="module")
+def one_device_gqa_lora_run(gqa_lora_cfg):
+  """The reference both meshes below are checked against, trained once."""
+  from test_step import run_steps
+
+  from jaxlm.parallel import sharding
+  return run_steps(gqa_lora_cfg, sharding.make_mesh(1, 1, 1, jax.devices()[:1]))
+
+
 @pytest.mark.parametrize("mesh_shape", [(2, 2, 2), (1, 1, 8)], ids=["2x2x2", "tensor8"])
-def test_sharded_lora_training_with_grouped_query_attention_equals_one_device(tiny_model_cfg,
-                                                                             mesh_shape):
+def test_sharded_lora_training_with_grouped_query_attention_equals_one_device(
+    gqa_lora_cfg, one_device_gqa_lora_run, mesh_shape):
   """Adapters on a GQA model (2 kv heads: split over tensor=2, replicated over tensor=8) train
   alike on a data x fsdp x tensor mesh and on one device."""
   from test_step import run_steps
 
   from jaxlm.parallel import sharding
-  cfg = dataclasses.replace(tiny_model_cfg, num_kv_heads=2, positions="rope",
-                            lora=adapters_cfg())
-  state, losses, norms = run_steps(cfg, sharding.make_mesh(*mesh_shape))
-  ref_state, ref_losses, ref_norms = run_steps(cfg, sharding.make_mesh(1, 1, 1,
-                                                                       jax.devices()[:1]))
+  state, losses, norms = run_steps(gqa_lora_cfg, sharding.make_mesh(*mesh_shape))
+  ref_state, ref_losses, ref_norms = one_device_gqa_lora_run
   np.testing.assert_allclose(losses, ref_losses, atol=1e-5)
   np.testing.assert_allclose(norms, ref_norms, rtol=1e-5)
   trainable, frozen = lora.split(state.params)
