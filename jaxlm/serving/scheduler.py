@@ -123,7 +123,6 @@ class Scheduler:
       state, tokens, _ = self.engine.steps(self.params, state, self.decode_steps, rows)
     jax.block_until_ready(tokens)
     self.state = state
-    log.info("decode calls run %s of %d slots", self.row_counts, self.engine.slots)
 
   def _prefill(self, request: Request):
     tokens = pad_prompt(request.prompt, self.engine.cfg.max_len)

@@ -119,8 +119,10 @@ def serve(options: ServeOptions) -> None:
       server.should_exit = True
       return
     host, port = sock.getsockname()[:2]
+    rows = state.service.scheduler.row_counts
     print(f"serving {state.service.model_name} (step {step}) on http://{host}:{port}/v1 with "
-          f"{options.slots} slots", flush=True)
+          f"{options.slots} slots (decode calls of {options.decode_steps} tokens on "
+          f"{', '.join(map(str, rows))} rows)", flush=True)
 
   print(f"loading {options.workdir} step {step}", file=sys.stderr, flush=True)
   loader = threading.Thread(target=load, name="jaxlm-load", daemon=True)
