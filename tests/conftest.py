@@ -5,7 +5,14 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-CACHE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".jax_cache")
+# XLA's own fast-compile mode for tests (LLVM at -O0, no expensive LLVM passes; JAX's test suite uses
+# it too): the same HLO and assertions, but compiling is most of this suite's CPU time and this
+# about halves it. Inherited by every subprocess a test starts (subprocess_env copies os.environ).
+# JAX_DISABLE_MOST_OPTIMIZATIONS=0 runs the suite with the compiler settings users get.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+# JAXLM_TEST_CACHE_DIR: another (say, empty) cache, to measure the suite as CI runs it.
+CACHE_DIR = os.environ.get("JAXLM_TEST_CACHE_DIR") or os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".jax_cache")
 
 import jax  # noqa: E402  (after XLA_FLAGS on purpose)
 import pytest  # noqa: E402
