@@ -53,7 +53,7 @@ class Recording(Engine):
   """Records each decode call's (tokens, rows)."""
   calls: list = dataclasses.field(default_factory=list, compare=False, hash=False)
 
-  def steps(self, params, state, count, rows=None):
+  def steps(self, params, state, count, rows):
     self.calls.append((count, rows))
     return super().steps(params, state, count, rows)
 

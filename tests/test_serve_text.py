@@ -69,3 +69,23 @@ def test_eos_ends_the_choice_and_counts_as_a_generated_token():
   deltas = run(stream, [*BYTES.encode("hi"), BYTES.eos_id, *BYTES.encode("x")])
   assert "".join(d.text for d in deltas) == "hi" and deltas[-1].finish_reason == "stop"
   assert stream.generated == 3
+
+
+def test_push_all_releases_what_pushing_each_token_does_and_stops_at_the_finish():
+  """A decode call's tokens in one `push_all`: the same text, tokens and finish as pushing them
+  one by one, and the tokens computed past the stop are not read."""
+  rng = np.random.default_rng(1)
+  for _ in range(100):
+    ids = BYTES.encode("".join(rng.choice(list("ab c"), size=rng.integers(1, 25))))
+    one_by_one = run(TextStream(BYTES, max_tokens=len(ids), stops=["c a"]), ids)
+    stream = TextStream(BYTES, max_tokens=len(ids), stops=["c a"])
+    joined = []
+    for i in range(0, len(ids), 4):  # a call's tokens; past the end, tokens computed anyway
+      joined.append(stream.push_all(ids[i:i + 4] + [ord("z")] * (i + 4 > len(ids)),
+                                    [(0.0, [], [])] * 4))
+      if joined[-1].finish_reason:  # the scheduler frees the slot: no more calls
+        break
+    assert "".join(d.text for d in joined) == "".join(d.text for d in one_by_one)
+    assert [t for d in joined for t in d.tokens] == [t for d in one_by_one for t in d.tokens]
+    assert joined[-1].finish_reason == one_by_one[-1].finish_reason
+    assert stream.generated == len(one_by_one)

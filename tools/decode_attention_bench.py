@@ -5,7 +5,7 @@ the 5-D grouped form jaxlm used until 2026-12-06) and `jax.nn.dot_product_attent
     python tools/decode_attention_bench.py [--rows=1,16,32] [--keys=128] [--heads=6] [--head_dim=32]
     python tools/decode_attention_bench.py --engine [--rows=1,16,32]   # whole serving steps
 
-`--engine` times the serving `Engine.step` of configs/default.py's model (random weights: speed
+`--engine` times one-token serving calls (`Engine.steps`) of configs/default.py's model (random weights: speed
 does not depend on them) with each form patched into `layers.attend`, its tokens fetched to the
 host every step, as the server does. Checks the forms agree (float32) before timing. Last line: JSON.
 """
@@ -66,7 +66,7 @@ FORMS = {"einsum": single_query_attention, "elementwise": elementwise_attention,
 
 
 def time_engine(rows: int, steps: int) -> dict:
-  """Milliseconds per `Engine.step` (tokens fetched each step) with each form in `attend`."""
+  """Milliseconds per one-token `Engine.steps` call (tokens fetched each step) with each form in `attend`."""
   import runpy  # noqa: PLC0415
   from jaxlm.models import GPT  # noqa: PLC0415
   from jaxlm.serving.engine import Engine  # noqa: PLC0415
@@ -83,11 +83,11 @@ def time_engine(rows: int, steps: int) -> dict:
       engine = Engine(cfg, rows)
       state = engine.init_state()
       for _ in range(3):  # compile and warm up
-        state, out, _ = engine.step(params, state)
+        state, out, _ = engine.steps(params, state, 1, rows)
       jax.device_get(out)
       start = time.perf_counter()
       for _ in range(steps):
-        state, out, _ = engine.step(params, state)
+        state, out, _ = engine.steps(params, state, 1, rows)
         jax.device_get(out)
       times[name].append((time.perf_counter() - start) / steps * 1e3)
   layers.single_query_attention = FORMS["einsum"]

@@ -177,7 +177,7 @@ class Engine:
                                     sampling))
 
   def _advance(self, params: Any, state: DecodeState) -> tuple[DecodeState, jax.Array, Logprobs]:
-    """One token for every slot: (new state, tokens `[slots]`, their logprobs)."""
+    """One token for every row of `state`: (new state, tokens `[rows]`, their logprobs)."""
     # Empty slots keep stepping; clamping keeps their positions inside the position table.
     positions = jnp.minimum(state.positions, self.cfg.max_len - 1)
     logits, cache = self._step_logits(params, state.cache, state.tokens, positions)
@@ -186,20 +186,15 @@ class Engine:
                             state.sampling)
     return new_state, tokens, logprobs
 
-  @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
-  def step(self, params: Any, state: DecodeState) -> tuple[DecodeState, jax.Array, Logprobs]:
-    """One token for every slot: (new state, tokens `[slots]`, their logprobs)."""
-    return self._advance(params, state)
-
   @functools.partial(jax.jit, static_argnums=(0, 3, 4), donate_argnums=2)
   def steps(self, params: Any, state: DecodeState, count: int,
-            rows: int | None = None) -> tuple[DecodeState, jax.Array, Logprobs]:
-    """`count` tokens for each of the first `rows` slots (None: all) in one compiled loop:
+            rows: int) -> tuple[DecodeState, jax.Array, Logprobs]:
+    """`count` tokens for each of the first `rows` slots in one compiled loop:
     (new state, tokens `[count, rows]`, their logprobs, each `[count, rows, ...]`). A call costs
     the host one dispatch and one fetch, which on a CPU take longer than a small model's step;
     and a step's cost grows with its rows, so slots past the last occupied one are not run.
-    Each token is the one `step` would give (a row's key is folded with its own token index)."""
-    rows = rows or self.slots
+    Each token is the one a call of one token would give (a row's key is folded with its own
+    token index)."""
     batch_axis = 1 if self.cfg.scan_layers else 0  # scanned layers stack the cache on axis 0
     axes = DecodeState(jax.tree.map(lambda _: batch_axis, state.cache), 0, 0, 0,
                        jax.tree.map(lambda _: 0, state.sampling))
