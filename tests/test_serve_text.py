@@ -2,9 +2,20 @@
 computations."""
 
 import numpy as np
+import pytest
+import tokenizers
 
+from jaxlm.data.hf_tokenizer import HfTokenizer
 from jaxlm.data.simple_tokenizers import ByteTokenizer, CharTokenizer
-from jaxlm.serving.text import REPLACEMENT, TextStream, held_back
+from jaxlm.data.tokenizer import train_tokenizer
+from jaxlm.serving.text import (
+  CONTEXT_TOKENS,
+  REPLACEMENT,
+  WINDOW_TOKENS,
+  IncrementalText,
+  TextStream,
+  held_back,
+)
 
 BYTES = ByteTokenizer()
 
@@ -89,3 +100,81 @@ def test_push_all_releases_what_pushing_each_token_does_and_stops_at_the_finish(
     assert [t for d in joined for t in d.tokens] == [t for d in one_by_one for t in d.tokens]
     assert joined[-1].finish_reason == one_by_one[-1].finish_reason
     assert stream.generated == len(one_by_one)
+
+
+SAMPLE = ("def naïve(x):\n    \"\"\"Return 東京 → x, or 🙂.\"\"\"\n    return x + 1  # it's don't-care\n"
+          "class Übung:  pass\n") * 4
+
+
+def _llama_style_tokenizer(texts: list[str]) -> HfTokenizer:
+  """Llama-2's tokenizer.json pipeline: Metaspace, BPE with byte fallback, and its decoders
+  (Replace, ByteFallback, Fuse, Strip), whose leading-space strip acts on the whole text."""
+  tok = tokenizers.Tokenizer(tokenizers.models.BPE(byte_fallback=True, unk_token="<unk>"))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace()
+  tok.decoder = tokenizers.decoders.Sequence([
+    tokenizers.decoders.Replace("\u2581", " "), tokenizers.decoders.ByteFallback(),
+    tokenizers.decoders.Fuse(), tokenizers.decoders.Strip(" ", 1, 0)])
+  trainer = tokenizers.trainers.BpeTrainer(
+      vocab_size=400, special_tokens=["<unk>", "</s>", *(f"<0x{b:02X}>" for b in range(256))])
+  tok.train_from_iterator(texts, trainer)
+  return HfTokenizer(tok.to_str(), eos_id=tok.token_to_id("</s>"))
+
+
+def _tokenizer(kind: str):
+  texts = [SAMPLE, "the quick brown fox, don't stop. 123 + 4.5e6 != 'x'\n" * 20]
+  if kind == "hf_llama":
+    return _llama_style_tokenizer(texts)
+  return train_tokenizer(kind, texts, 400)
+
+
+@pytest.mark.parametrize("kind", ["byte", "char", "gpt2_bpe", "sentencepiece", "wordpiece",
+                                  "hf_llama"])
+def test_incremental_text_is_the_whole_decoding_after_every_token(kind):
+  """Real output, random ids (special ones, bytes of no character and pieces out of order
+  included), and several tokens at a call, each against decoding all ids."""
+  tokenizer = _tokenizer(kind)
+  rng = np.random.default_rng(0)
+  real = tokenizer.encode(SAMPLE)
+  dense = tokenizer.encode("x🙂🙂東京ïé→ " * 12)  # characters of 2-4 bytes at every boundary
+  noise = [int(i) for i in rng.integers(0, tokenizer.vocab_size, size=300)]
+  mixed = [t for a, b in zip(real[::8], noise) for t in (a, b, a)]
+  for ids in (real, *(dense[k:] for k in range(4)), noise, mixed):
+    text, n = IncrementalText(tokenizer), 0
+    while n < len(ids):
+      n += int(rng.choice([1, 1, 1, 2, 8]))
+      assert text.update(ids[:n]) == tokenizer.decode(ids[:n]), (kind, n)
+
+
+class _Counting:
+  """A tokenizer that records how many ids each decode call was given."""
+
+  def __init__(self, tokenizer):
+    self.tokenizer, self.lengths = tokenizer, []
+
+  def decode(self, ids):
+    self.lengths.append(len(ids))
+    return self.tokenizer.decode(ids)
+
+
+def test_incremental_text_decodes_a_window_not_the_whole_output():
+  counting = _Counting(_tokenizer("gpt2_bpe"))
+  ids = counting.tokenizer.encode(SAMPLE * 4)
+  assert len(ids) > 500
+  text = IncrementalText(counting)
+  for n in range(1, len(ids) + 1):
+    text.update(ids[:n])
+  assert text.text == counting.tokenizer.decode(ids)
+  assert max(counting.lengths) <= CONTEXT_TOKENS + 2 * WINDOW_TOKENS
+
+
+class _Reversed:
+  """A decoding that is not local: each token's text moves every earlier token's."""
+
+  def decode(self, ids):
+    return "".join(chr(97 + i % 26) for i in ids)[::-1]
+
+
+def test_incremental_text_decodes_whole_where_the_window_does_not_continue_its_context():
+  ids = list(range(100))
+  text = IncrementalText(_Reversed())
+  assert all(text.update(ids[:n]) == _Reversed().decode(ids[:n]) for n in range(1, 101))

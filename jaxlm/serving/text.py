@@ -1,7 +1,8 @@
 """One choice's tokens turned into text deltas: incremental detokenisation and stop strings.
 
-The generated ids are decoded whole after each token (as `jaxlm.sample` decodes them, so the text
-is the same), and only what is settled is released:
+Each token re-decodes only a window of the last few (`IncrementalText`), so a long output costs the
+same per token as a short one, and the text is what decoding all the ids gives (as `jaxlm.sample`
+decodes them). Only what is settled is released:
 - a trailing U+FFFD may be the first bytes of a character the next tokens complete, so it is held
   back until a later token settles it, the choice ends, or it is older than the last 3 tokens
   (a UTF-8 character has at most 4 bytes: older bytes are invalid for good);
@@ -17,6 +18,11 @@ from jaxlm.data import Tokenizer
 
 REPLACEMENT = "\ufffd"
 MAX_CHAR_TOKENS = 3  # a UTF-8 character is at most 4 bytes: 3 may wait for the 4th
+# Decoded before the window, so that its first tokens read as they do mid-text (a character's
+# first bytes, a word piece's word, a space), and so that a token that rewrites text before it
+# is noticed: the window's text must then continue the context's.
+CONTEXT_TOKENS = MAX_CHAR_TOKENS + 1
+WINDOW_TOKENS = 16  # re-decoded with each token; the window moves on once it holds twice this
 
 
 def held_back(text: str, stops: Sequence[str]) -> int:
@@ -28,6 +34,47 @@ def held_back(text: str, stops: Sequence[str]) -> int:
         longest = size
         break
   return longest
+
+
+class IncrementalText:
+  """The text of a growing list of ids, each call re-decoding only the tokens of a window.
+
+  The text of the ids before the window is kept; a call decodes the window with CONTEXT_TOKENS
+  before it and appends what follows the context's own text. That is the whole decoding wherever
+  a token's text depends on at most CONTEXT_TOKENS tokens before it, as it does for every
+  tokenizer kind jaxlm has (byte, char, BPE, SentencePiece, WordPiece: tested against decoding
+  all ids). Where the window's text does not start with the context's (a character or a piece
+  that spans the boundary), the ids are decoded whole for that call, and the window moves on
+  only to a boundary where they start alike.
+  """
+
+  def __init__(self, tokenizer: Tokenizer):
+    self.tokenizer = tokenizer
+    self.text = ""
+    self._context = 0  # first id decoded for context only
+    self._start = 0  # first id of the window; the ids before it give text[:_kept]
+    self._kept = 0
+    self._context_text = ""  # decode(ids[_context:_start])
+
+  def update(self, ids: Sequence[int]) -> str:
+    """The text of `ids`: the previous call's ids with one or more appended."""
+    window = self.tokenizer.decode(ids[self._context:])
+    if window.startswith(self._context_text):
+      self.text = self.text[:self._kept] + window[len(self._context_text):]
+    else:
+      self.text = self.tokenizer.decode(ids)
+    if len(ids) - self._start >= 2 * WINDOW_TOKENS:
+      self._move(ids, len(ids) - WINDOW_TOKENS)
+    return self.text
+
+  def _move(self, ids: Sequence[int], start: int) -> None:
+    context = max(0, start - CONTEXT_TOKENS)
+    context_text = self.tokenizer.decode(ids[context:start])
+    window = self.tokenizer.decode(ids[context:])
+    tail = window[len(context_text):]
+    if window.startswith(context_text) and self.text.endswith(tail):
+      self._context, self._start, self._context_text = context, start, context_text
+      self._kept = len(self.text) - len(tail)
 
 
 @dataclasses.dataclass
@@ -49,6 +96,7 @@ class TextStream:
     self.ends: list[int] = []  # text length after each token
     self.logprobs: list = []
     self.text = ""  # decode(ids)
+    self._decoded = IncrementalText(tokenizer)
     self.released = 0  # characters of text released
     self.released_tokens = 0
     self.finish_reason: str | None = None
@@ -60,7 +108,7 @@ class TextStream:
       return self._finish("stop", len(self.text))
     self.ids.append(token)
     self.logprobs.append(logprobs)
-    self.text = self.tokenizer.decode(self.ids)
+    self.text = self._decoded.update(self.ids)
     self.ends.append(len(self.text))
     cut = self._stop_position()
     if cut is not None:
@@ -70,7 +118,8 @@ class TextStream:
     # Only the last MAX_CHAR_TOKENS tokens can hold the start of an unfinished character.
     final = self.ends[-MAX_CHAR_TOKENS - 1] if len(self.ends) > MAX_CHAR_TOKENS else 0
     settled = max(len(self.text.rstrip(REPLACEMENT)), min(final, len(self.text)))
-    settled -= held_back(self.text[:settled], self.stops)
+    longest = max((len(s) for s in self.stops), default=0)
+    settled -= held_back(self.text[max(0, settled - longest):settled], self.stops)
     return self._release(max(settled, self.released))
 
   def push_all(self, tokens: Sequence[int], logprobs: Sequence) -> Delta:
