@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from jaxlm.errors import UserError
-from jaxlm.inference.decode import SamplingConfig, filter_logits, generate, left_pad
+from jaxlm.inference.decode import SamplingConfig, filter_logits, generate, left_pad, prefill
 from jaxlm.models import GPT
+from jaxlm.serving.engine import Engine, pad_prompt, request_key, sampling_row
 
 
 @pytest.fixture(scope="module", params=["learned", "rope"])
@@ -91,3 +92,29 @@ def test_prompt_longer_than_the_context_is_refused(sharp_model):
   cfg, params = sharp_model
   with pytest.raises(UserError, match="context of 32 tokens"):
     generate(params, cfg, [[1] * 30], SamplingConfig(max_new_tokens=5))
+
+
+def test_prefill_computes_the_last_prompt_tokens_logits_only(tiny_model_cfg):
+  """A prefill's logits are the full forward's at each prompt's last token (left padding), and
+  the compiled prefill of generate and of the server's engine holds no `[seq, vocab]` logits
+  (a 512-token prompt with a 32k vocabulary: 66 MB a row)."""
+  cfg = dataclasses.replace(tiny_model_cfg, vocab_size=8192, max_len=256)
+  tokens, positions, segments = left_pad([[5] * 256, [7] * 200])
+  params = nn.unbox(GPT(cfg).init(jax.random.key(0), tokens[:, :8], positions[:, :8],
+                                  segments[:, :8])["params"])
+  model = GPT(cfg, decode=True)
+  logits, _, _ = prefill(model, params, tokens, positions, segments)
+  full = GPT(cfg).apply({"params": params}, tokens, positions, segments)[:, -1]  # [2, vocab]
+  # Float32 rounding (a one-row head matmul against a many-row one): 1e-5 of the largest logit.
+  np.testing.assert_allclose(logits, full, rtol=0, atol=1e-5 * float(np.abs(full).max()))
+  all_logits_bytes = tokens.shape[1] * cfg.vocab_size * 4  # one row's [seq, vocab] float32
+  compiled = jax.jit(lambda *a: prefill(model, *a)[0]).lower(
+      params, tokens[:1], positions[:1], segments[:1]).compile()
+  assert compiled.memory_analysis().temp_size_in_bytes < all_logits_bytes / 2
+  engine = Engine(cfg, slots=1)
+  sampling = sampling_row(request_key(0, 0), 0.0, 0, 1.0)
+  for prompt_logprobs, holds_logits in ((False, False), (True, True)):
+    compiled = Engine.prefill.lower(engine, params, pad_prompt([5] * 200, cfg.max_len), 200,
+                                    prompt_logprobs, sampling).compile()
+    held = compiled.memory_analysis().temp_size_in_bytes >= all_logits_bytes
+    assert held == holds_logits  # every position's logits only for the prompt's logprobs

@@ -113,9 +113,10 @@ def prefill(model: GPT, params: Any, tokens, positions, segments):
   cache = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens[:, :1], positions[:, :1],
                                             segments[:, :1]))["cache"]
   cache = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), cache)
+  last = jnp.full((tokens.shape[0], 1), tokens.shape[1] - 1)  # prompts are left-padded
   logits, mutated = model.apply({"params": params, "cache": cache}, tokens, positions, segments,
-                                mutable=["cache"])
-  return logits[:, -1], mutated["cache"], positions[:, -1] + 1
+                                logits_at=last, mutable=["cache"])
+  return logits[:, 0], mutated["cache"], positions[:, -1] + 1
 
 
 def step_logits(model: GPT, params: Any, cache: Any, tokens, positions):

@@ -28,13 +28,19 @@ class GPT(nn.Module):
 
   @nn.compact
   def __call__(self, inputs: Array, positions: Array, segment_ids: Array,
-               deterministic: bool = True, token_types: Array | None = None) -> Array:
-    """inputs, positions, segment_ids: [batch, seq] int. Returns logits [batch, seq, vocab].
+               deterministic: bool = True, token_types: Array | None = None,
+               logits_at: Array | None = None) -> Array:
+    """inputs, positions, segment_ids: [batch, seq] int. Returns logits [batch, seq, vocab], or
+    with `logits_at` ([batch, k] indices into seq) those positions' only: [batch, k, vocab].
 
-    `token_types` are used only by a model with a type table (model.type_vocab_size > 0)."""
+    `token_types` are used only by a model with a type table (model.type_vocab_size > 0).
+    A prefill needs one position's logits: computing the others costs seq x vocab floats (a
+    512-token prompt with a 32k vocabulary: 66 MB per row) and their share of the head's FLOPs."""
     cfg = self.cfg
     x, embedding = embed(self, inputs, positions, token_types, deterministic)
-    x = blocks(cfg, self.decode, x, positions, segment_ids, deterministic)
+    x = blocks(cfg, self.decode, x, positions, segment_ids, deterministic)  # [batch, seq, d]
+    if logits_at is not None:
+      x = jnp.take_along_axis(x, logits_at[..., None], axis=1)  # [batch, k, d_model]
     if cfg.norm_position == "pre":
       x = norm_layer(cfg, "ln_final")(x)
     if cfg.tie_embeddings:

@@ -130,11 +130,15 @@ class Engine:
     bucket = tokens.shape[1]
     positions = jnp.arange(bucket, dtype=jnp.int32)[None]
     segments = (positions < length).astype(jnp.int32)
+    # Every position's logits only for the prompt's logprobs; else the last prompt token's.
+    logits_at = None if prompt_logprobs else jnp.reshape(length - 1, (1, 1))
     logits, mutated = self.model.apply({"params": params, "cache": self._empty_cache(1)},
-                                       tokens, positions, segments, mutable=["cache"])
+                                       tokens, positions, segments, logits_at=logits_at,
+                                       mutable=["cache"])
+    if not prompt_logprobs:
+      return logits[0], mutated["cache"], None  # [1, vocab]
     last = jax.lax.dynamic_index_in_dim(logits[0], length - 1, keepdims=True)  # [1, vocab]
-    prompt = _logprobs(logits[0, :-1], tokens[0, 1:]) if prompt_logprobs else None
-    return last, mutated["cache"], prompt
+    return last, mutated["cache"], _logprobs(logits[0, :-1], tokens[0, 1:])
 
   def _step_logits(self, params: Any, cache: Any, tokens: jax.Array,
                    positions: jax.Array) -> tuple[jax.Array, Any]:
