@@ -5,7 +5,9 @@
     python -m jaxlm.evaluate --workdir=runs/bert_classify   # accuracy, macro-F1, confusion table
 
 The built-in task `docstring_package` asks which standard-library package a docstring comes from;
-its validation and test docstrings come from files pretraining never read. For your own data, give
+its validation and test docstrings come from files pretraining never read. `python_syntax`
+(--config.data.path=python_syntax) asks whether a line of Python, as tokens, parses or has two
+adjacent tokens swapped. For your own data, give
 JSONL records {"text": ..., "label": ...} (optionally "text_pair"; a label is a string or an int):
     --config.data.source=files --config.data.path=train.jsonl [--config.data.val_path=val.jsonl]
 The encoder comes from init_from; a fresh classification head (pooler + classifier over [CLS]) is

@@ -50,7 +50,8 @@ def _data_options() -> ml_collections.ConfigDict:
   # (data.path: a .txt/.jsonl/.jsonl.gz/.parquet file, a directory, or a glob), "tfds" (a TFDS
   # name), "hf" (a Hugging Face `datasets` hub name or local directory, streamed), "task" (a
   # built-in prompt/completion task, e.g. "pyfunc_names", or a gettext translation task,
-  # "gettext_en_de", _fr, _es, _it, _ru, _sv: data/translation_tasks.py) or "prepared" (a directory
+  # "gettext_en_de", _fr, _es, _it, _ru, _sv: data/translation_tasks.py; a labelled one for BERT:
+  # "docstring_package", "python_syntax", "python_tags": data/label_tasks.py) or "prepared" (a directory
   # of `python -m jaxlm.prepare`, read as token shards; or several, weighted, in data.mixture).
   d.source = "stdlib"
   # File, directory or glob for source="files"; dataset or task name for "tfds"/"hf"/"task"; the

@@ -3,6 +3,7 @@ re-implementation that reads the token text, not token types), and their packing
 
 from __future__ import annotations
 
+import ast
 import builtins
 import io
 import json
@@ -21,6 +22,7 @@ from jaxlm.data.label_tasks import (
   PACKAGES,
   load_label_task,
   python_line_tags,
+  syntax_pair,
 )
 from jaxlm.data.labelled import (
   ClassificationRecord,
@@ -51,17 +53,48 @@ def pretraining_docs() -> list[str]:
   return corpus.train + corpus.val
 
 
+def _code_lines(docs: list[str]) -> set[str]:
+  """Each line's code: whitespace and any comment dropped ("#" in a string cuts it short: more
+  lines count as seen)."""
+  return {re.sub(r"\s", "", code) for doc in docs for line in doc.split("\n")
+          for code in (line, line.split("#")[0])}
+
+
+def _swapped_back(text: str) -> list[str]:
+  """The texts that swapping two adjacent tokens of `text` gives (tokens by `tokenize`: a string
+  may hold spaces)."""
+  layout = (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER, tokenize.INDENT, tokenize.DEDENT)
+  words = [t.string for t in tokenize.generate_tokens(io.StringIO(text).readline)
+           if t.type not in layout]
+  assert " ".join(words) == text
+  return [" ".join([*words[:i], words[i + 1], words[i], *words[i + 2:]])
+          for i in range(len(words) - 1)]
+
+
+def _parses(text: str) -> bool:
+  try:
+    compile(text, "<line>", "exec", flags=ast.PyCF_ONLY_AST, dont_inherit=True)
+  except SyntaxError:
+    return False
+  return True
+
+
 def test_held_out_examples_occur_in_no_pretraining_document(name, splits, pretraining_docs):
-  if LABEL_TASKS[name].format == "classification":
+  if name == "python_syntax":  # a valid line's code is unseen, and so is an invalid one's source
+    seen_lines = _code_lines(pretraining_docs)
+    for record in (r for split in ("val", "test") for r in splits[split]):
+      sources = [record.text] if record.label == "valid" else [
+          t for t in _swapped_back(record.text) if _parses(t)]
+      assert any("".join(t.split()) not in seen_lines for t in sources), record
+  elif LABEL_TASKS[name].format == "classification":
     seen = "\0".join(" ".join(doc.split()) for doc in pretraining_docs)
     for split in ("val", "test"):
       assert not [r.text for r in splits[split] if r.text in seen]
   else:
-    # A line's code: whitespace and any comment dropped ("#" in a string cuts it short: more seen).
-    seen_lines = {re.sub(r"\s", "", code) for doc in pretraining_docs for line in doc.split("\n")
-                  for code in (line, line.split("#")[0])}
+    seen_lines = _code_lines(pretraining_docs)
     for split in ("val", "test"):
-      assert not [r.tokens for r in splits[split] if "".join(r.tokens) in seen_lines]
+      assert not [r.tokens for r in splits[split] if re.sub(r"\s", "", "".join(r.tokens))
+                  in seen_lines]
 
 
 def test_splits_are_non_empty_disjoint_and_capped(name, splits):
@@ -172,3 +205,24 @@ def test_unknown_task_or_split():
     load_label_task("nope", "train")
   with _raises_one_line("unknown split 'dev'"):
     load_label_task("python_tags", "dev")
+
+
+def test_python_syntax_labels_are_the_parsers_and_invalid_is_one_swap_from_valid():
+  """Checked with `compile` (not the task's code): a valid text parses, an invalid one does not
+  and swapping two adjacent words back gives one that does; each split about half of each."""
+  for split in ("train", "val", "test"):
+    records = load_label_task("python_syntax", split)
+    for record in records:
+      assert _parses(record.text) == (record.label == "valid"), record
+      if record.label == "invalid":
+        assert any(_parses(t) for t in _swapped_back(record.text)), record
+    valid = sum(r.label == "valid" for r in records)
+    assert 0.45 < valid / len(records) < 0.55, (split, valid, len(records))
+
+
+def test_syntax_pair_hand_written():
+  valid, invalid = syntax_pair(["x", "=", "f", "(", "a", ")"])
+  assert valid == "x = f ( a )"
+  assert invalid in _swapped_back(valid) and not _parses(invalid)
+  assert syntax_pair(["if", "x", ":"]) is None  # needs a block: not valid by itself
+  assert syntax_pair(["pass"]) is None  # no two tokens to swap

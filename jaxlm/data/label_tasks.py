@@ -9,6 +9,14 @@
                      or NUMBER in BIO; everything else O. A run of adjacent strings (implicit
                      concatenation) is one STRING entity, and the two-word operators `not in`,
                      `is not` and `yield from` one KEYWORD entity, so I- tags occur too.
+  python_syntax      classification, like CoLA's acceptability for code: a line of python_tags
+                     written as its tokens with one space between is "valid" when it parses by
+                     itself (`ast.parse`: simple statements; `if x:` needs a block), and the same
+                     line with two adjacent tokens swapped, where that stops it parsing, is
+                     "invalid" (the first such swap from a position drawn by a hash of the line).
+                     Each line gives one example of each label, spaced alike, so the words and
+                     the layout say nothing: the grammar does, which the masked LM learns from
+                     the corpus and bag-of-words features cannot see.
 
 As with the prompt/completion tasks (tasks.py), validation and test come only from the stdlib files
 reserved for held-out splits (`stdlib_source.is_task_held_out`), which pretraining never reads, and
@@ -34,11 +42,12 @@ import io
 import keyword
 import random
 import tokenize
+import warnings
 from collections.abc import Callable
 
 from jaxlm.data.labelled import ClassificationRecord, LabelledRecord, TaggingRecord
 from jaxlm.data.splits import stable_hash
-from jaxlm.data.stdlib_source import read_stdlib
+from jaxlm.data.stdlib_source import is_task_held_out, read_stdlib
 from jaxlm.errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -65,6 +74,9 @@ class LabelTask:
   format: str  # "classification" | "tagging"
   labels: tuple[str, ...]  # the label names in id order
   examples: Callable[[str, str], list[LabelledRecord]]  # (stdlib-relative path, text) -> records
+  # Whether a held-out record copies text pretraining read (None: `_is_copy`); a task that
+  # leaves such lines out itself says False.
+  is_copy: Callable[[LabelledRecord], bool] | None = None
 
 
 @functools.cache
@@ -88,10 +100,15 @@ def _seen_code_lines() -> frozenset[str]:
                    for code in {"".join(line.split()), "".join(line.split("#", 1)[0].split())})
 
 
+def _code(tokens: tuple[str, ...]) -> str:
+  """A line's tokens as `_seen_code_lines` holds lines: no whitespace, a string's included."""
+  return "".join("".join(tokens).split())
+
+
 def _is_copy(record: LabelledRecord) -> bool:
   if isinstance(record, ClassificationRecord):
     return record.text in _seen_text()
-  return "".join(record.tokens) in _seen_code_lines()
+  return _code(record.tokens) in _seen_code_lines()
 
 
 def _package(rel_path: str) -> str:
@@ -189,9 +206,51 @@ def _tagged_lines(rel_path: str, text: str) -> list[LabelledRecord]:
           for tokens in usable[::step]]
 
 
+def _parses(code: str) -> bool:
+  with warnings.catch_warnings():  # e.g. an invalid escape in a string: still valid syntax
+    warnings.simplefilter("ignore")
+    try:
+      ast.parse(code)
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+      return False
+  return True
+
+
+def syntax_pair(words: list[str]) -> tuple[str, str] | None:
+  """(valid, invalid) texts of a line's tokens, or None: the line does not parse by itself, or no
+  swap of two adjacent tokens makes it fail. The first swap tried is at a position drawn by a
+  hash of the line, then the next ones in turn."""
+  valid = " ".join(words)
+  if not _parses(valid):
+    return None
+  first = int(stable_hash(valid), 16)
+  for k in range(len(words) - 1):
+    i = (first + k) % (len(words) - 1)
+    swapped = [*words[:i], words[i + 1], words[i], *words[i + 2:]]
+    if swapped != words and not _parses(" ".join(swapped)):
+      return valid, " ".join(swapped)
+  return None
+
+
+def _syntax_lines(rel_path: str, text: str) -> list[LabelledRecord]:
+  """A valid and an invalid record per line of `_tagged_lines`; in a reserved file, lines whose
+  code a file that pretraining reads holds are left out (both records go together)."""
+  reserved = is_task_held_out(rel_path)
+  records = []
+  for line in _tagged_lines(rel_path, text):
+    if reserved and _code(line.tokens) in _seen_code_lines():
+      continue
+    pair = syntax_pair(list(line.tokens))
+    if pair is not None:
+      records += [ClassificationRecord(pair[0], "valid"), ClassificationRecord(pair[1], "invalid")]
+  return records
+
+
 LABEL_TASKS = {
   "docstring_package": LabelTask("classification", PACKAGES, _docstrings),
   "python_tags": LabelTask("tagging", TAGS, _tagged_lines),
+  "python_syntax": LabelTask("classification", ("invalid", "valid"), _syntax_lines,
+                             is_copy=lambda record: False),
 }
 
 
@@ -216,7 +275,7 @@ def _docstring_train(examples: list[LabelledRecord]) -> list[LabelledRecord]:
 @functools.cache
 def _train_records(name: str) -> tuple[LabelledRecord, ...]:
   task = LABEL_TASKS[name]
-  if task.format == "classification":
+  if name == "docstring_package":
     examples = [record for path, text in zip(*_stdlib(False))
                 for record in task.examples(path, text)]
     return tuple(_docstring_train(examples))
@@ -232,8 +291,10 @@ def _train_records(name: str) -> tuple[LabelledRecord, ...]:
 @functools.cache
 def _held_out_records(name: str) -> tuple[LabelledRecord, ...]:
   """Distinct examples of the reserved files but copies, in the order of a hash of each."""
+  task = LABEL_TASKS[name]
+  is_copy = task.is_copy or _is_copy
   kept = {repr(record): record for path, text in zip(*_stdlib(True))
-          for record in LABEL_TASKS[name].examples(path, text) if not _is_copy(record)}
+          for record in task.examples(path, text) if not is_copy(record)}
   return tuple(kept[key] for key in sorted(kept, key=stable_hash))
 
 
