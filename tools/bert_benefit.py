@@ -1,8 +1,8 @@
-"""Does masked-LM pretraining help? The built-in classification task learned three ways.
+"""Does masked-LM pretraining help? A built-in classification task learned three ways.
 
     python tools/bert_benefit.py [--pretrained=runs/bert] [--out=runs/bert_benefit] \
-        [--pretrain_steps=N] [--seeds=1] [--ft_lr=LR] [--ft_steps=N] [--ft_batch=B] \
-        [--train_examples=N]
+        [--task=docstring_package|python_syntax] [--pretrain_steps=N] [--seeds=1] [--ft_lr=LR] \
+        [--ft_steps=N] [--ft_batch=B] [--train_examples=N]
 
 1. pretrained: `configs/bert_classify.py` finetuned from the MLM run `--pretrained` (trained first
    with `configs/bert_tiny.py` when that workdir holds no run, for `--pretrain_steps` steps if
@@ -10,23 +10,25 @@
 2. scratch: the same architecture (the pretrained run's), the same tokenizer (the pretrained run's
    tokenizer.json, copied into the workdir before training) and the same finetuning settings
    (steps, lr, batch), trained on the labels alone from a random initialisation;
-3. tf-idf: scikit-learn's TfidfVectorizer (word 1-2-grams, sublinear tf) + LogisticRegression on
-   the same training texts.
+3. tf-idf: scikit-learn's TfidfVectorizer (word 1-2-grams, sublinear tf) + LogisticRegression
+   (C=10) on the same training texts; and tfidf_val, the best on validation of 1-2- or 1-3-grams
+   and C in {0.1, 1, 10, 100}. python_syntax's texts are tokens, so its TF-IDF reads every token
+   (`\\S+`); sklearn's default (words of 2+ letters) would see the same words in both classes.
 With `--seeds=N`, pretrained and scratch are each finetuned N times, with train.seed 0..N-1 (the
 seed of the new head's and scratch's initialisation, of the batch order and of dropout); tf-idf is
 deterministic. `--ft_lr` / `--ft_steps` / `--ft_batch` change bert_classify's finetuning for
 both alike (a batch is of windows of 128 tokens, which pack several short examples each).
-`--train_examples=N` (a learning-curve point) gives all three methods the same N of the 1,193
-training examples instead of all: a subsample stratified by package (each package's share of N in
+`--train_examples=N` (a learning-curve point) gives all three methods the same N of the training
+examples (docstring_package: 1,193) instead of all: a subsample stratified by package (each package's share of N in
 proportion to its share of the training split, rounded by largest remainder, at least one each, so
 every label is still learned), drawn with `--subsample_seed` (0) and not with the finetuning seeds,
 so every seed and method sees one subsample. The networks then read it, and the validation split,
 as JSONL files written to `--out` (`data.source=files`); validation and test are unchanged. 100
 examples pack into 16 windows: give `--ft_batch=16` or less.
 
-All three are scored on the task's validation and test splits (docstrings from stdlib files that
-neither pretraining nor the training split read; the test split is given to `evaluate` as a JSONL
-file), and on both together ("val+test", 175 examples): accuracy and macro-F1 by
+All three are scored on the task's validation and test splits (from stdlib files that neither
+pretraining nor the training split read; the test split is given to `evaluate` as a JSONL file),
+and on both together ("val+test": 175 docstrings, 896 lines of python_syntax): accuracy and macro-F1 by
 `jaxlm.eval.labels`, mean and spread over the seeds. Nothing here is chosen by the held-out
 scores (no early stopping: every run is scored at its last step), so val+test is a clean test
 set unless the finetuning settings were tuned on validation; then read the test rows. The pretrained
@@ -51,7 +53,12 @@ sys.path.insert(0, os.path.join(REPO, "tools"))
 
 from paired_tests import mcnemar_exact, sign_flip_test  # noqa: E402
 
-TASK = "docstring_package"
+DEFAULT_TASK = "docstring_package"
+# Texts that are tokens with one space between (python_syntax) are read token by token: sklearn's
+# default reads words of two or more letters only, which both of its classes share.
+TOKEN_PATTERNS = {"python_syntax": r"\S+"}
+DEFAULT_TOKEN_PATTERN = r"(?u)\b\w\w+\b"  # sklearn's
+TFIDF_NGRAMS, TFIDF_CS = ((1, 2), (1, 3)), (0.1, 1.0, 10.0, 100.0)  # tfidf_val's grid
 SPLITS = ("val", "test")
 BOTH = "val+test"
 
@@ -126,15 +133,15 @@ def write_jsonl(path: str, records: list) -> str:
   return path
 
 
-def data_options(out: str, train: list | None) -> list[str]:
-  """The finetunes' data: bert_classify's built-in task, or (`train` given, a subsample) `train`
-  and the task's validation split as JSONL files under `out`."""
+def data_options(out: str, train: list | None, task: str = DEFAULT_TASK) -> list[str]:
+  """The finetunes' data: the built-in `task`, or (`train` given, a subsample) `train` and the
+  task's validation split as JSONL files under `out`."""
   ft = runpy.run_path(os.path.join(REPO, "configs", "bert_classify.py"))["get_config"]()
   if train is None:
-    return [f"--config.data.source={ft.data.source}", f"--config.data.path={ft.data.path}",
+    return [f"--config.data.source={ft.data.source}", f"--config.data.path={task}",
             f"--config.data.format={ft.data.format}"]
   from jaxlm.data.label_tasks import load_label_task
-  val = write_jsonl(os.path.join(out, "val.jsonl"), load_label_task(TASK, "val"))
+  val = write_jsonl(os.path.join(out, "val.jsonl"), load_label_task(task, "val"))
   return ["--config.data.source=files", f"--config.data.format={ft.data.format}",
           f"--config.data.path={write_jsonl(os.path.join(out, 'train.jsonl'), train)}",
           f"--config.data.val_path={val}"]
@@ -172,18 +179,37 @@ def scratch(pretrained: str, workdir: str, test_file: str, options: list[str]) -
   return scored(workdir, test_file)
 
 
-def tfidf(train: list) -> dict[str, list[str]]:
-  """TF-IDF + logistic regression trained on `train`; its predictions on validation and test."""
+def _tfidf_fit(train: list, held_out: dict[str, list], token_pattern: str, ngrams: tuple,
+               c: float, min_df: int) -> dict[str, list[str]]:
   from sklearn.feature_extraction.text import TfidfVectorizer
   from sklearn.linear_model import LogisticRegression
+  vectorizer = TfidfVectorizer(ngram_range=ngrams, sublinear_tf=True, min_df=min_df,
+                               token_pattern=token_pattern)
+  model = LogisticRegression(max_iter=3000, C=c)
+  model.fit(vectorizer.fit_transform([r.text for r in train]), [str(r.label) for r in train])
+  return {split: [str(p) for p in model.predict(vectorizer.transform([r.text for r in records]))]
+          for split, records in held_out.items()}
 
-  from jaxlm.data.label_tasks import load_label_task
-  vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
-  features = vectorizer.fit_transform([r.text for r in train])
-  model = LogisticRegression(max_iter=2000, C=10.0)
-  model.fit(features, [str(r.label) for r in train])
-  return {split: [str(p) for p in model.predict(vectorizer.transform(
-      [r.text for r in load_label_task(TASK, split)]))] for split in SPLITS}
+
+def tfidf(train: list, held_out: dict[str, list], token_pattern: str) -> dict[str, list[str]]:
+  """TF-IDF (word 1-2-grams, min_df 2) + logistic regression (C=10) trained on `train`; its
+  predictions on each split of `held_out`."""
+  return _tfidf_fit(train, held_out, token_pattern, (1, 2), 10.0, 2)
+
+
+def tfidf_val(train: list, held_out: dict[str, list], token_pattern: str) -> tuple[dict, dict]:
+  """The TF-IDF + logistic regression of TFIDF_NGRAMS x TFIDF_CS (min_df 1) with the best
+  validation accuracy (ties: the larger C, then the shorter n-grams): its predictions and its
+  settings. The strongest baseline chosen as the networks' lr is, on validation."""
+  best, best_key = None, None
+  for ngrams in TFIDF_NGRAMS:
+    for c in TFIDF_CS:
+      predicted = _tfidf_fit(train, held_out, token_pattern, ngrams, c, 1)
+      right = sum(p == str(r.label) for p, r in zip(predicted["val"], held_out["val"]))
+      key = (right, c, -ngrams[1])
+      if best_key is None or key > best_key:
+        best, best_key = (predicted, {"ngrams": list(ngrams), "C": c}), key
+  return best
 
 
 def with_both(runs: list[dict[str, list[str]]]) -> list[dict[str, list[str]]]:
@@ -191,13 +217,15 @@ def with_both(runs: list[dict[str, list[str]]]) -> list[dict[str, list[str]]]:
   return [{**r, BOTH: r["val"] + r["test"]} for r in runs]
 
 
-def summarize(runs: list[dict[str, list[str]]], gold: dict[str, list[str]]) -> dict:
+def summarize(runs: list[dict[str, list[str]]], gold: dict[str, list[str]],
+              task: str = DEFAULT_TASK) -> dict:
   """Per split: each seed's accuracy and macro-F1, their mean and sample standard deviation."""
-  from jaxlm.data.label_tasks import PACKAGES
+  from jaxlm.data.label_tasks import LABEL_TASKS
   from jaxlm.eval.labels import classification_metrics
   out = {}
   for split, labels in gold.items():
-    seeds = [classification_metrics(labels, r[split], list(PACKAGES)) for r in runs]
+    seeds = [classification_metrics(labels, r[split], list(LABEL_TASKS[task].labels))
+             for r in runs]
     out[split] = {"examples": len(labels)}
     for key in ("accuracy", "macro_f1"):
       values = [m[key] for m in seeds]
@@ -225,8 +253,8 @@ def compare(best: list[dict], other: list[dict], gold: dict[str, list[str]]) -> 
   return out
 
 
-def print_tables(summary: dict, tests: dict) -> None:
-  print(f"\n{TASK:<11} {'split':<9} {'n':>4} {'seeds':>5} {'accuracy (sd)':>16} "
+def print_tables(summary: dict, tests: dict, task: str = DEFAULT_TASK) -> None:
+  print(f"\n{task:<11} {'split':<9} {'n':>4} {'seeds':>5} {'accuracy (sd)':>16} "
         f"{'macro_f1 (sd)':>16}  per-seed accuracy")
   for name, splits in summary.items():
     for split, m in splits.items():
@@ -263,6 +291,9 @@ def parse_args() -> argparse.Namespace:
                            "examples (default: all).")
   parser.add_argument("--subsample_seed", type=int, default=0,
                       help="Seed of --train_examples' subsample.")
+  parser.add_argument("--task", default=DEFAULT_TASK,
+                      choices=["docstring_package", "python_syntax"],
+                      help="The built-in classification task (jaxlm/data/label_tasks.py).")
   return parser.parse_args()
 
 
@@ -276,11 +307,12 @@ def main() -> None:
               f"--config.train.warmup_steps={args.pretrain_steps // 20}"]
              if args.pretrain_steps else [])
     run(["jaxlm.train", "--config=configs/bert_tiny.py", f"--workdir={args.pretrained}", *steps])
-  test_file = write_jsonl(os.path.join(args.out, "test.jsonl"), load_label_task(TASK, "test"))
-  train = load_label_task(TASK, "train")
+  held_out = {split: load_label_task(args.task, split) for split in SPLITS}
+  test_file = write_jsonl(os.path.join(args.out, "test.jsonl"), held_out["test"])
+  train = load_label_task(args.task, "train")
   if args.train_examples:
     train = subsample(train, args.train_examples, args.subsample_seed)
-  options = [*data_options(args.out, train if args.train_examples else None),
+  options = [*data_options(args.out, train if args.train_examples else None, args.task),
              *finetune_options(args.ft_lr, args.ft_steps, args.ft_batch)]
   runs = {"pretrained": [], "scratch": []}
   for seed in range(args.seeds):
@@ -289,15 +321,21 @@ def main() -> None:
     runs["pretrained"].append(finetuned(args.pretrained, out.format("finetuned"), test_file,
                                         seeded))
     runs["scratch"].append(scratch(args.pretrained, out.format("scratch"), test_file, seeded))
-  runs["tfidf"] = [tfidf(train)]
+  token_pattern = TOKEN_PATTERNS.get(args.task, DEFAULT_TOKEN_PATTERN)
+  runs["tfidf"] = [tfidf(train, held_out, token_pattern)]
+  selected, settings = tfidf_val(train, held_out, token_pattern)
+  runs["tfidf_val"] = [selected]
   runs = {name: with_both(r) for name, r in runs.items()}
-  gold = {split: [str(r.label) for r in load_label_task(TASK, split)] for split in SPLITS}
+  gold = {split: [str(r.label) for r in held_out[split]] for split in SPLITS}
   gold[BOTH] = gold["val"] + gold["test"]
-  summary = {name: summarize(r, gold) for name, r in runs.items()}
-  tests = {other: compare(runs["pretrained"], runs[other], gold) for other in ("scratch", "tfidf")}
-  print_tables(summary, tests)
-  print(json.dumps({"options": options, "seeds": args.seeds, "train_examples": len(train),
-                    "summary": summary, "tests": tests, "predictions": runs}))
+  summary = {name: summarize(r, gold, args.task) for name, r in runs.items()}
+  tests = {other: compare(runs["pretrained"], runs[other], gold)
+           for other in ("scratch", "tfidf", "tfidf_val")}
+  print_tables(summary, tests, args.task)
+  print(f"tfidf_val chose {settings}")
+  print(json.dumps({"task": args.task, "options": options, "seeds": args.seeds,
+                    "train_examples": len(train), "tfidf_val": settings, "summary": summary,
+                    "tests": tests, "predictions": runs}))
 
 
 if __name__ == "__main__":
