@@ -19,8 +19,8 @@ seed of the new head's and scratch's initialisation, of the batch order and of d
 deterministic. `--ft_lr` / `--ft_steps` / `--ft_batch` change bert_classify's finetuning for
 both alike (a batch is of windows of 128 tokens, which pack several short examples each).
 `--train_examples=N` (a learning-curve point) gives all three methods the same N of the training
-examples (docstring_package: 1,193) instead of all: a subsample stratified by package (each package's share of N in
-proportion to its share of the training split, rounded by largest remainder, at least one each, so
+examples (docstring_package: 1,193) instead of all: a subsample stratified by label (each label's
+share of N in proportion to its share of the training split, rounded by largest remainder, at least one each, so
 every label is still learned), drawn with `--subsample_seed` (0) and not with the finetuning seeds,
 so every seed and method sees one subsample. The networks then read it, and the validation split,
 as JSONL files written to `--out` (`data.source=files`); validation and test are unchanged. 100
@@ -28,8 +28,8 @@ examples pack into 16 windows: give `--ft_batch=16` or less.
 
 All three are scored on the task's validation and test splits (from stdlib files that neither
 pretraining nor the training split read; the test split is given to `evaluate` as a JSONL file),
-and on both together ("val+test": 175 docstrings, 896 lines of python_syntax): accuracy and macro-F1 by
-`jaxlm.eval.labels`, mean and spread over the seeds. Nothing here is chosen by the held-out
+and on both together ("val+test": 175 docstrings, or 896 python_syntax lines): accuracy and
+macro-F1 by `jaxlm.eval.labels`, mean and spread over the seeds. Nothing here is chosen by the held-out
 scores (no early stopping: every run is scored at its last step), so val+test is a clean test
 set unless the finetuning settings were tuned on validation; then read the test rows. The pretrained
 model is compared with each baseline by paired tests on the same examples (tools/paired_tests.py):
